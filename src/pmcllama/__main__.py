@@ -1,0 +1,3 @@
+from pmcllama.cli import main
+
+main()

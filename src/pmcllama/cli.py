@@ -1,0 +1,148 @@
+"""`pmcllama` command line: one table {command: stage}; `pmcllama --help` lists the pipeline.
+
+Every stage command takes `--config FILE.yaml` plus `key.sub=value` overrides, `--force`
+to redo a stage whose output is current, and `--debug` to show tracebacks. Bad input exits
+with status 2 and one line naming the file, line and problem.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from pmcllama.config import describe, load_config
+from pmcllama.errors import UserError
+
+# The pipeline, in order: command -> (module, config class, one-line help).
+STAGES: dict[str, tuple[str, str, str]] = {
+    "corpus": ("pmcllama.corpus", "CorpusConfig",
+               "STAGE 1  raw text -> cleaned documents -> token shards (knowledge corpus, MedC-K)."),
+    "pretrain": ("pmcllama.pretrain", "PretrainConfig",
+                 "STAGE 2  knowledge injection: continued causal-LM training on token shards."),
+    "instructions": ("pmcllama.instructions", "InstructionsConfig",
+                     "STAGE 3a build the instruction set (chat JSONL, train/validation split)."),
+    "finetune": ("pmcllama.finetune", "FinetuneConfig",
+                 "STAGE 3b instruction tuning (full or LoRA), loss on answer tokens only."),
+    "evaluate": ("pmcllama.evaluate", "EvaluateConfig",
+                 "STAGE 4  multiple-choice accuracy on medical QA benchmarks (log-likelihood)."),
+    "generate": ("pmcllama.generate", "GenerateConfig",
+                 "STAGE 5  complete prompts (zero-shot case studies), streamed to the terminal."),
+    "run": ("pmcllama.run", "RecipeConfig",
+            "RECIPE   run every stage in order, skipping those already current; print the table."),
+}
+
+app = typer.Typer(
+    help="pmcllama: build medical language models the PMC-LLaMA way.\n\n"
+    "Pipeline: corpus -> pretrain -> instructions -> finetune -> evaluate -> generate; "
+    "`run RECIPE.yaml` does them all.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": bool(os.environ.get("PMCLLAMA_DEBUG"))}
+
+
+def fail(err: BaseException) -> None:
+    """Report a user error in one line and exit 2 (or re-raise with --debug)."""
+    if _state["debug"]:
+        raise err
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+def guarded(fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except UserError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+
+
+def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
+    def command(
+        overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, key.sub=value"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+        force: bool = typer.Option(False, "--force", help="redo the stage even if its output is current"),
+    ) -> None:
+        def go():
+            mod = importlib.import_module(module)
+            cls = getattr(mod, cls_name)
+            overs = list(overrides or [])
+            cfg_path = config
+            if name == "run" and overs and "=" not in overs[0]:
+                cfg_path = Path(overs.pop(0))  # `pmcllama run RECIPE.yaml`
+            cfg = load_config(cls, cfg_path, overs)
+            return mod.run(cfg, force=force)
+
+        guarded(go)
+
+    mod = importlib.import_module(module) if _light(module) else None
+    fields = ""
+    if mod is not None:
+        lines = describe(getattr(mod, cls_name))
+        fields = "\b\nConfig keys (YAML or key.sub=value):\n" + "\n".join("  " + ln for ln in lines)
+    usage = "pmcllama run RECIPE.yaml [key=value ...]" if name == "run" else \
+        f"pmcllama {name} [--config FILE.yaml] [key.sub=value ...]"
+    command.__doc__ = f"{summary}\n\n{usage}"
+    app.command(name=name, help=command.__doc__, epilog=fields or None)(command)
+
+
+def _light(module: str) -> bool:
+    """Stage modules keep torch/transformers imports inside functions, so --help stays fast."""
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
+for _name, (_module, _cls, _summary) in STAGES.items():
+    _stage_command(_name, _module, _cls, _summary)
+
+
+@app.command("models")
+def models_cmd(
+    name: Optional[str] = typer.Argument(None, help="a model: folder, .gguf file, or built-in name"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List the built-in models, or inspect one (architecture, parameters, vocab, context, dtype)."""
+    from pmcllama import models
+
+    def go():
+        if name is None:
+            for key, text in models.BUILTINS.items():
+                typer.echo(f"{key:14s} {text}")
+            typer.echo("\nAlso accepted: a local Hugging Face folder or a local .gguf file.")
+            return
+        info = models.model_info(name)
+        if as_json:
+            typer.echo(json.dumps(info, indent=2))
+        else:
+            for k, v in info.items():
+                typer.echo(f"{k:16s} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:16s} {v}")
+
+    guarded(go)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show full tracebacks for errors")) -> None:
+    if debug:
+        _state["debug"] = True
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
