@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
+import re
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -47,6 +47,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")
 _state = {"debug": bool(os.environ.get("PMCLLAMA_DEBUG"))}
 
 
@@ -81,7 +82,13 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
             cfg_path = config
             if name == "run" and overs and "=" not in overs[0]:
                 cfg_path = Path(overs.pop(0))  # `pmcllama run RECIPE.yaml`
+            prompts = []
+            if name == "generate":  # bare arguments are prompts
+                prompts = [o for o in overs if not _OVERRIDE.match(o)]
+                overs = [o for o in overs if _OVERRIDE.match(o)]
             cfg = load_config(cls, cfg_path, overs)
+            if prompts:
+                cfg.prompts = list(cfg.prompts) + prompts
             return mod.run(cfg, force=force)
 
         guarded(go)

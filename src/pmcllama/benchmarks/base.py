@@ -1,0 +1,108 @@
+"""What every benchmark loader returns: multiple-choice items plus how they were built.
+
+An `Item` is one question: a prompt, the continuations to score (each with its leading
+space, e.g. " yes" or " A"), and the index of the gold continuation. A loader returns a
+`Loaded` benchmark: the items, the prompt template's version string (written beside every
+result so numbers made with different prompts are never compared by mistake), and the
+label of each choice index for the tables.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pmcllama.errors import UserError
+
+
+@dataclass
+class Item:
+    """One multiple-choice question."""
+
+    id: str
+    prompt: str
+    choices: list[str]
+    gold: int
+
+    @property
+    def prompt_sha256(self) -> str:
+        return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Loaded:
+    """A loaded benchmark: items, template version, choice labels, and data warnings."""
+
+    items: list[Item]
+    template: str
+    labels: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_text(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("file not found" if not path.exists() else "not a file", path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"not UTF-8 text (byte {e.start})", path) from None
+
+
+def line_of(text: str, needle: str, occurrence: int = 1) -> int | None:
+    """1-based line of the n-th occurrence of `needle` in `text` (None if absent)."""
+    pos = -1
+    for _ in range(occurrence):
+        pos = text.find(needle, pos + 1)
+        if pos < 0:
+            return None
+    return text.count("\n", 0, pos) + 1
+
+
+def parse_json_document(path: str | Path, text: str) -> tuple[Any, list[str]]:
+    """Parse a whole-file JSON document; also return the duplicated keys of the top object."""
+    calls: list[list[str]] = []
+
+    def hook(pairs):
+        seen: set[str] = set()
+        dups = []
+        for key, _ in pairs:
+            if key in seen:
+                dups.append(key)
+            seen.add(key)
+        calls.append(dups)  # the top-level object is the last one closed
+        return dict(pairs)
+
+    try:
+        data = json.loads(text, object_pairs_hook=hook)
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
+    top_dups = calls[-1] if calls and isinstance(data, dict) else []
+    return data, top_dups
+
+
+def looks_like_pubmedqa(obj: Any) -> bool:
+    """A {pmid: {QUESTION, CONTEXTS, ...}} mapping, as in PubMedQA's ori_pqal.json."""
+    if not isinstance(obj, dict) or not obj:
+        return False
+    first = next(iter(obj.values()))
+    return isinstance(first, dict) and "QUESTION" in first
+
+
+def looks_like_jsonl(text: str) -> bool:
+    """True when the first non-empty line is a complete JSON object on its own."""
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                return isinstance(json.loads(line), dict)
+            except json.JSONDecodeError:
+                return False
+    return False
+
+
+def apply_limit(items: list[Item], limit: int | None, path: str | Path) -> list[Item]:
+    if not items:
+        raise UserError("benchmark has no items", path)
+    return items[:limit] if limit else items

@@ -1,0 +1,113 @@
+"""PubMedQA (PQA-L, the 1,000 expert-labelled questions), from the official `ori_pqal.json`.
+
+Input layout (github.com/pubmedqa/pubmedqa, `data/ori_pqal.json`, also the split files
+`pqal_fold*/{train,dev}_set.json` and `test_set.json`): one JSON object
+`{pmid: {"QUESTION": str, "CONTEXTS": [str, ...], "final_decision": "yes"|"no"|"maybe", ...}}`.
+
+Prompt, template `pubmedqa-lmeval-v1`, as lm-evaluation-harness's `pubmedqa` task
+(lm_eval/tasks/pubmedqa/preprocess_pubmedqa.py, `doc_to_text`)::
+
+    "Abstract: " + "\\n".join(CONTEXTS) + "\\nQuestion: " + QUESTION + "\\nAnswer:"
+
+The abstract's sections are joined with a newline, as lm-eval does. Choices are
+`doc_to_choice: ["yes", "no", "maybe"]` with lm-eval's default target delimiter " ", so the
+scored continuations are " yes", " no", " maybe"; gold is the index of `final_decision`.
+lm-eval reads the Hugging Face copy `bigbio/pubmed_qa` (`pubmed_qa_labeled_fold0_source`),
+whose `test` split is the official 500-question test set: pass the official
+`test_ground_truth.json` as `ids` to restrict `ori_pqal.json` to exactly those questions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pmcllama.benchmarks.base import (
+    Item, Loaded, apply_limit, line_of, looks_like_jsonl, parse_json_document, read_text,
+)
+from pmcllama.errors import UserError
+
+TEMPLATE = "pubmedqa-lmeval-v1"
+LABELS = ["yes", "no", "maybe"]
+FIELDS = ("QUESTION", "CONTEXTS", "final_decision")
+WRONG_JSONL = ("this is JSON Lines (one record per line), not PubMedQA's ori_pqal.json "
+               "({pmid: {QUESTION, CONTEXTS, final_decision}}); for MedQA JSONL use format: medqa")
+
+
+def build_prompt(question: str, contexts: list[str]) -> str:
+    return "Abstract: {}\nQuestion: {}\nAnswer:".format("\n".join(contexts), question)
+
+
+def load(path: str | Path, limit: int | None = None, ids: str | Path | None = None) -> Loaded:
+    """Read `ori_pqal.json` (or a split file of the same layout) into items."""
+    text = read_text(path)
+    try:
+        data, dups = parse_json_document(path, text)
+    except UserError:
+        if looks_like_jsonl(text):
+            raise UserError(WRONG_JSONL, path) from None
+        raise
+    _check_top(path, data)
+    if dups:
+        pmid = dups[0]
+        raise UserError(f"duplicate pmid '{pmid}'", path, line_of(text, f'"{pmid}"', 2))
+    items = [_item(path, text, str(pmid), rec) for pmid, rec in data.items()]
+    if ids is not None:
+        items = _restrict(items, read_ids(ids), ids)
+    return Loaded(apply_limit(items, limit, path), TEMPLATE, list(LABELS))
+
+
+def _check_top(path: str | Path, data: Any) -> None:
+    if isinstance(data, list):
+        raise UserError("a JSON list; PubMedQA's ori_pqal.json is one object {pmid: record}", path)
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object {pmid: record} (PubMedQA ori_pqal.json layout)", path)
+    if not data:
+        raise UserError("benchmark has no items", path)
+    if "question" in data and "options" in data:
+        raise UserError(WRONG_JSONL, path)
+    first = next(iter(data.values()))
+    if isinstance(first, str) and first in LABELS:
+        raise UserError("this is a label file {pmid: label} (like test_ground_truth.json), not "
+                        "ori_pqal.json; give it as `ids` and the records as `path`", path)
+
+
+def _item(path: str | Path, text: str, pmid: str, rec: Any) -> Item:
+    line = line_of(text, f'"{pmid}"')
+    where = f"pmid {pmid}: "
+    if not isinstance(rec, dict):
+        raise UserError(where + f"record is a {type(rec).__name__}, expected an object", path, line)
+    for name in FIELDS:
+        if name not in rec:
+            raise UserError(where + f"missing field '{name}'", path, line)
+    question, contexts, label = rec["QUESTION"], rec["CONTEXTS"], rec["final_decision"]
+    if not isinstance(question, str) or not question.strip():
+        raise UserError(where + "QUESTION must be a non-empty string", path, line)
+    if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+        raise UserError(where + "CONTEXTS must be a list of strings", path, line)
+    if label not in LABELS:
+        raise UserError(where + f"final_decision {label!r} is not one of yes, no, maybe", path, line)
+    return Item(pmid, build_prompt(question, contexts), [" " + c for c in LABELS], LABELS.index(label))
+
+
+def read_ids(path: str | Path) -> dict[str, str | None]:
+    """PMIDs from a JSON list, or a dict {pmid: label or anything} such as test_ground_truth.json."""
+    text = read_text(path)
+    data, _ = parse_json_document(path, text)
+    if isinstance(data, dict):
+        return {str(k): (v if isinstance(v, str) else None) for k, v in data.items()}
+    if isinstance(data, list) and all(isinstance(x, (str, int)) for x in data):
+        return {str(x): None for x in data}
+    raise UserError("ids must be a JSON list of PMIDs or an object keyed by PMID", path)
+
+
+def _restrict(items: list[Item], wanted: dict[str, str | None], ids_path: str | Path) -> list[Item]:
+    by_id = {it.id: it for it in items}
+    missing = [p for p in wanted if p not in by_id]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(wanted)} PMIDs are not in the benchmark file "
+                        f"(first: {', '.join(missing[:3])})", ids_path)
+    for pmid, label in wanted.items():
+        if label in LABELS and LABELS[by_id[pmid].gold] != label:
+            raise UserError(f"pmid {pmid}: label {label!r} differs from the benchmark's "
+                            f"final_decision {LABELS[by_id[pmid].gold]!r}", ids_path)
+    return [it for it in items if it.id in wanted]

@@ -1,0 +1,210 @@
+"""Multiple-choice scoring by log-likelihood, computed the lm-evaluation-harness way.
+
+For each item and choice, loglik = sum of log p(continuation token | everything before),
+with the split of lm-eval's `HFLM._encode_pair`:
+
+- trailing whitespace of the prompt moves to the front of the continuation;
+- `whole = encode(prompt + continuation)`, `ctx = encode(prompt)`,
+  continuation tokens = `whole[len(ctx):]`;
+- the model input is `(ctx + cont)[:-1]`, cut from the left to `max_length` tokens
+  (lm-eval's `[-(max_length + 1):][:-1]`); such items are counted as truncated.
+
+Texts are encoded without special tokens, then any prefix the tokenizer adds by default (a
+BOS, e.g. Llama's `<s>`) is put in front of both, so the split stays consistent. lm-eval's HF
+backend adds no BOS unless `add_bos_token=True`: for tokenizers that add one (not SmolLM2 nor
+tiny-llama), numbers match lm-eval run with `add_bos_token=True`. An empty context is
+replaced by the EOS token, as lm-eval's `prefix_token_id`.
+
+Batching: the sequences of `batch_size` questions (longest first, as lm-eval sorts) are
+right-padded into one forward. Requests whose model input is identical share one row, so
+single-token choices (" A".." D") cost one sequence per question, like lm-eval's grouping
+by context. Only the hidden states at continuation positions go through the output layer,
+and log_softmax is computed in fp32 (`precision="bf16"` autocasts the transformer only).
+`acc` takes the argmax of summed logliks, `acc_norm` of loglik / len(choice text in
+characters, without the leading delimiter space), as lm-eval's `acc_norm`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from pmcllama.benchmarks.base import Item
+from pmcllama.errors import UserError
+
+DEFAULT_CONTEXT = 2048
+
+
+@dataclass
+class Request:
+    """One (item, choice) to score: the model input and the continuation tokens it predicts."""
+
+    inp: tuple[int, ...]
+    cont: list[int]
+    truncated: bool
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """Token ids a tokenizer puts before the text by default (e.g. BOS); [] for most BPEs."""
+    with_sp = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    for i in range(len(with_sp) - len(plain) + 1):
+        if with_sp[i:i + len(plain)] == plain:
+            return list(with_sp[:i])
+    return []
+
+
+def split_whitespace(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval: trailing spaces of the context belong to the continuation."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        return context[:-n], context[-n:] + continuation
+    return context, continuation
+
+
+def choice_chars(choice: str) -> int:
+    """Length used by acc_norm: the choice text without the target delimiter space."""
+    return max(1, len(choice[1:] if choice.startswith(" ") else choice))
+
+
+def context_length(model, tokenizer=None) -> int:
+    """The model's context window (max_position_embeddings), else the tokenizer's, else 2048."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not n and tokenizer is not None and 0 < (tokenizer.model_max_length or 0) < 10**7:
+        n = tokenizer.model_max_length
+    return int(n or DEFAULT_CONTEXT)
+
+
+def build_requests(tokenizer, items: Sequence[Item], max_length: int) -> list[list[Request]]:
+    """Encode every item's choices into requests (one list per item)."""
+    prefix = special_prefix(tokenizer)
+    fallback = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [0]
+    pairs = [[split_whitespace(it.prompt, c) for c in it.choices] for it in items]
+    ctx_texts = [p[0] for ps in pairs for p in ps]
+    whole_texts = [c + k for ps in pairs for c, k in ps]
+    enc = tokenizer(ctx_texts + whole_texts, add_special_tokens=False)["input_ids"]
+    ctx_enc, whole_enc = enc[: len(ctx_texts)], enc[len(ctx_texts):]
+    out, k = [], 0
+    for it, ps in zip(items, pairs):
+        reqs = []
+        for _ in ps:
+            ctx = prefix + list(ctx_enc[k])
+            cont = list(whole_enc[k])[len(ctx) - len(prefix):]
+            k += 1
+            if not cont:
+                raise UserError(f"item {it.id}: a choice encodes to no tokens after the prompt")
+            if len(cont) > max_length:
+                raise UserError(f"item {it.id}: a choice is longer than max_length={max_length} tokens")
+            seq = (ctx or fallback) + cont
+            inp = seq[:-1]
+            reqs.append(Request(tuple(inp[-max_length:]), cont, len(inp) > max_length))
+        out.append(reqs)
+    return out
+
+
+def _decoder_and_head(model) -> tuple[Any, Any]:
+    """The transformer body and output layer, or (None, None) to use the full forward."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None, None
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None, None
+    if decoder is None or head is None or decoder is model:
+        return None, None
+    return decoder, head
+
+
+def score_requests(model, requests: Sequence[Request], pad_id: int = 0, precision: str = "fp32") -> list[float]:
+    """Summed log-probs of each request's continuation, with one right-padded forward."""
+    import torch
+
+    device = next(model.parameters()).device
+    rows: dict[tuple[int, ...], int] = {}
+    for r in requests:
+        rows.setdefault(r.inp, len(rows))
+    width = max(len(inp) for inp in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for inp, i in rows.items():
+        ids[i, : len(inp)] = torch.tensor(inp, dtype=torch.long)
+        mask[i, : len(inp)] = 1
+    row_idx, pos_idx, targets = [], [], []
+    for r in requests:
+        row, start = rows[r.inp], len(r.inp) - len(r.cont)
+        row_idx += [row] * len(r.cont)
+        pos_idx += range(start, start + len(r.cont))
+        targets += r.cont
+    row_t, pos_t = torch.tensor(row_idx, device=device), torch.tensor(pos_idx, device=device)
+    logits = _logits_at(model, ids.to(device), mask.to(device), row_t, pos_t, precision)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tok_lp = logp[torch.arange(len(targets), device=device), torch.tensor(targets, device=device)]
+    sums = torch.split(tok_lp.double(), [len(r.cont) for r in requests])
+    return [float(s.sum()) for s in sums]
+
+
+def _logits_at(model, ids, mask, row_t, pos_t, precision: str):
+    """Logits (K, vocab) at the (row, position) pairs, the output layer run outside autocast."""
+    import torch
+
+    autocast = torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16")
+    decoder, head = _decoder_and_head(model)
+    with torch.inference_mode():
+        if decoder is None:
+            with autocast:
+                return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[row_t, pos_t].float()
+        with autocast:
+            out = decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+        hidden = out[0]
+        h = hidden[row_t, pos_t]
+        return head(h.to(head.weight.dtype)).float()
+
+
+def predict(item: Item, logliks: list[float], truncated: bool) -> dict:
+    """The per-item record: predictions by acc and acc_norm, correctness, logliks."""
+    normed = [ll / choice_chars(c) for ll, c in zip(logliks, item.choices)]
+    pred = max(range(len(logliks)), key=lambda j: (logliks[j], -j))
+    pred_norm = max(range(len(normed)), key=lambda j: (normed[j], -j))
+    return {
+        "id": item.id, "gold": item.gold, "pred": pred, "pred_norm": pred_norm,
+        "correct": pred == item.gold, "correct_norm": pred_norm == item.gold,
+        "loglik": logliks, "truncated": truncated, "prompt_sha256": item.prompt_sha256,
+    }
+
+
+def evaluate_items(
+    model,
+    tokenizer,
+    items: Sequence[Item],
+    batch_size: int = 8,
+    precision: str = "fp32",
+    max_length: int | None = None,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> list[dict]:
+    """Score every item (questions batched `batch_size` at a time); records in input order."""
+    from tqdm import tqdm
+
+    if precision not in ("fp32", "bf16"):
+        raise UserError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    max_length = max_length or context_length(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    requests = build_requests(tokenizer, items, max_length)
+    order = sorted(range(len(items)), key=lambda i: -max(len(r.inp) for r in requests[i]))
+    logliks: list[list[float]] = [[] for _ in items]
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(items), unit="q", desc=desc, disable=not progress) as bar:
+            for start in range(0, len(order), max(1, batch_size)):
+                chunk = order[start:start + max(1, batch_size)]
+                flat = [r for i in chunk for r in requests[i]]
+                values = iter(score_requests(model, flat, pad_id, precision))
+                for i in chunk:
+                    logliks[i] = [next(values) for _ in requests[i]]
+                bar.update(len(chunk))
+    finally:
+        model.train(was_training)
+    return [predict(it, ll, any(r.truncated for r in reqs))
+            for it, ll, reqs in zip(items, logliks, requests)]

@@ -1,0 +1,79 @@
+"""STAGE 3b: instruction tuning (MedC-I) on the instruction stage's chat JSONL.
+
+Loss only on assistant tokens; the model's chat template or PMC-LLaMA's Alpaca prompt;
+full fine-tuning or LoRA (`lora:` section; merged on save, adapter kept in adapter/).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pmcllama import models
+from pmcllama.errors import UserError
+from pmcllama.stage import StageResult, read_manifest, run_stage
+from pmcllama.training.config import FinetuneConfig, LoraConfig
+
+__all__ = ["FinetuneConfig", "LoraConfig", "run"]
+
+
+def encode_records(tokenizer, records: list[dict], cfg: FinetuneConfig):
+    """Encoded examples and the number of records dropped because truncation left no answer."""
+    from pmcllama.training.data import encode_chat
+
+    examples = [encode_chat(tokenizer, r["messages"], cfg.template, cfg.seq_len) for r in records]
+    kept = [e for e in examples if e is not None]
+    for e, r in zip(examples, records):
+        if e is not None:
+            e.source = r.get("source", "")
+    return kept, len(examples) - len(kept)
+
+
+def epoch_stream(examples: list, seed: int):
+    """Examples in a fresh seeded order every epoch, forever."""
+    rng = np.random.default_rng(seed)
+    while True:
+        for i in rng.permutation(len(examples)):
+            yield examples[i]
+
+
+def run(cfg: FinetuneConfig, force: bool = False) -> Path:
+    from pmcllama.training.data import read_chat_jsonl
+
+    manifest = read_manifest(cfg.data)
+    files = manifest.get("files") or {}
+    if not files.get("train"):
+        raise UserError("not an instructions stage output (no files.train in manifest.json)", cfg.data)
+    train_path = Path(cfg.data) / files["train"]
+    val_path = Path(cfg.data) / files["val"] if files.get("val") else None
+    model_dir = models.resolve(cfg.model)
+
+    def work(tmp: Path) -> StageResult:
+        from pmcllama.training.loop import train
+
+        model, tokenizer = models.load_model(model_dir)
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context and cfg.seq_len > context:
+            raise UserError(f"seq_len {cfg.seq_len} exceeds the model's context length {context}")
+        examples, dropped = encode_records(tokenizer, read_chat_jsonl(train_path), cfg)
+        if not examples:
+            raise UserError(f"no training example keeps an answer within seq_len {cfg.seq_len}", train_path)
+        val = []
+        if cfg.eval_val and val_path is not None and val_path.stat().st_size > 0:
+            val, _ = encode_records(tokenizer, read_chat_jsonl(val_path), cfg)
+        total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.global_batch))
+        stream = epoch_stream(examples, cfg.seed)
+        steps = (list(itertools.islice(stream, cfg.global_batch)) for _ in itertools.count())
+        print(f"[finetune] {cfg.model}: {len(examples)} examples ({dropped} dropped by truncation), "
+              f"{total} steps x {cfg.global_batch}, template={cfg.template}, "
+              f"{'LoRA r=%d' % cfg.lora.rank if cfg.lora else 'full fine-tune'}")
+        summary = train(model, tokenizer, cfg, steps, total, tmp, val=val)
+        return StageResult(
+            counts={"examples": len(examples), "dropped_truncated": dropped, "steps": summary["steps"],
+                    "tokens": summary["tokens"]},
+            info={"base_model": cfg.model, "seq_len": cfg.seq_len, "template": cfg.template,
+                  "lora": cfg.lora.model_dump() if cfg.lora else None, "train": summary})
+
+    return run_stage("finetune", cfg, cfg.out, [cfg.data, model_dir], work, force=force)

@@ -1,0 +1,103 @@
+"""STAGE 5: complete prompts -- the paper's zero-shot sentence-completion case studies.
+
+Prompts come from the command line (`pmcllama generate model=M "Prompt one" "Prompt two"`),
+from `prompts=[...]`, or from a file (.txt: one per line; .jsonl: a `prompt` field). Tokens
+stream to the terminal; with `out=` the completions are also written to generations.jsonl.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+
+from pmcllama import models
+from pmcllama.config import Config
+from pmcllama.errors import UserError
+from pmcllama.stage import StageResult, run_stage
+
+
+class GenerateConfig(Config):
+    model: str = Field("smollm2-135m", description="model: HF folder, .gguf file, built-in name, or a stage output")
+    prompts: list[str] = Field([], description="prompts to complete (also: bare command-line arguments)")
+    prompts_file: Optional[str] = Field(None, description=".txt (one prompt per line) or .jsonl with a 'prompt' field")
+    max_new_tokens: int = Field(64, ge=1, description="tokens to generate per prompt")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy; > 0 = sampling at this temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass (when sampling)")
+    repetition_penalty: float = Field(1.0, gt=0, description="1.0 = none")
+    chat: bool = Field(False, description="wrap each prompt as a user turn in the model's chat template")
+    seed: int = Field(0, description="sampling seed")
+    out: Optional[str] = Field(None, description="folder to write generations.jsonl + manifest (optional)")
+    stream: bool = Field(True, description="print tokens as they are generated")
+
+
+def read_prompts(cfg: GenerateConfig) -> list[str]:
+    prompts = list(cfg.prompts)
+    if cfg.prompts_file:
+        path = Path(cfg.prompts_file)
+        if not path.is_file():
+            raise UserError("prompts file not found", path)
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"line is not JSON: {e.msg}", path, lineno) from None
+                if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+                    raise UserError("record has no string 'prompt' field", path, lineno)
+                prompts.append(rec["prompt"])
+            else:
+                prompts.append(line)
+    if not prompts:
+        raise UserError("no prompts: pass them as arguments, prompts=[...], or prompts_file=FILE")
+    return prompts
+
+
+def complete(model, tokenizer, prompts: list[str], cfg: GenerateConfig, echo=print) -> list[dict]:
+    """Complete each prompt; stream to `echo` when cfg.stream."""
+    import torch
+    from transformers import TextStreamer
+
+    torch.manual_seed(cfg.seed)
+    results = []
+    for prompt in prompts:
+        text = prompt
+        if cfg.chat:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=not cfg.chat).to(model.device)
+        streamer = None
+        if cfg.stream:
+            echo(f"\n>>> {prompt}", end="" if not cfg.chat else "\n")
+            streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sample = cfg.temperature > 0
+        with torch.no_grad():
+            ids = model.generate(
+                **enc, max_new_tokens=cfg.max_new_tokens, do_sample=sample,
+                temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
+                top_k=None, repetition_penalty=cfg.repetition_penalty, streamer=streamer,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new = ids[0, enc["input_ids"].shape[1]:]
+        results.append({"prompt": prompt, "completion": tokenizer.decode(new, skip_special_tokens=True),
+                        "new_tokens": int(new.numel())})
+    return results
+
+
+def run(cfg: GenerateConfig, force: bool = False) -> list[dict] | Path:
+    prompts = read_prompts(cfg)
+    model_dir = models.resolve(cfg.model)
+    if not cfg.out:
+        return complete(*models.load_model(model_dir), prompts, cfg)
+
+    def work(tmp: Path) -> StageResult:
+        rows = complete(*models.load_model(model_dir), prompts, cfg)
+        with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return StageResult(counts={"prompts": len(rows)}, info={"model": cfg.model})
+
+    inputs = [model_dir] + ([cfg.prompts_file] if cfg.prompts_file else [])
+    return run_stage("generate", cfg, cfg.out, inputs, work, force=force)

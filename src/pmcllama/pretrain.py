@@ -1,0 +1,75 @@
+"""STAGE 2: knowledge injection (MedC-K) -- continued causal-LM training on token shards.
+
+Sources from the corpus stage are mixed by weight (PMC-LLaMA: books:papers:general = 15:4:1)
+in `packed` mode (contiguous chunks across documents) or `window` mode (one random window
+per document per epoch, PMC-LLaMA v1). Output: a Hugging Face model folder with
+metrics.jsonl, loss.png and manifest.json.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+from pmcllama import models
+from pmcllama.errors import UserError
+from pmcllama.stage import StageResult, run_stage
+from pmcllama.training.config import PretrainConfig
+
+__all__ = ["PretrainConfig", "run"]
+
+
+def check_tokenizer(tokenizer, corpus_manifest: dict, corpus_dir: str) -> None:
+    """Refuse shards made with another tokenizer than the model's."""
+    vocab, eos = corpus_manifest.get("vocab_size"), corpus_manifest.get("eos_token_id")
+    if vocab != len(tokenizer) or eos != tokenizer.eos_token_id:
+        raise UserError(
+            f"corpus was tokenized with '{corpus_manifest.get('tokenizer')}' (vocab {vocab}, eos {eos}) but the "
+            f"model's tokenizer has vocab {len(tokenizer)}, eos {tokenizer.eos_token_id}; rebuild the corpus "
+            "with tokenizer=<this model>", corpus_dir)
+
+
+def global_batches(stream, size: int):
+    while True:
+        yield list(itertools.islice(stream, size))
+
+
+def mixture_weights(cfg: PretrainConfig, manifest: dict) -> dict[str, float]:
+    sources = manifest.get("sources") or {}
+    if cfg.weights is None:
+        return {name: float(info.get("weight", 1.0)) for name, info in sources.items()}
+    unknown = sorted(set(cfg.weights) - set(sources))
+    if unknown:
+        raise UserError(f"weights name unknown corpus source(s) {unknown}; the corpus has {sorted(sources)}", cfg.data)
+    return dict(cfg.weights)
+
+
+def run(cfg: PretrainConfig, force: bool = False) -> Path:
+    from pmcllama.data.shards import read_corpus
+    from pmcllama.training.data import MixtureSampler
+
+    manifest, shards = read_corpus(cfg.data)
+    weights = mixture_weights(cfg, manifest)
+    model_dir = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(model_dir)
+    check_tokenizer(tokenizer, manifest, cfg.data)
+
+    def work(tmp: Path) -> StageResult:
+        from pmcllama.training.loop import train
+
+        model, _ = models.load_model(model_dir)
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context and cfg.seq_len > context:
+            raise UserError(f"seq_len {cfg.seq_len} exceeds the model's context length {context}")
+        sampler = MixtureSampler(shards, weights, cfg.seq_len, cfg.mode, cfg.seed)
+        total = cfg.max_steps or max(1, math.ceil(cfg.epochs * sampler.epoch_size / cfg.global_batch))
+        print(f"[pretrain] {cfg.model}: {total} steps x {cfg.global_batch} sequences x {cfg.seq_len} tokens, "
+              f"sources {weights}")
+        summary = train(model, tokenizer, cfg, global_batches(iter(sampler), cfg.global_batch), total, tmp)
+        return StageResult(
+            counts={"steps": summary["steps"], "tokens": summary["tokens"]},
+            info={"base_model": cfg.model, "seq_len": cfg.seq_len, "tokenizer": manifest.get("tokenizer"),
+                  "weights": weights, "train": summary})
+
+    return run_stage("pretrain", cfg, cfg.out, [cfg.data, model_dir], work, force=force)
+

@@ -1,0 +1,144 @@
+"""A recipe: the stages in order, each skipped when its output is current.
+
+corpus -> pretrain (knowledge injection) -> instructions -> finetune (instruction tuning)
+-> evaluate every model state (base, after knowledge injection, after instruction tuning)
+-> table (markdown + JSON + bar chart) and loss curves in the run folder.
+The runner fills in the paths that link stages (`out`, `data`, `model`, `tokenizer`);
+everything else in each section is that stage's own config.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from pmcllama.config import Config
+from pmcllama.corpus import CorpusConfig
+from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
+from pmcllama.generate import GenerateConfig
+from pmcllama.instructions import InstructionsConfig
+from pmcllama.stage import read_manifest, write_json
+from pmcllama.training.config import FinetuneConfig, PretrainConfig
+
+
+class RecipeEvaluate(Config):
+    benchmarks: list[BenchmarkSpec] = Field([], description="benchmarks scored for every model state")
+    probe: bool = Field(True, description="also score the knowledge probe written by the instructions stage")
+    probe_choices: Literal["letters", "text"] = Field("text", description="score the probe's option letters or texts")
+    probe_limit: Optional[int] = Field(None, description="score only the first N probe items")
+    batch_size: int = Field(8, ge=1, description="questions per forward batch")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="scoring precision")
+
+
+class RecipeGenerate(Config):
+    prompts: list[str] = Field([], description="zero-shot completion case studies, run on the first and last model")
+    max_new_tokens: int = Field(48, ge=1, description="tokens per completion")
+
+
+class RecipeConfig(Config):
+    name: str = Field("recipe", description="recipe name, shown in the table")
+    out_dir: str = Field("runs/recipe", description="run folder; each stage writes a subfolder")
+    base_model: str = Field("smollm2-135m", description="starting model: HF folder, .gguf file or built-in name")
+    corpus: Optional[CorpusConfig] = Field(None, description="knowledge corpus (null: no knowledge injection)")
+    pretrain: Optional[PretrainConfig] = Field(None, description="knowledge injection training")
+    instructions: Optional[InstructionsConfig] = Field(None, description="instruction set")
+    finetune: Optional[FinetuneConfig] = Field(None, description="instruction tuning")
+    evaluate: RecipeEvaluate = Field(RecipeEvaluate(), description="evaluation of every model state")
+    generate: RecipeGenerate = Field(RecipeGenerate(), description="completion case studies")
+
+
+def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict[str, Path]]:
+    """Run the building stages; return model states [(label, model)] and stage folders."""
+    from pmcllama import corpus, finetune, instructions, pretrain
+
+    out = Path(cfg.out_dir)
+    states = [("base", cfg.base_model)]
+    folders: dict[str, Path] = {}
+    model = cfg.base_model
+    if cfg.pretrain is not None:
+        if cfg.corpus is None:
+            raise_config("a recipe with a pretrain section needs a corpus section")
+        c = cfg.corpus.model_copy(update={"out": str(out / "corpus"), "tokenizer": cfg.base_model})
+        folders["corpus"] = corpus.run(c, force=force)
+        p = cfg.pretrain.model_copy(update={"data": str(folders["corpus"]), "model": model, "out": str(out / "pretrain")})
+        folders["pretrain"] = pretrain.run(p, force=force)
+        model = str(folders["pretrain"])
+        states.append(("knowledge-injected", model))
+    if cfg.finetune is not None:
+        if cfg.instructions is None:
+            raise_config("a recipe with a finetune section needs an instructions section")
+        i = cfg.instructions.model_copy(update={"out": str(out / "instructions")})
+        folders["instructions"] = instructions.run(i, force=force)
+        f = cfg.finetune.model_copy(update={"data": str(folders["instructions"]), "model": model, "out": str(out / "finetune")})
+        folders["finetune"] = finetune.run(f, force=force)
+        states.append(("instruction-tuned", str(folders["finetune"])))
+    return states, folders
+
+
+def raise_config(msg: str) -> None:
+    from pmcllama.errors import ConfigError
+
+    raise ConfigError(msg)
+
+
+def _benchmarks(cfg: RecipeConfig, folders: dict[str, Path]) -> list[BenchmarkSpec]:
+    benches = list(cfg.evaluate.benchmarks)
+    if cfg.evaluate.probe and "instructions" in folders:
+        probe = (read_manifest(folders["instructions"]).get("files") or {}).get("probe")
+        if probe:
+            benches.append(BenchmarkSpec(name="kg-probe", format="medqa", path=str(folders["instructions"] / probe),
+                                         choices=cfg.evaluate.probe_choices, limit=cfg.evaluate.probe_limit))
+    return benches
+
+
+def results_table(rows: dict[str, dict], name: str) -> str:
+    """Markdown table: model state x benchmark accuracy with 95% CI, plus baselines."""
+    benches = sorted({b for r in rows.values() for b in r})
+    lines = [f"| {name} | " + " | ".join(f"{b} acc (95% CI)" for b in benches) + " |",
+             "|---|" + "---|" * len(benches)]
+    for label, r in rows.items():
+        cells = []
+        for b in benches:
+            x = r.get(b)
+            cells.append(f"{100 * x['acc']:.1f} ({100 * x['acc_ci95'][0]:.1f}-{100 * x['acc_ci95'][1]:.1f})" if x else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    any_row = next(iter(rows.values()), {})
+    base = [f"{b}: n={any_row[b]['n']}, majority {100 * any_row[b]['baselines']['majority']:.1f}, best constant choice "
+            f"{100 * any_row[b]['baselines']['constant_choice']:.1f}" for b in benches if b in any_row]
+    return "\n".join(lines) + ("\n\nBaselines: " + "; ".join(base) if base else "") + "\n"
+
+
+def run(cfg: RecipeConfig, force: bool = False) -> Path:
+    from pmcllama import evaluate, generate
+    from pmcllama.plots import plot_accuracy_bars, plot_losses
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out_dir)
+    states, folders = _stages(cfg, force)
+    benches = _benchmarks(cfg, folders)
+    rows: dict[str, dict] = {}
+    for label, model in states if benches else []:
+        e = EvaluateConfig(model=model, out=str(out / "eval" / label), benchmarks=benches,
+                           batch_size=cfg.evaluate.batch_size, precision=cfg.evaluate.precision)
+        folder = evaluate.run(e, force=force)
+        results = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
+        rows[label] = {b.name: results[b.name] for b in benches}
+    if cfg.generate.prompts:
+        for label, model in (states[0], states[-1]) if len(states) > 1 else states[:1]:
+            g = GenerateConfig(model=model, prompts=cfg.generate.prompts, max_new_tokens=cfg.generate.max_new_tokens,
+                               out=str(out / "generate" / label), stream=False)
+            generate.run(g, force=force)
+    curves = {k: folders[k] / "metrics.jsonl" for k in ("pretrain", "finetune") if k in folders}
+    if curves:
+        plot_losses({k: v for k, v in curves.items()}, out / "loss_curves.png", title=f"{cfg.name}: training loss")
+    if rows:
+        table = results_table(rows, cfg.name)
+        (out / "results.md").write_text(table, encoding="utf-8")
+        write_json(out / "results.json", {"recipe": cfg.name, "states": dict(states), "results": rows})
+        plot_accuracy_bars(rows, out / "results.png")
+        print("\n" + table)
+    print(f"[run] {cfg.name} done in {time.perf_counter() - t0:.0f}s; outputs in {out}")
+    return out

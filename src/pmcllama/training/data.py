@@ -1,0 +1,182 @@
+"""Training data feeds: token-shard mixtures (pretrain) and masked chat examples (finetune).
+
+Both produce plans of sequences -- lists of token id arrays with their labels -- that the
+loop collates into padded micro-batches. Deterministic given the seed; corpora stay on disk
+(numpy memmap), only the sequences of the current step are materialised.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pmcllama.errors import UserError
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: np.ndarray  # int64
+    labels: np.ndarray  # int64, IGNORE where no loss
+    source: str = ""
+
+
+class MixtureSampler:
+    """Sequences drawn from several token-shard sources with given weights.
+
+    Each source is cut into units: contiguous seq_len chunks (`packed`) or, per document,
+    one random seq_len window (`window`, PMC-LLaMA v1; short documents whole). Each
+    sequence picks a source with probability proportional to its weight, then takes that
+    source's next unit in a seeded shuffled order (reshuffled when exhausted).
+    """
+
+    def __init__(self, shards: dict, weights: dict[str, float], seq_len: int, mode: str, seed: int):
+        self.shards = {k: v for k, v in shards.items() if weights.get(k, 0) > 0}
+        if not self.shards:
+            raise UserError("no corpus source with a positive weight")
+        self.names = sorted(self.shards)
+        w = np.array([weights[n] for n in self.names], dtype=np.float64)
+        self.probs = w / w.sum()
+        self.seq_len, self.mode = seq_len, mode
+        self.rng = np.random.default_rng(seed)
+        self.units = {n: self._count_units(self.shards[n]) for n in self.names}
+        self.order = {n: np.empty(0, dtype=np.int64) for n in self.names}
+        self.cursor = {n: 0 for n in self.names}
+
+    def _count_units(self, shard) -> int:
+        if self.mode == "window":
+            return shard.num_docs
+        return max(1, math.ceil(shard.num_tokens / self.seq_len))
+
+    @property
+    def epoch_size(self) -> int:
+        """Sequences per epoch: every unit of every source once."""
+        return sum(self.units.values())
+
+    def _next_unit(self, name: str) -> int:
+        if self.cursor[name] >= len(self.order[name]):
+            self.order[name] = self.rng.permutation(self.units[name])
+            self.cursor[name] = 0
+        unit = int(self.order[name][self.cursor[name]])
+        self.cursor[name] += 1
+        return unit
+
+    def _tokens(self, name: str, unit: int) -> np.ndarray:
+        shard = self.shards[name]
+        if self.mode == "window":
+            doc = shard.doc(unit)
+            if len(doc) > self.seq_len:
+                start = int(self.rng.integers(0, len(doc) - self.seq_len + 1))
+                doc = doc[start:start + self.seq_len]
+            return np.asarray(doc, dtype=np.int64)
+        start = unit * self.seq_len
+        return np.asarray(shard.tokens[start:start + self.seq_len], dtype=np.int64)
+
+    def __iter__(self) -> Iterator[Example]:
+        while True:
+            name = self.names[int(self.rng.choice(len(self.names), p=self.probs))]
+            ids = self._tokens(name, self._next_unit(name))
+            yield Example(ids, ids.copy(), name)
+
+
+def read_chat_jsonl(path: Path) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"line is not JSON: {e.msg}", path, lineno) from None
+            msgs = rec.get("messages") if isinstance(rec, dict) else None
+            if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+                raise UserError("record has no valid 'messages' list of {role, content}", path, lineno)
+            if not any(m["role"] == "assistant" for m in msgs):
+                raise UserError("record has no assistant turn (nothing to learn)", path, lineno)
+            records.append(rec)
+    if not records:
+        raise UserError("no records", path)
+    return records
+
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+def _render_alpaca(messages: Sequence[dict], eos: str) -> tuple[str, list[tuple[int, int]]]:
+    """PMC-LLaMA's Alpaca layout; returns text and the character spans of the answers."""
+    text, spans, pending = "", [], []
+    for m in messages:
+        if m["role"] == "assistant":
+            text += ALPACA_PROMPT.format(instruction="\n\n".join(pending)) if pending else ""
+            start = len(text)
+            text += " " + m["content"] + eos
+            spans.append((start, len(text)))
+            pending = []
+            text += "\n\n"
+        elif m["role"] == "user":
+            pending.append(m["content"])
+    return text, spans
+
+
+def _render_chat(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The model's chat template; answer spans found by rendering growing prefixes."""
+    full = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(list(messages[:i]), tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(list(messages[: i + 1]), tokenize=False)
+        if not (full.startswith(through) and through.startswith(before)):
+            raise UserError("the chat template does not render conversations prefix-consistently; "
+                            "use template: alpaca")
+        spans.append((len(before), len(through)))
+    return full, spans
+
+
+def encode_chat(tokenizer, messages: Sequence[dict], template: str, seq_len: int) -> Example | None:
+    """Token ids with labels only on assistant answers; None when truncation leaves no answer."""
+    if template == "alpaca":
+        text, spans = _render_alpaca(messages, tokenizer.eos_token or "")
+    else:
+        text, spans = _render_chat(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    labels = np.full_like(ids, IGNORE)
+    for k, (s, e) in enumerate(enc["offset_mapping"]):
+        if any(a <= s < b for a, b in spans) and e > s:
+            labels[k] = ids[k]
+    ids, labels = ids[:seq_len], labels[:seq_len]
+    if not (labels != IGNORE).any():
+        return None
+    return Example(ids, labels)
+
+
+def collate(examples: Sequence[Example], pad_id: int):
+    """Right-pad to the longest example: input_ids, labels (IGNORE on pads), attention_mask."""
+    import torch
+
+    n = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    for i, e in enumerate(examples):
+        k = len(e.input_ids)
+        ids[i, :k] = torch.from_numpy(e.input_ids)
+        labels[i, :k] = torch.from_numpy(e.labels)
+        mask[i, :k] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def label_tokens(examples: Sequence[Example]) -> int:
+    """Tokens that carry a loss once labels are shifted by one (the first position never does)."""
+    return int(sum((e.labels[1:] != IGNORE).sum() for e in examples))
