@@ -54,7 +54,7 @@ def test_alpaca_json_with_system_prompt(tmp_path):
         {"role": "assistant", "content": "Rest and drink water."}]
     assert json.loads((out / "alpaca.json").read_text()) == RECORDS
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["files"] == {"train": "train.jsonl", "val": "val.jsonl", "probe": None, "alpaca": "alpaca.json"}
+    assert manifest["files"] == {"train": "train.jsonl", "val": None, "probe": None, "alpaca": "alpaca.json"}
     assert manifest["counts"] == {"train": 2, "val": 0, "probe": 0, "rejected": 0, "duplicates": 0}
     assert not (out / "probe.jsonl").exists() and not (out / "rejected.jsonl").exists()
 
@@ -131,6 +131,8 @@ def test_config_checks(tmp_path):
         make_cfg(tmp_path, [{"name": "x", "format": "alpaca"}])
     with pytest.raises(ConfigError, match="root only apply to format: kg"):
         make_cfg(tmp_path, [{"name": "x", "format": "alpaca", "paths": ["a.json"], "root": "HP:1"}])
+    with pytest.raises(ConfigError, match="max_records only apply to format: alpaca"):
+        make_cfg(tmp_path, [{"name": "x", "format": "kg", "max_records": 3}])
     with pytest.raises(ConfigError, match="unique"):
         make_cfg(tmp_path, [{"name": "x", "format": "kg"}, {"name": "x", "format": "kg"}])
     with pytest.raises(ConfigError, match="val_fraction"):

@@ -194,6 +194,8 @@ def test_hpo_probe_and_counts(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     stats = json.loads((out / "stats.json").read_text())
     counts = manifest["counts"]
+    assert manifest["files"] == {"train": "train.jsonl", "val": "val.jsonl", "probe": "probe.jsonl",
+                                 "alpaca": "alpaca.json"}
     src = stats["sources"]["hpo"]
     assert counts["train"] + counts["val"] + counts["duplicates"] == src["records"]
     assert counts["val"] >= 1 and counts["rejected"] == 0

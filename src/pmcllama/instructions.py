@@ -31,6 +31,7 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 KGTask = Literal["description", "relation", "mcq_definition", "mcq_parent"]
 KG_ONLY = ("root", "limit", "seed_terms", "tasks", "probe_terms", "ontology")
+ALPACA_ONLY = ("max_records", "task")
 
 
 class InstructionSource(Config):
@@ -39,7 +40,7 @@ class InstructionSource(Config):
         description="alpaca: {instruction, input, output} records; kg: prompts from an ontology")
     paths: list[str] = Field(default_factory=list,
                              description="alpaca: .json array or .jsonl files of {instruction, input, output}")
-    max_records: int | None = Field(None, ge=1, description="keep at most this many records (None = all)")
+    max_records: int | None = Field(None, ge=1, description="alpaca: keep at most this many records (None = all)")
     task: Literal["auto", "dialogue", "qa"] = Field(
         "auto", description="alpaca: task label; auto = dialogue when a record has an input, else qa")
     ontology: str = Field("hpo", description="kg: built-in ontology name (hpo) or an .obo file")
@@ -60,6 +61,9 @@ class InstructionSource(Config):
                 raise ValueError(f"{', '.join(given)} only apply to format: kg (source '{self.name}')")
         elif self.paths:
             raise ValueError(f"kg source '{self.name}' reads `ontology`, not `paths`")
+        elif set(ALPACA_ONLY) & self.model_fields_set:
+            given = ", ".join(sorted(set(ALPACA_ONLY) & self.model_fields_set))
+            raise ValueError(f"{given} only apply to format: alpaca (source '{self.name}'; use limit for kg)")
         return self
 
 
@@ -333,7 +337,8 @@ def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult
         log(f"[instructions] {name} ({s['format']}): {s['records']} records ({tasks}){extra}")
     log(f"[instructions] train {counts['train']}, val {counts['val']}, probe {counts['probe']}, "
         f"duplicates {counts['duplicates']}, rejected {counts['rejected']}")
-    files = {"train": "train.jsonl", "val": "val.jsonl",
+    # An empty split is named None (like probe), so readers that refuse empty files skip it.
+    files = {"train": "train.jsonl", "val": "val.jsonl" if val else None,
              "probe": "probe.jsonl" if probe else None, "alpaca": "alpaca.json"}
     return stage.StageResult(counts=counts, info={"files": files})
 

@@ -94,20 +94,25 @@ def _benchmarks(cfg: RecipeConfig, folders: dict[str, Path]) -> list[BenchmarkSp
     return benches
 
 
+def _cell(x: dict | None, metric: str) -> str:
+    if not x:
+        return "-"
+    lo, hi = x.get(f"{metric}_ci95") or (x[metric], x[metric])
+    return f"{100 * x[metric]:.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
+
+
 def results_table(rows: dict[str, dict], name: str) -> str:
-    """Markdown table: model state x benchmark accuracy with 95% CI, plus baselines."""
+    """Markdown table: model state x (benchmark, metric) with 95% CIs, plus baselines."""
     benches = sorted({b for r in rows.values() for b in r})
-    lines = [f"| {name} | " + " | ".join(f"{b} acc (95% CI)" for b in benches) + " |",
-             "|---|" + "---|" * len(benches)]
+    cols = [(b, m) for b in benches for m in ("acc", "acc_norm")]
+    lines = [f"| {name} | " + " | ".join(f"{b} {m} (95% CI)" for b, m in cols) + " |",
+             "|---|" + "---|" * len(cols)]
     for label, r in rows.items():
-        cells = []
-        for b in benches:
-            x = r.get(b)
-            cells.append(f"{100 * x['acc']:.1f} ({100 * x['acc_ci95'][0]:.1f}-{100 * x['acc_ci95'][1]:.1f})" if x else "-")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    any_row = next(iter(rows.values()), {})
-    base = [f"{b}: n={any_row[b]['n']}, majority {100 * any_row[b]['baselines']['majority']:.1f}, best constant choice "
-            f"{100 * any_row[b]['baselines']['constant_choice']:.1f}" for b in benches if b in any_row]
+        lines.append(f"| {label} | " + " | ".join(_cell(r.get(b), m) for b, m in cols) + " |")
+    first = next(iter(rows.values()), {})
+    base = [f"{b}: n={first[b]['n']}, majority class {100 * first[b]['baselines']['majority']:.1f}, "
+            f"best constant choice {100 * first[b]['baselines']['constant_choice']['max']:.1f}"
+            for b in benches if b in first]
     return "\n".join(lines) + ("\n\nBaselines: " + "; ".join(base) if base else "") + "\n"
 
 
@@ -138,7 +143,7 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
         table = results_table(rows, cfg.name)
         (out / "results.md").write_text(table, encoding="utf-8")
         write_json(out / "results.json", {"recipe": cfg.name, "states": dict(states), "results": rows})
-        plot_accuracy_bars(rows, out / "results.png")
+        plot_accuracy_bars(rows, out / "results.png", metric="acc_norm")
         print("\n" + table)
     print(f"[run] {cfg.name} done in {time.perf_counter() - t0:.0f}s; outputs in {out}")
     return out

@@ -81,7 +81,7 @@ def build_requests(tokenizer, items: Sequence[Item], max_length: int) -> list[li
     pairs = [[split_whitespace(it.prompt, c) for c in it.choices] for it in items]
     ctx_texts = [p[0] for ps in pairs for p in ps]
     whole_texts = [c + k for ps in pairs for c, k in ps]
-    enc = tokenizer(ctx_texts + whole_texts, add_special_tokens=False)["input_ids"]
+    enc = tokenizer(ctx_texts + whole_texts, add_special_tokens=False, verbose=False)["input_ids"]
     ctx_enc, whole_enc = enc[: len(ctx_texts)], enc[len(ctx_texts):]
     out, k = [], 0
     for it, ps in zip(items, pairs):

@@ -41,6 +41,10 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
+def stage_name(out: Path) -> str:
+    return out.name.removesuffix(".partial")
+
+
 def default_device():
     import torch
 
@@ -120,7 +124,8 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
           out: Path, val: Sequence[Example] | None = None) -> dict:
     """Run `total_steps` optimizer steps; each item of `steps` is one global batch of examples."""
     import torch
-    from tqdm import tqdm
+
+    from pmcllama.progress import progress
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -134,7 +139,7 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
     seen: dict[str, int] = {}
     tokens_total, t_start = 0, time.perf_counter()
     metrics_path = out / "metrics.jsonl"
-    bar = tqdm(total=total_steps, unit="step", desc=out.name, dynamic_ncols=True)
+    bar = progress(total=total_steps, unit="step", desc=stage_name(out))
     with open(metrics_path, "w", encoding="utf-8") as log:
         for step in range(1, total_steps + 1):
             t0 = time.perf_counter()
@@ -179,7 +184,7 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
     save_trained(model, tokenizer, cfg, out)
     from pmcllama.plots import plot_losses
 
-    plot_losses({out.name: metrics_path}, out / "loss.png", title=f"{out.name}: training loss")
+    plot_losses({stage_name(out): metrics_path}, out / "loss.png", title=f"{stage_name(out)}: training loss")
     return summary
 
 

@@ -1,0 +1,78 @@
+"""Typed configs: YAML + overrides, unknown keys with suggestions, wrong types named."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pmcllama.config import describe, load_config
+from pmcllama.errors import ConfigError, UserError
+from pmcllama.run import RecipeConfig
+from pmcllama.training.config import FinetuneConfig, PretrainConfig
+
+
+def test_yaml_plus_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("data: d\nout: o\nlr: 1.0e-4\nlora: {rank: 4}\n")
+    cfg = load_config(FinetuneConfig, f, ["lr=3e-5", "lora.targets=[q_proj,k_proj]", "max_steps=7"])
+    assert cfg.lr == 3e-5 and cfg.max_steps == 7
+    assert cfg.lora.rank == 4 and cfg.lora.targets == ["q_proj", "k_proj"]
+
+
+def test_unknown_key_names_the_nearest_valid_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate'|unknown config key 'lrr'"):
+        load_config(PretrainConfig, None, ["lrr=1"])
+    with pytest.raises(ConfigError, match=r"'lora.rnak'; did you mean 'lora.rank'"):
+        load_config(PretrainConfig, None, ["lora.rnak=4"])
+    with pytest.raises(ConfigError, match=r"'pretrain.seq_lenn'; did you mean 'pretrain.seq_len'"):
+        load_config(RecipeConfig, None, ["pretrain.seq_lenn=5", "pretrain.data=x"])
+
+
+def test_wrong_type_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"config key 'lr' = 'fast'"):
+        load_config(PretrainConfig, None, ["lr=fast"])
+    with pytest.raises(ConfigError, match=r"global_batch \(10\) must be a multiple of micro_batch \(4\)"):
+        load_config(PretrainConfig, None, ["global_batch=10", "micro_batch=4"])
+    with pytest.raises(ConfigError, match=r"weight of source 'books' must be > 0"):
+        load_config(PretrainConfig, None, ["weights={books: 0}"])
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("data: x\nlr: [1, 2\n")
+    with pytest.raises(UserError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_config(PretrainConfig, f)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(PretrainConfig, tmp_path / "missing.yaml")
+
+
+def test_describe_lists_every_key_with_its_description():
+    lines = describe(FinetuneConfig)
+    assert any(l.startswith("lr (float = 2e-05): peak learning rate") for l in lines)
+    assert any(l.startswith("lora.rank (int = 8): LoRA rank") for l in lines)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "pmcllama", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_help_lists_the_pipeline_in_order():
+    out = _cli("--help").stdout
+    order = [out.index(f"  {c} ") for c in ("corpus", "pretrain", "instructions", "finetune", "evaluate",
+                                            "generate", "run", "models")]
+    assert order == sorted(order)
+    stage_help = _cli("pretrain", "--help").stdout
+    assert "seq_len (int = 512): tokens per training sequence" in stage_help
+    assert "--config" in stage_help and "--force" in stage_help
+
+
+def test_cli_user_errors_exit_2_with_one_line():
+    p = _cli("pretrain", "lrr=1")
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "did you mean 'lr'" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = _cli("pretrain", "data=/nonexistent/corpus")
+    assert p.returncode == 2 and "/nonexistent/corpus" in p.stderr and "Traceback" not in p.stderr
+    p = _cli("--debug", "pretrain", "data=/nonexistent/corpus")
+    assert p.returncode != 0 and "Traceback" in p.stderr
