@@ -20,20 +20,13 @@ from pmcllama.errors import UserError
 
 # The pipeline, in order: command -> (module, config class, one-line help).
 STAGES: dict[str, tuple[str, str, str]] = {
-    "corpus": ("pmcllama.corpus", "CorpusConfig",
-               "STAGE 1  raw text -> cleaned documents -> token shards (knowledge corpus, MedC-K)."),
-    "pretrain": ("pmcllama.pretrain", "PretrainConfig",
-                 "STAGE 2  knowledge injection: continued causal-LM training on token shards."),
-    "instructions": ("pmcllama.instructions", "InstructionsConfig",
-                     "STAGE 3a build the instruction set (chat JSONL, train/validation split)."),
-    "finetune": ("pmcllama.finetune", "FinetuneConfig",
-                 "STAGE 3b instruction tuning (full or LoRA), loss on answer tokens only."),
-    "evaluate": ("pmcllama.evaluate", "EvaluateConfig",
-                 "STAGE 4  multiple-choice accuracy on medical QA benchmarks (log-likelihood)."),
-    "generate": ("pmcllama.generate", "GenerateConfig",
-                 "STAGE 5  complete prompts (zero-shot case studies), streamed to the terminal."),
-    "run": ("pmcllama.run", "RecipeConfig",
-            "RECIPE   run every stage in order, skipping those already current; print the table."),
+    "corpus": ("pmcllama.corpus", "CorpusConfig", "STAGE 1  text -> cleaned documents -> token shards"),
+    "pretrain": ("pmcllama.pretrain", "PretrainConfig", "STAGE 2  knowledge injection (continued pretraining)"),
+    "instructions": ("pmcllama.instructions", "InstructionsConfig", "STAGE 3a build the instruction set (chat JSONL)"),
+    "finetune": ("pmcllama.finetune", "FinetuneConfig", "STAGE 3b instruction tuning, full or LoRA"),
+    "evaluate": ("pmcllama.evaluate", "EvaluateConfig", "STAGE 4  medical QA accuracy by log-likelihood"),
+    "generate": ("pmcllama.generate", "GenerateConfig", "STAGE 5  complete prompts, streamed"),
+    "run": ("pmcllama.run", "RecipeConfig", "RECIPE   every stage in order, then the results table"),
 }
 
 app = typer.Typer(
@@ -93,36 +86,33 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
 
         guarded(go)
 
-    mod = importlib.import_module(module) if _light(module) else None
-    fields = ""
-    if mod is not None:
-        lines = describe(getattr(mod, cls_name))
-        fields = "\b\nConfig keys (YAML or key.sub=value):\n" + "\n".join("  " + ln for ln in lines)
+    # stage modules keep torch/transformers imports inside functions, so --help stays fast
+    mod = importlib.import_module(module)
+    lines = describe(getattr(mod, cls_name))
+    fields = "\b\nConfig keys (YAML or key.sub=value):\n" + "\n".join("  " + ln for ln in lines)
     usage = "pmcllama run RECIPE.yaml [key=value ...]" if name == "run" else \
         f"pmcllama {name} [--config FILE.yaml] [key.sub=value ...]"
-    command.__doc__ = f"{summary}\n\n{usage}"
-    app.command(name=name, help=command.__doc__, epilog=fields or None)(command)
-
-
-def _light(module: str) -> bool:
-    """Stage modules keep torch/transformers imports inside functions, so --help stays fast."""
-    try:
-        importlib.import_module(module)
-        return True
-    except ImportError:
-        return False
+    if name == "generate":
+        usage += ' ["prompt" ...]'
+    command.__doc__ = f"{(mod.__doc__ or summary).strip()}\n\n\b\n{usage}"
+    app.command(name=name, help=command.__doc__, short_help=summary, epilog=fields)(command)
 
 
 for _name, (_module, _cls, _summary) in STAGES.items():
     _stage_command(_name, _module, _cls, _summary)
 
 
-@app.command("models")
+@app.command("models", short_help="MODELS   list the built-ins, or inspect one")
 def models_cmd(
     name: Optional[str] = typer.Argument(None, help="a model: folder, .gguf file, or built-in name"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """List the built-in models, or inspect one (architecture, parameters, vocab, context, dtype)."""
+    """List the built-in models, or inspect one (architecture, parameters, vocab, context, dtype).
+
+    \b
+    pmcllama models                 the built-ins
+    pmcllama models PATH_OR_NAME    inspect a folder, .gguf file or built-in
+    """
     from pmcllama import models
 
     def go():

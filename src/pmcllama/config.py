@@ -9,6 +9,7 @@ field and the value.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -188,9 +189,9 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation).replace("typing.", "")
-    for mod in ("pmcllama.", "pathlib."):
-        text = text.replace(mod, "")
-    return text
+    text = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", text)  # pmcllama.training.config.LoraConfig -> LoraConfig
+    text = re.sub(r"Literal\[([^\]]*)\]", lambda m: m.group(1).replace("'", "").replace(", ", "|"), text)
+    return re.sub(r"Optional\[(.*)\]$", r"\1 | None", text)
 
 
 def dump_yaml(cfg: BaseModel) -> str:

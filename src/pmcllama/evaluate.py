@@ -105,6 +105,12 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
         for warning in bench.warnings:
             print(f"warning: {warning}")
     model, tok = _load(folder)
+    if cfg.precision == "bf16" and next(model.parameters()).device.type == "cpu":
+        from pmcllama.training.loop import cpu_has_native_bf16
+
+        if not cpu_has_native_bf16():
+            print("warning: this CPU has neither AMX nor AVX-512-BF16: bf16 autocast is emulated "
+                  "and slower than fp32 here (use precision=fp32)")
     (tmp / "predictions").mkdir()
     results: dict = {"model": cfg.model}
     for spec in cfg.benchmarks:

@@ -10,6 +10,7 @@ plus `pred_share`, how often the model picked each choice, which shows such a co
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Sequence
 
@@ -49,7 +50,7 @@ def baselines(golds: Sequence[int], n_choices: Sequence[int], labels: Sequence[s
         "majority": max(counts.values()) / n,
         "majority_choice": label,
         "constant_choice": {"max": per_choice[best], "per_choice": per_choice},
-        "random": sum(1.0 / c for c in n_choices) / n,
+        "random": math.fsum(1.0 / c for c in n_choices) / n,
     }
 
 

@@ -165,8 +165,8 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
             dt = time.perf_counter() - t0
             if not math.isfinite(loss_sum):
                 raise RuntimeError(f"loss became {loss_sum} at step {step}; lower lr or use fp32")
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / dt:.0f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / dt:.0f}")
             if step % cfg.log_every == 0 or step == total_steps:
                 log.write(json.dumps({
                     "step": step, "loss": round(loss_sum, 5), "lr": lr, "grad_norm": round(float(grad_norm), 5),
