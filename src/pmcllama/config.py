@@ -29,6 +29,14 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
+def require_unique_names(items: list, what: str) -> None:
+    """Raise ValueError naming the repeated `.name`s of config items (sources, benchmarks)."""
+    names = [item.name for item in items]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+
+
 def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The pydantic model inside an annotation (X, X | None, list[X]) and whether it is a list."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -25,7 +25,7 @@ from typing import IO, Callable, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pmcllama.config import Config
+from pmcllama.config import Config, require_unique_names
 from pmcllama.data.filters import ExactDedup, Filter, apply_filters, normalize, too_short
 from pmcllama.data.readers import Document, InputFile, read_file, resolve_paths
 from pmcllama.data.shards import ShardWriter, dtype_for
@@ -72,10 +72,7 @@ class CorpusConfig(Config):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CorpusConfig":
-        names = [s.name for s in self.sources]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dup)}")
+        require_unique_names(self.sources, "source")
         return self
 
 
@@ -188,9 +185,8 @@ def _summary(stats: dict[str, SourceStats], log: Callable[[str], None]) -> None:
 def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
           log: Callable[[str], None] = print) -> StageResult:
     """The stage's work: every source into `tmp`, plus exclusions.jsonl and stats.json."""
-    from tqdm import tqdm
-
     from pmcllama.models import load_tokenizer
+    from pmcllama.progress import progress as progress_bar
 
     tok = load_tokenizer(cfg.tokenizer)
     if tok.eos_token_id is None:
@@ -201,10 +197,10 @@ def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
         filters.append(ExactDedup())
     stats: dict[str, SourceStats] = {}
     with open(tmp / "exclusions.jsonl", "w", encoding="utf-8") as fh, \
-            tqdm(desc="corpus", unit=" docs", disable=None) as progress:
+            progress_bar(desc="corpus", unit=" docs") as progress:
         excl = _Exclusions(fh)
         for src in cfg.sources:
-            progress.set_postfix_str(src.name)
+            progress.set_postfix_str(src.name, refresh=False)
             stats[src.name] = build_source(src, inputs[src.name], tmp / src.name, tok, dtype,
                                            filters, excl, cfg.on_error, progress)
     totals = {

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pmcllama.config import Config
+from pmcllama.config import Config, require_unique_names
 from pmcllama.errors import UserError
 from pmcllama.stage import StageResult, run_stage, write_json
 
@@ -71,10 +71,7 @@ class EvaluateConfig(Config):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvaluateConfig":
-        names = [b.name for b in self.benchmarks]
-        dups = sorted({n for n in names if names.count(n) > 1})
-        if dups:
-            raise ValueError(f"benchmark names must be unique (repeated: {', '.join(dups)})")
+        require_unique_names(self.benchmarks, "benchmark")
         return self
 
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal
 from pydantic import Field, model_validator
 
 from pmcllama import stage
-from pmcllama.config import Config
+from pmcllama.config import Config, require_unique_names
 from pmcllama.errors import UserError
 from pmcllama.knowledge.prompts import TASKS, kg_prompts, probe_rows, write_probe
 
@@ -78,10 +78,7 @@ class InstructionsConfig(Config):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "InstructionsConfig":
-        names = [s.name for s in self.sources]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"source names must be unique: {', '.join(dup)}")
+        require_unique_names(self.sources, "source")
         return self
 
 

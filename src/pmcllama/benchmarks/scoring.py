@@ -184,7 +184,7 @@ def evaluate_items(
     desc: str = "scoring",
 ) -> list[dict]:
     """Score every item (questions batched `batch_size` at a time); records in input order."""
-    from tqdm import tqdm
+    from pmcllama.progress import progress as progress_bar
 
     if precision not in ("fp32", "bf16"):
         raise UserError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
@@ -196,7 +196,7 @@ def evaluate_items(
     was_training = model.training
     model.eval()
     try:
-        with tqdm(total=len(items), unit="q", desc=desc, disable=not progress) as bar:
+        with progress_bar(total=len(items), unit="q", desc=desc, disable=not progress) as bar:
             for start in range(0, len(order), max(1, batch_size)):
                 chunk = order[start:start + max(1, batch_size)]
                 flat = [r for i in chunk for r in requests[i]]
