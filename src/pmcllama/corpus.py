@@ -1,6 +1,6 @@
 """STAGE 1  corpus: raw text -> cleaned documents -> token shards (the knowledge corpus).
 
-    read (text / jsonl / obo) -> normalise -> filter (too short, exact duplicate)
+    read (text / jsonl / obo / jats / medline / s2orc) -> normalise -> filter (too short, exact duplicate)
     -> tokenize (fast tokenizer, EOS after every document) -> shards per source
 
 Output folder (`out`):
@@ -41,14 +41,17 @@ class CorpusSource(Config):
 
     name: str = Field(description="source name, also its folder in the output ([A-Za-z0-9_-]+, unique)")
     paths: list[str] = Field(min_length=1, description="files or folders (walked, sorted); `hpo` = built-in Human Phenotype Ontology")
-    format: Literal["auto", "text", "jsonl", "obo"] = Field(
-        "auto", description="file format; auto: .txt/.md text, .jsonl/.json jsonl, .obo obo")
+    format: Literal["auto", "text", "jsonl", "obo", "jats", "medline", "s2orc"] = Field(
+        "auto", description="file format; auto: .txt/.md text, .jsonl/.json jsonl, .obo obo, .nxml/.tar.gz jats, "
+                            ".xml.gz medline, .xml by its root element (s2orc must be named)")
     text_field: str = Field("text", description="jsonl: the field holding the document text")
     split_paragraphs: bool = Field(False, description="text: one document per blank-line-separated paragraph, not per file")
     weight: float = Field(1.0, gt=0, description="mixing weight of this source in pretraining (> 0)")
     obo_root: str | None = Field(None, description="obo: take only descendants of this term id (e.g. HP:0001626)")
     limit: int | None = Field(None, ge=1, description="obo: at most this many terms")
     seed: int = Field(0, description="obo: seed of the term shuffle before `limit`")
+    keep_captions: bool = Field(False, description="jats: keep figure and table captions (label and caption text)")
+    require_pmcid: bool = Field(True, description="s2orc: keep only papers with a PubMed Central id (others dropped as no_pmcid)")
     max_documents: int | None = Field(None, ge=1, description="read at most this many documents from this source")
 
     @field_validator("name")
@@ -84,12 +87,13 @@ class SourceStats:
     dropped_by_reason: Counter = field(default_factory=Counter)
     tokens: int = 0
     chars: int = 0
+    events: Counter = field(default_factory=Counter)  # not documents: deleted citations, skipped tar members
 
     def as_dict(self) -> dict:
         return {"files": self.files, "documents_in": self.documents_in, "kept": self.kept,
                 "dropped": sum(self.dropped_by_reason.values()),
                 "dropped_by_reason": dict(sorted(self.dropped_by_reason.items())),
-                "tokens": self.tokens, "chars": self.chars}
+                "tokens": self.tokens, "chars": self.chars, "events": dict(sorted(self.events.items()))}
 
 
 def resolve_inputs(cfg: CorpusConfig) -> dict[str, list[InputFile]]:
@@ -109,8 +113,8 @@ def _documents(src: CorpusSource, files: list[InputFile], stats: SourceStats) ->
     n = 0
     for inp in files:
         stats.files += 0 if inp.missing else 1
-        for doc in read_file(inp, src.name, src.text_field, src.split_paragraphs,
-                             src.obo_root, src.limit, src.seed):
+        for doc in read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
+                             src.seed, src.keep_captions, src.require_pmcid, stats.events):
             if src.max_documents is not None and n >= src.max_documents:
                 return
             n += 1
@@ -158,6 +162,9 @@ def build_source(src: CorpusSource, files: list[InputFile], folder: Path, tok, d
                     raise UserError(f"source '{src.name}': {doc.detail}", doc.file, doc.line)
                 excl.add(doc, doc.error, stats, doc.detail)
                 continue
+            if doc.drop:  # read fine but not wanted (no abstract, no PMC id): always excluded
+                excl.add(doc, doc.drop, stats, doc.detail)
+                continue
             doc.text = normalize(doc.text)
             reason = apply_filters(doc, filters)
             if reason:
@@ -178,8 +185,9 @@ def build_source(src: CorpusSource, files: list[InputFile], folder: Path, tok, d
 def _summary(stats: dict[str, SourceStats], log: Callable[[str], None]) -> None:
     for name, st in stats.items():
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(st.dropped_by_reason.items())) or "none"
+        events = "".join(f"; {k} {v:,}" for k, v in sorted(st.events.items()) if v)
         log(f"[corpus] {name}: kept {st.kept:,} of {st.documents_in:,} documents "
-            f"({st.tokens:,} tokens); dropped: {dropped}")
+            f"({st.tokens:,} tokens); dropped: {dropped}{events}")
 
 
 def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,

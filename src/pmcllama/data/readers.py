@@ -6,20 +6,40 @@ yielded too, with `error` set to a short reason code and `detail` saying what is
 the caller's policy decides between stopping (a `UserError` naming file and line) and
 skipping (the record is written aside and counted). Nothing is dropped silently.
 
+A record that is read fine but is not wanted (a MEDLINE citation without an abstract, an
+S2ORC paper without a PMC id) is yielded with `drop` set: it is always excluded and counted,
+whatever the error policy. Events that are not documents (a MEDLINE DeleteCitation, a tar
+member that is not XML) are counted in the `events` Counter a caller may pass.
+
 Formats: `text` (one document per file, or per blank-line-separated paragraph), `jsonl`
 (one JSON object per line; a `.json` file holding one top-level array also works), `obo`
-(an ontology: each selected term becomes one short document).
+(an ontology: each selected term becomes one short document), `jats` (PubMed Central full
+text, see `pmcllama.data.jats`), `medline` (PubMed citations, `pmcllama.data.medline`),
+`s2orc` (S2ORC JSONL, `pmcllama.data.s2orc`; never chosen by suffix alone).
+
+A folder walk skips hidden files and licence/readme files (LICENSE*, LICENCE*, COPYING*,
+README*, NOTICE*): they describe the data, they are not part of it.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from pmcllama.errors import UserError
 
-SUFFIXES = {"text": (".txt", ".md"), "jsonl": (".jsonl", ".json"), "obo": (".obo",)}
+SUFFIXES = {"text": (".txt", ".md"), "jsonl": (".jsonl", ".json"), "obo": (".obo",),
+            "jats": (".nxml", ".tar.gz", ".tgz", ".xml"), "medline": (".xml.gz", ".xml"),
+            "s2orc": (".jsonl", ".jsonl.gz", ".json.gz", ".gz")}
+# suffix -> format when the format is "auto"; ".xml" is told by its root element, s2orc is never guessed
+AUTO = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".json": "jsonl", ".obo": "obo",
+        ".nxml": "jats", ".tar.gz": "jats", ".tgz": "jats", ".xml.gz": "medline"}
+XML_ROOTS = {"article": "jats", "pmc-articleset": "jats", "PubmedArticleSet": "medline",
+             "MedlineCitationSet": "medline"}
+NOT_DATA = ("LICENSE", "LICENCE", "COPYING", "README", "NOTICE")
 BUILTIN_OBO = "hpo"
 
 
@@ -34,6 +54,8 @@ class Document:
     line: int | None = None
     error: str | None = None  # reason code of an unreadable record, e.g. "bad_json"
     detail: str = ""  # what is wrong, for the error message and the exclusion file
+    metadata: dict = field(default_factory=dict)  # pmcid, pmid, doi, journal, year, mesh, ...
+    drop: str | None = None  # reason code of a readable record that is not wanted, e.g. "no_abstract"
 
 
 @dataclass
@@ -45,17 +67,52 @@ class InputFile:
     spec: str  # the path as the config gave it (or the folder it was found in)
     missing: bool = False
     problem: str = ""  # why it is missing: "file not found", "no matching files in folder"
+    line: int | None = None  # where an `.xml` file whose kind could not be told is broken
+
+
+def suffix_of(path: Path) -> str:
+    """The file's suffix, compound ones (`.xml.gz`, `.tar.gz`) included, lower case."""
+    name = path.name.lower()
+    for compound in (".xml.gz", ".tar.gz", ".jsonl.gz", ".json.gz"):
+        if name.endswith(compound):
+            return compound
+    return path.suffix.lower()
+
+
+def sniff_xml(path: Path) -> tuple[str | None, str, int | None]:
+    """(format, problem, line) of an `.xml` file from its root element: JATS or MEDLINE."""
+    try:
+        with open(path, "rb") as f:
+            for _, elem in ET.iterparse(f, events=("start",)):
+                tag = elem.tag.rsplit("}", 1)[-1]
+                if tag in XML_ROOTS:
+                    return XML_ROOTS[tag], "", None
+                return None, (f"cannot tell the kind of XML from its root element <{tag}> (expected "
+                              f"article, PubmedArticleSet or MedlineCitationSet); set the source's format"), None
+    except ET.ParseError as e:
+        return None, f"malformed XML: {e}", e.position[0]
+    except OSError as e:
+        return None, f"cannot read the file: {e}", None
+    return None, "file is empty", None
 
 
 def format_of(path: Path, declared: str) -> str | None:
-    """The format of a file: the declared one, else by suffix (None when unknown)."""
+    """The format of a file: the declared one, else by suffix (None when unknown); an `.xml`
+    file is sniffed (its root element) and gives "xml" when that fails."""
     if declared != "auto":
         return declared
-    suffix = path.suffix.lower()
-    for fmt, suffixes in SUFFIXES.items():
-        if suffix in suffixes:
-            return fmt
-    return None
+    suffix = suffix_of(path)
+    if suffix == ".xml":
+        return (sniff_xml(path)[0] or "xml") if path.is_file() else "xml"
+    return AUTO.get(suffix)
+
+
+def _input(path: Path, declared: str, spec: str) -> InputFile | None:
+    fmt = format_of(path, declared)
+    if fmt == "xml":
+        _, problem, line = sniff_xml(path)
+        return InputFile(path, fmt, spec, problem=problem, line=line)
+    return None if fmt is None else InputFile(path, fmt, spec)
 
 
 def resolve_paths(paths: list[str], declared: str) -> list[InputFile]:
@@ -78,12 +135,12 @@ def resolve_paths(paths: list[str], declared: str) -> list[InputFile]:
                 out.append(InputFile(p, declared, spec, True, "no matching files in folder"))
             out.extend(found)
         elif p.is_file():
-            fmt = format_of(p, declared)
-            if fmt is None:
+            inp = _input(p, declared, spec)
+            if inp is None:
                 raise UserError(
                     f"cannot tell the format from the suffix '{p.suffix}'; set the source's "
-                    f"format to one of text, jsonl, obo", p)
-            out.append(InputFile(p, fmt, spec))
+                    f"format to one of text, jsonl, obo, jats, medline, s2orc", p)
+            out.append(inp)
         else:
             out.append(InputFile(p, format_of(p, declared) or declared, spec, True, "file not found"))
     return out
@@ -93,11 +150,18 @@ def _walk(folder: Path, declared: str) -> list[InputFile]:
     found = []
     for f in sorted(folder.rglob("*")):
         rel = f.relative_to(folder).parts
-        if not f.is_file() or any(part.startswith(".") for part in rel):
+        if not f.is_file() or any(part.startswith(".") for part in rel) or f.name.upper().startswith(NOT_DATA):
             continue
-        fmt = format_of(f, "auto")
-        if fmt is not None and (declared == "auto" or fmt == declared):
-            found.append(InputFile(f, fmt, str(folder)))
+        if declared != "auto":
+            suffix = suffix_of(f)
+            # an .xml file of the other kind (JATS in a MEDLINE folder) is not this source's
+            other = suffix == ".xml" and sniff_xml(f)[0] not in (None, declared)
+            if suffix in SUFFIXES.get(declared, ()) and not other:
+                found.append(InputFile(f, declared, str(folder)))
+            continue
+        inp = _input(f, "auto", str(folder))
+        if inp is not None:
+            found.append(inp)
     return found
 
 
@@ -219,11 +283,28 @@ def read_obo_terms(path: Path, source: str, root: str | None, limit: int | None,
 
 
 def read_file(inp: InputFile, source: str, text_field: str = "text", split_paragraphs: bool = False,
-              obo_root: str | None = None, limit: int | None = None, seed: int = 0) -> Iterator[Document]:
-    """Documents of one resolved input, by its format."""
+              obo_root: str | None = None, limit: int | None = None, seed: int = 0,
+              keep_captions: bool = False, require_pmcid: bool = True,
+              events: Counter | None = None) -> Iterator[Document]:
+    """Documents of one resolved input, by its format; `events` counts what is not a document."""
+    events = Counter() if events is None else events
     if inp.missing:
         reason = "missing_file" if inp.problem == "file not found" else "no_files"
         yield _bad(source, inp.path, None, reason, inp.problem)
+    elif inp.format == "xml":
+        yield _bad(source, inp.path, inp.line, "bad_xml" if inp.line else "unknown_xml", inp.problem)
+    elif inp.format == "jats":
+        from pmcllama.data.jats import read_jats
+
+        yield from read_jats(inp.path, source, keep_captions, events)
+    elif inp.format == "medline":
+        from pmcllama.data.medline import read_medline
+
+        yield from read_medline(inp.path, source, events)
+    elif inp.format == "s2orc":
+        from pmcllama.data.s2orc import read_s2orc
+
+        yield from read_s2orc(inp.path, source, require_pmcid, events)
     elif inp.format == "text":
         yield from read_text(inp.path, source, split_paragraphs)
     elif inp.format == "jsonl":
