@@ -102,6 +102,30 @@ for _name, (_module, _cls, _summary) in STAGES.items():
     _stage_command(_name, _module, _cls, _summary)
 
 
+@app.command("report", short_help="REPORT   models x benchmarks table with CIs and paired tests")
+def report_cmd(
+    folders: List[Path] = typer.Argument(..., metavar="RUN_OR_EVAL_DIR",
+                                         help="evaluate output folders and/or recipe run folders"),
+    out: Path = typer.Option(Path("runs/report"), "--out", help="folder for report.md, report.json, report.png"),
+    metric: str = typer.Option("acc", "--metric", help="acc or acc_norm"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for the paired CIs"),
+    seed: int = typer.Option(0, "--seed", help="bootstrap random seed"),
+) -> None:
+    """Compare evaluated models: a table like the paper's Table 1 plus paired tests.
+
+    \b
+    pmcllama report runs/eval_base runs/eval_tuned --out runs/report
+    pmcllama report runs/quickstart                 every eval/<state>/ of a recipe run
+    """
+    from pmcllama.report import make_report
+
+    def go():
+        typer.echo(make_report(list(folders), out, metric, bootstrap, seed), nl=False)
+        typer.echo(f"[report] wrote {out}/report.md, report.json, report.png")
+
+    guarded(go)
+
+
 @app.command("models", short_help="MODELS   list the built-ins, or inspect one")
 def models_cmd(
     name: Optional[str] = typer.Argument(None, help="a model: folder, .gguf file, or built-in name"),

@@ -3,16 +3,21 @@
 Each question is scored the lm-evaluation-harness way (see `benchmarks.scoring`): the
 choice with the highest summed log-probability of its continuation is the answer (`acc`),
 or the highest per character (`acc_norm`). Every accuracy comes with a 95% bootstrap CI and
-the baselines a model must beat (majority answer, always-the-same-choice, random guess).
+the baselines a model must beat (majority answer, always-the-same-choice, random guess),
+the calibration of the choice probabilities (softmax over the per-choice logliks: expected
+calibration error over 10 bins, and a reliability diagram), and the accuracy per subject
+when the items carry one (MedMCQA subject_name, MMLU file subject).
 
 Output folder (`out`):
     results.json              {"model": ..., <benchmark name>: {n, acc, acc_ci95, acc_norm,
-                              acc_norm_ci95, baselines, pred_share, truncated, choices_mode,
-                              prompt_template, format, path, precision, max_length, seconds,
-                              questions_per_s}}
+                              acc_norm_ci95, baselines, pred_share, truncated, calibration,
+                              subjects (when items have one), choices_mode, prompt_template,
+                              format, path, precision, max_length, seconds, questions_per_s}}
     results.md                the same as a table
     predictions/<name>.jsonl  one line per question: id, gold, pred, pred_norm, correct,
                               correct_norm, loglik (per choice), truncated, prompt_sha256
+                              (+ subject)
+    plots/<name>_reliability.png  reliability diagram (accuracy vs confidence per bin)
     manifest.json, config.yaml
 """
 from __future__ import annotations
@@ -34,22 +39,27 @@ class BenchmarkSpec(Config):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="label in results.json and the predictions file name")
-    format: Literal["pubmedqa", "medqa"] = Field(
-        description="pubmedqa: official ori_pqal.json {pmid: record}; medqa: official MedQA-USMLE JSONL")
-    path: str = Field(description="the benchmark file")
+    format: Literal["pubmedqa", "medqa", "medmcqa", "mmlu", "mcq"] = Field(
+        description="pubmedqa: ori_pqal.json; medqa: MedQA-USMLE JSONL; medmcqa: MedMCQA JSON(L); "
+        "mmlu: headerless MMLU CSV (or a folder of them); mcq: generic {question, options, answer} JSONL")
+    path: str = Field(description="the benchmark file (mmlu: also a folder of CSVs)")
     choices: Literal["letters", "text"] = Field(
-        "letters", description="medqa only: score option letters ' A'..' D' (lm-eval medqa_4options) "
+        "letters", description="medqa/mcq only: score option letters ' A'..' D' (lm-eval medqa_4options) "
         "or the option texts (cloze)")
     limit: int | None = Field(None, ge=1, description="score only the first N questions")
     ids: str | None = Field(None, description="pubmedqa only: JSON list/dict of PMIDs to keep "
                             "(e.g. the official test_ground_truth.json)")
+    subject: str | None = Field(None, description="mmlu only: subject named in the prompt (default: "
+                                "from the file name, anatomy_test.csv -> anatomy)")
 
     @model_validator(mode="after")
     def _format_options(self) -> "BenchmarkSpec":
-        if self.format != "medqa" and self.choices != "letters":
-            raise ValueError("choices='text' applies to format medqa only")
+        if self.format not in ("medqa", "mcq") and self.choices != "letters":
+            raise ValueError("choices='text' applies to format mcq or medqa only")
         if self.format != "pubmedqa" and self.ids is not None:
             raise ValueError("ids applies to format pubmedqa only")
+        if self.format != "mmlu" and self.subject is not None:
+            raise ValueError("subject applies to format mmlu only")
         if self.name == "model":
             raise ValueError("the name 'model' is reserved in results.json")
         return self
@@ -82,7 +92,8 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Path:
     for i, b in enumerate(cfg.benchmarks):
         for key in ("path", "ids"):
             value = getattr(b, key)
-            if value is not None and not Path(value).is_file():
+            folder_ok = key == "path" and b.format == "mmlu" and Path(value).is_dir()
+            if value is not None and not Path(value).is_file() and not folder_ok:
                 raise UserError(f"benchmark file not found (benchmarks[{i}].{key}, '{b.name}')", value)
     folder = models.resolve(cfg.model)
     inputs: list[str | Path] = [folder]
@@ -97,7 +108,8 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Path:
 def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
     from pmcllama.benchmarks import load_benchmark
 
-    loaded = {b.name: load_benchmark(b.format, b.path, b.choices, b.limit, b.ids) for b in cfg.benchmarks}
+    loaded = {b.name: load_benchmark(b.format, b.path, b.choices, b.limit, b.ids, b.subject)
+              for b in cfg.benchmarks}
     for bench in loaded.values():  # every data error is found before the model loads
         for warning in bench.warnings:
             print(f"warning: {warning}")
@@ -129,21 +141,28 @@ def _load(folder: Path):
 
 def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, model, tok, tmp: Path) -> dict:
     from pmcllama.benchmarks.scoring import context_length, evaluate_items
-    from pmcllama.benchmarks.stats import summarize
+    from pmcllama.benchmarks.stats import by_subject, record_calibration, summarize
 
     max_length = cfg.max_length or context_length(model, tok)
     t0 = time.perf_counter()
     records = evaluate_items(model, tok, bench.items, cfg.batch_size, cfg.precision, max_length,
                              desc=spec.name)
     seconds = time.perf_counter() - t0
+    subjects = [getattr(it, "subject", None) for it in bench.items]
     with open(tmp / "predictions" / f"{spec.name}.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for r, subject in zip(records, subjects):
+            f.write(json.dumps({**r, "subject": subject} if subject else r, ensure_ascii=False) + "\n")
     summary = summarize(records, [len(it.choices) for it in bench.items], bench.labels,
                         cfg.bootstrap, cfg.seed)
+    calib = record_calibration(records)
+    per_subject = by_subject(records, subjects)
+    _reliability_plot(calib, spec.name, tmp / "plots" / f"{spec.name}_reliability.png")
     return {
         **summary,
-        "choices_mode": spec.choices if spec.format == "medqa" else "labels",
+        "calibration": calib,
+        **({"subjects": per_subject} if per_subject else {}),
+        "choices_mode": spec.choices if spec.format in ("medqa", "mcq") else
+        ("labels" if spec.format == "pubmedqa" else "letters"),
         "prompt_template": bench.template,
         "format": spec.format,
         "path": spec.path,
@@ -154,13 +173,20 @@ def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, model, tok, t
     }
 
 
+def _reliability_plot(calib: dict, name: str, png: Path) -> None:
+    from pmcllama.report import plot_reliability
+
+    png.parent.mkdir(exist_ok=True)
+    plot_reliability(calib, png, title=f"{name}: reliability (ECE {_pct(calib['ece'])}%)")
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
 def format_table(results: dict, markdown: bool = False) -> str:
     """Accuracy table: one row per benchmark, baselines beside it."""
-    head = ["benchmark", "n", "acc", "95% CI", "acc_norm", "majority", "best const", "trunc", "q/s"]
+    head = ["benchmark", "n", "acc", "95% CI", "acc_norm", "majority", "best const", "ECE", "trunc", "q/s"]
     rows = []
     for name, r in results.items():
         if name == "model" or not isinstance(r, dict):
@@ -170,7 +196,8 @@ def format_table(results: dict, markdown: bool = False) -> str:
             name, str(r["n"]), _pct(r["acc"]),
             f"{_pct(ci[0])}-{_pct(ci[1])}" if ci else "-", _pct(r["acc_norm"]),
             f"{_pct(r['baselines']['majority'])} ({r['baselines']['majority_choice']})",
-            _pct(r["baselines"]["constant_choice"]["max"]), str(r["truncated"]),
+            _pct(r["baselines"]["constant_choice"]["max"]),
+            _pct((r.get("calibration") or {}).get("ece")), str(r["truncated"]),
             str(r.get("questions_per_s") or "-"),
         ])
     title = f"model: {results.get('model')}  (accuracies in %)"

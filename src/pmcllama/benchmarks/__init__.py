@@ -9,14 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from pmcllama.benchmarks import medqa, pubmedqa
+from pmcllama.benchmarks import mcq, medmcqa, medqa, mmlu, pubmedqa
 from pmcllama.benchmarks.base import Item, Loaded
 from pmcllama.errors import UserError
 
 FORMATS: dict[str, Callable[..., Loaded]] = {
     "pubmedqa": pubmedqa.load,
     "medqa": medqa.load,
+    "medmcqa": medmcqa.load,
+    "mmlu": mmlu.load,
+    "mcq": mcq.load,
 }
+CHOICE_FORMATS = ("mcq", "medqa")  # formats that can score option texts (choices="text")
 
 __all__ = ["FORMATS", "Item", "Loaded", "load_benchmark"]
 
@@ -27,14 +31,22 @@ def load_benchmark(
     choices: str = "letters",
     limit: int | None = None,
     ids: str | Path | None = None,
+    subject: str | None = None,
 ) -> Loaded:
-    """Load a benchmark file in one of `FORMATS`; `choices` is medqa's, `ids` pubmedqa's."""
+    """Load a benchmark file in one of `FORMATS`; `choices` is medqa's and mcq's, `ids`
+    pubmedqa's, `subject` mmlu's."""
     if format not in FORMATS:
         raise UserError(f"unknown benchmark format {format!r} (known: {', '.join(FORMATS)})")
-    if format == "pubmedqa":
-        if choices != "letters":
-            raise UserError("choices='text' applies to format medqa only", path)
-        return pubmedqa.load(path, limit=limit, ids=ids)
-    if ids is not None:
+    if choices != "letters" and format not in CHOICE_FORMATS:
+        raise UserError("choices='text' applies to format mcq or medqa only", path)
+    if ids is not None and format != "pubmedqa":
         raise UserError("ids applies to format pubmedqa only", path)
-    return medqa.load(path, choices=choices, limit=limit)
+    if subject is not None and format != "mmlu":
+        raise UserError("subject applies to format mmlu only", path)
+    if format == "pubmedqa":
+        return pubmedqa.load(path, limit=limit, ids=ids)
+    if format == "mmlu":
+        return mmlu.load(path, limit=limit, subject=subject)
+    if format == "medmcqa":
+        return medmcqa.load(path, limit=limit)
+    return FORMATS[format](path, choices=choices, limit=limit)

@@ -7,12 +7,19 @@ is reported beside
 - `constant_choice`: the accuracy of always picking choice index k, for every k, and the best,
 - `random`: the expected accuracy of a uniform guess (mean of 1 / number of choices),
 plus `pred_share`, how often the model picked each choice, which shows such a collapse.
+
+Also here: calibration (`calibration`: expected calibration error over 10 equal-width
+confidence bins, confidence = the softmax over a question's per-choice logliks at the
+predicted choice), accuracy per subject, and the paired comparison of two runs on the same
+items (`pair_records` matches them by id; `mcnemar_exact`, `paired_bootstrap_ci`).
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
 from typing import Sequence
+
+from pmcllama.errors import UserError
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0,
@@ -78,4 +85,105 @@ def summarize(records: Sequence[dict], n_choices: Sequence[int], labels: Sequenc
         "baselines": baselines([r["gold"] for r in records], n_choices, labels),
         "pred_share": pred_share([r["pred"] for r in records], width, labels),
         "truncated": sum(bool(r.get("truncated")) for r in records),
+    }
+
+
+def choice_probs(logliks: Sequence[float]) -> list[float]:
+    """Softmax over one question's per-choice log-likelihoods."""
+    top = max(logliks)
+    exps = [math.exp(x - top) for x in logliks]
+    total = math.fsum(exps)
+    return [e / total for e in exps]
+
+
+def calibration(confidences: Sequence[float], correct: Sequence[float], n_bins: int = 10) -> dict:
+    """Expected calibration error and the reliability bins.
+
+    Bins are (k/n, (k+1)/n] (the first includes 0); ECE = sum over bins of
+    (share of items) * |accuracy - mean confidence|.
+    """
+    n = len(confidences)
+    bins = [{"lo": k / n_bins, "hi": (k + 1) / n_bins, "n": 0, "confidence": None, "accuracy": None}
+            for k in range(n_bins)]
+    sums = [[0.0, 0.0] for _ in range(n_bins)]
+    for conf, ok in zip(confidences, correct):
+        k = min(n_bins - 1, max(0, math.ceil(conf * n_bins) - 1))
+        bins[k]["n"] += 1
+        sums[k][0] += conf
+        sums[k][1] += float(ok)
+    ece = 0.0
+    for b, (c, a) in zip(bins, sums):
+        if b["n"]:
+            b["confidence"], b["accuracy"] = c / b["n"], a / b["n"]
+            ece += b["n"] / n * abs(b["accuracy"] - b["confidence"])
+    return {"ece": ece if n else None, "mean_confidence": math.fsum(confidences) / n if n else None,
+            "n_bins": n_bins, "bins": bins}
+
+
+def record_calibration(records: Sequence[dict], n_bins: int = 10) -> dict:
+    """`calibration` of scored records: confidence of the `acc` prediction from its logliks."""
+    conf = [choice_probs(r["loglik"])[r["pred"]] for r in records]
+    return calibration(conf, [float(r["correct"]) for r in records], n_bins)
+
+
+def by_subject(records: Sequence[dict], subjects: Sequence[str | None]) -> dict | None:
+    """{subject: {n, acc, acc_norm}} (None when no item has a subject)."""
+    if not any(subjects):
+        return None
+    groups: dict[str, list[dict]] = {}
+    for r, s in zip(records, subjects):
+        groups.setdefault(s or "(no subject)", []).append(r)
+    return {s: {"n": len(rs), "acc": sum(r["correct"] for r in rs) / len(rs),
+                "acc_norm": sum(r["correct_norm"] for r in rs) / len(rs)}
+            for s, rs in sorted(groups.items())}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: binomial(b + c, 1/2) test on the discordant pairs.
+
+    `b`: items only the first run got right, `c`: only the second. p = min(1, 2 P(X <= min(b, c))).
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap CI of mean(b) - mean(a), resampling items (pairs kept together)."""
+    if len(a) != len(b):
+        raise ValueError("paired samples must have the same length")
+    return bootstrap_ci([y - x for x, y in zip(a, b)], n_boot, seed, level)
+
+
+def pair_records(first: Sequence[dict], second: Sequence[dict], key: str = "correct",
+                 where: str = "") -> tuple[list[float], list[float]]:
+    """Correctness of two runs' records matched by item id (error when the id sets differ)."""
+    a = {str(r["id"]): float(r[key]) for r in first}
+    b = {str(r["id"]): float(r[key]) for r in second}
+    if a.keys() != b.keys():
+        only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+        raise UserError(f"{where}the two runs scored different items ({len(only_a)} only in the first, "
+                        f"{len(only_b)} only in the second; e.g. "
+                        f"{(only_a or only_b)[0]!r}): a paired comparison needs the same items")
+    ids = list(a)
+    return [a[i] for i in ids], [b[i] for i in ids]
+
+
+def paired_comparison(first: Sequence[dict], second: Sequence[dict], key: str = "correct",
+                      n_boot: int = 1000, seed: int = 0, where: str = "") -> dict:
+    """Second run minus first on the same items: difference, its 95% CI, McNemar exact p."""
+    a, b = pair_records(first, second, key, where)
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    n = len(a)
+    return {
+        "n": n,
+        "diff": (sum(b) - sum(a)) / n if n else None,
+        "diff_ci95": paired_bootstrap_ci(a, b, n_boot, seed),
+        "only_first_correct": only_a,
+        "only_second_correct": only_b,
+        "mcnemar_p": mcnemar_exact(only_a, only_b),
     }

@@ -1,0 +1,212 @@
+"""REPORT  evaluate outputs of several models -> one table like the paper's Table 1.
+
+`pmcllama report RUN_OR_EVAL_DIR... [--out DIR] [--metric acc|acc_norm]` reads evaluate
+output folders (`results.json` + `predictions/`) and recipe run folders (every
+`eval/<state>/` inside, in the recipe's order), and writes into `--out`:
+
+    report.md    models x benchmarks, each cell "accuracy (95% CI)" in %, then for each
+                 benchmark the paired comparison of every model against the first one:
+                 difference (later - first) with its 95% paired-bootstrap CI and the exact
+                 McNemar p-value, on the items both scored (matched by id)
+    report.json  the same numbers
+    report.png   grouped bars with 95% CIs
+
+The markdown is also printed. A folder that is neither is a one-line error (exit 2).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pmcllama.errors import UserError
+from pmcllama.stage import write_json
+
+
+@dataclass
+class Run:
+    """One evaluated model: a label, its evaluate folder and its results.json."""
+
+    label: str
+    folder: Path
+    results: dict
+
+    @property
+    def benchmarks(self) -> dict[str, dict]:
+        return {k: v for k, v in self.results.items() if k != "model" and isinstance(v, dict)}
+
+
+def _read_results(folder: Path) -> dict | None:
+    path = folder / "results.json"
+    if not path.is_file() or not (folder / "predictions").is_dir():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"corrupt results.json: {e.msg}", path, e.lineno) from None
+    return data if isinstance(data, dict) and "model" in data else None
+
+
+def _recipe_states(folder: Path) -> list[Path]:
+    """eval/<state>/ folders of a recipe run, in the recipe's order when it recorded one."""
+    evals = folder / "eval"
+    if not evals.is_dir():
+        return []
+    found = {p.name: p for p in evals.iterdir() if p.is_dir() and _read_results(p) is not None}
+    order: list[str] = []
+    try:
+        states = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("states") or {}
+        order = [s for s in states if s in found]
+    except (OSError, json.JSONDecodeError, AttributeError):
+        pass
+    return [found[s] for s in order + sorted(set(found) - set(order))]
+
+
+def discover(paths: list[str | Path]) -> list[Run]:
+    """Evaluate folders named, or found inside recipe run folders, with unique labels."""
+    runs: list[tuple[str, Path, dict]] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise UserError("not found" if not p.exists() else "not a folder", p)
+        results = _read_results(p)
+        if results is not None:
+            runs.append((p.resolve().name, p, results))
+            continue
+        states = _recipe_states(p)
+        if not states:
+            raise UserError("neither an evaluate output (results.json + predictions/) nor a recipe "
+                            "run folder with eval/<state>/ inside", p)
+        runs += [(f"{p.resolve().name}/{s.name}", s, _read_results(s) or {}) for s in states]
+    labels = [r[0] for r in runs]
+    for i, (label, folder, _) in enumerate(runs):
+        if labels.count(label) > 1:  # same folder names: use the path as given
+            labels[i] = str(folder)
+    return [Run(label, folder, results) for label, (_, folder, results) in zip(labels, runs)]
+
+
+def read_predictions(run: Run, bench: str) -> list[dict]:
+    path = run.folder / "predictions" / f"{bench}.jsonl"
+    if not path.is_file():
+        raise UserError(f"predictions of benchmark '{bench}' are missing", path)
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"not valid JSON: {e.msg}", path, lineno) from None
+    return rows
+
+
+def comparisons(runs: list[Run], metric: str, n_boot: int, seed: int) -> dict[str, list[dict]]:
+    """{benchmark: [paired comparison of run i against runs[0]]} for i >= 1."""
+    from pmcllama.benchmarks.stats import paired_comparison
+
+    key = "correct" if metric == "acc" else "correct_norm"
+    first, out = runs[0], {}
+    for bench in first.benchmarks:
+        base = read_predictions(first, bench)
+        rows = []
+        for run in runs[1:]:
+            if bench not in run.benchmarks:
+                continue
+            where = f"benchmark '{bench}', {run.folder} vs {first.folder}: "
+            cmp = paired_comparison(base, read_predictions(run, bench), key, n_boot, seed, where)
+            rows.append({"model": run.label, "against": first.label, **cmp})
+        if rows:
+            out[bench] = rows
+    return out
+
+
+def _pct(x: float | None, sign: bool = False) -> str:
+    return "-" if x is None else (f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}")
+
+
+def _cell(r: dict | None, metric: str) -> str:
+    if not r or r.get(metric) is None:
+        return "-"
+    ci = r.get(f"{metric}_ci95")
+    return f"{_pct(r[metric])} ({_pct(ci[0])}-{_pct(ci[1])})" if ci else _pct(r[metric])
+
+
+def _p(p: float) -> str:
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def markdown(runs: list[Run], benches: list[str], cmps: dict[str, list[dict]], metric: str) -> str:
+    lines = [f"{metric} in % (95% bootstrap CI)", "",
+             "| model | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+    for run in runs:
+        lines.append(f"| {run.label} | " + " | ".join(_cell(run.benchmarks.get(b), metric) for b in benches) + " |")
+    ns = [f"{b}: n={next(r.benchmarks[b]['n'] for r in runs if b in r.benchmarks)}" for b in benches]
+    lines += ["", "Items: " + "; ".join(ns)]
+    for b in benches:
+        templates = {r.benchmarks[b].get("prompt_template") for r in runs if b in r.benchmarks}
+        if len(templates) > 1:
+            lines.append(f"Note: {b} was scored with different prompt templates "
+                         f"({', '.join(sorted(map(str, templates)))}): its numbers are not comparable.")
+    if cmps:
+        lines += ["", f"Paired comparison against {runs[0].label} (same items, matched by id; "
+                  "difference in points, 95% paired-bootstrap CI, exact McNemar p):", "",
+                  "| benchmark | model | n | difference | 95% CI | only first right | only model right | McNemar p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for bench, rows in cmps.items():
+            for c in rows:
+                ci = c["diff_ci95"]
+                ci_text = f"{_pct(ci[0], True)} to {_pct(ci[1], True)}" if ci else "-"
+                lines.append(f"| {bench} | {c['model']} | {c['n']} | {_pct(c['diff'], True)} | {ci_text} | "
+                             f"{c['only_first_correct']} | {c['only_second_correct']} | {_p(c['mcnemar_p'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def make_report(paths: list[str | Path], out: str | Path, metric: str = "acc",
+                n_boot: int = 1000, seed: int = 0) -> str:
+    """Write report.md, report.json and report.png into `out`; return the markdown."""
+    from pmcllama.plots import plot_accuracy_bars
+
+    if metric not in ("acc", "acc_norm"):
+        raise UserError(f"metric must be acc or acc_norm, not {metric!r}")
+    runs = discover(paths)
+    benches = list(dict.fromkeys(b for r in runs for b in r.benchmarks))
+    cmps = comparisons(runs, metric, n_boot, seed)
+    text = markdown(runs, benches, cmps, metric)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    write_json(out / "report.json", {
+        "metric": metric, "bootstrap": n_boot, "seed": seed, "benchmarks": benches,
+        "models": [{"label": r.label, "folder": str(r.folder), "model": r.results.get("model"),
+                    "results": {b: {**{k: v.get(k) for k in ("n", metric, f"{metric}_ci95", "prompt_template")},
+                                    "ece": (v.get("calibration") or {}).get("ece")}
+                                for b, v in r.benchmarks.items()}} for r in runs],
+        "comparisons": cmps,
+    })
+    plot_accuracy_bars({r.label: r.benchmarks for r in runs}, out / "report.png", metric=metric)
+    return text
+
+
+def plot_reliability(calib: dict, png: str | Path, title: str = "reliability") -> Path:
+    """Reliability diagram: accuracy vs mean confidence per bin, bar width = bin, with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    width = 1.0 / calib["n_bins"]
+    for b in calib["bins"]:
+        if b["n"]:
+            ax.bar(b["lo"], b["accuracy"], width, align="edge", color="tab:blue", edgecolor="black", alpha=0.8)
+            ax.text(b["lo"] + width / 2, min(b["accuracy"], 0.93) + 0.02, str(b["n"]), ha="center", fontsize=7)
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (softmax of choice logliks)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return Path(png)
