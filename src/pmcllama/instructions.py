@@ -3,13 +3,24 @@
 Sources, each named:
 - `alpaca`: .json arrays or .jsonl files of {instruction, input, output} (ChatDoctor,
   PMC-LLaMA's MedC-I release, ...) -> one user turn (instruction + input) and one answer,
+- `medqa`, `medmcqa`, `pubmedqa`, `mmlu`: benchmark training files in their official formats
+  -> question (+ options) and the answer in `answer_format` (paper: "###Answer: OPTION C IS
+  CORRECT." after "###Rationale: ..." when the data has one; letter; letter_rationale),
+  see `pmcllama.data.qa`,
+- `mtsdialog` (MTS-Dialog CSV), `sharegpt`, `messages` (OpenAI chat JSONL), `qa_jsonl`
+  (consumer QA such as MedQuAD, MedicationQA), see `pmcllama.data.dialogue`,
 - `kg`: an ontology (built-in `hpo` or an .obo file) -> knowledge-graph prompts
   (description, relation, two kinds of multiple choice); the first `probe_terms` selected
   terms are held out and become the knowledge probe (MedQA-USMLE JSONL layout) instead.
 
+With `decontaminate: [benchmark files]`, records whose user or assistant text shares a
+`decontam_ngram`-word n-gram with a benchmark item are dropped (counted as `decontaminated`,
+listed in decontamination.jsonl), see `pmcllama.data.decontam`.
+
 Output folder: train.jsonl, val.jsonl ({id, source, task, messages}), probe.jsonl (when asked
 for), alpaca.json (the train split in the Alpaca layout), stats.json, rejected.jsonl (records
-skipped under `on_error: skip`), manifest.json. Identical (prompt, answer) pairs are kept once.
+skipped under `on_error: skip`), decontamination.jsonl (with `decontaminate`), manifest.json.
+Identical (prompt, answer) pairs are kept once.
 """
 from __future__ import annotations
 
@@ -17,12 +28,15 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from pmcllama import stage
 from pmcllama.config import Config, require_unique_names
+from pmcllama.data import dialogue, qa
+from pmcllama.data.dialogue import alpaca_items as _alpaca_items, check_alpaca as _check_alpaca
+from pmcllama.data.qa import QA_FORMATS
 from pmcllama.errors import UserError
 from pmcllama.knowledge.prompts import TASKS, kg_prompts, probe_rows, write_probe
 
@@ -31,18 +45,26 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 KGTask = Literal["description", "relation", "mcq_definition", "mcq_parent"]
 KG_ONLY = ("root", "limit", "seed_terms", "tasks", "probe_terms", "ontology")
-ALPACA_ONLY = ("max_records", "task")
+CHAT_FORMATS = ("mtsdialog", "sharegpt", "messages", "qa_jsonl")
+FILE_FORMATS = ("alpaca", *QA_FORMATS, *CHAT_FORMATS)
+ONLY_FOR = {"max_records": FILE_FORMATS, "task": ("alpaca",), "answer_format": QA_FORMATS,
+            "question_field": ("qa_jsonl",), "answer_field": ("qa_jsonl",)}
 
 
 class InstructionSource(Config):
     name: str = Field(description="source name, used in record ids and statistics")
-    format: Literal["alpaca", "kg"] = Field(
-        description="alpaca: {instruction, input, output} records; kg: prompts from an ontology")
-    paths: list[str] = Field(default_factory=list,
-                             description="alpaca: .json array or .jsonl files of {instruction, input, output}")
-    max_records: int | None = Field(None, ge=1, description="alpaca: keep at most this many records (None = all)")
+    format: Literal["alpaca", "medqa", "medmcqa", "pubmedqa", "mmlu", "mtsdialog", "sharegpt",
+                    "messages", "qa_jsonl", "kg"] = Field(
+        description="input format of `paths` (see above); kg: prompts from an ontology, no paths")
+    paths: list[str] = Field(default_factory=list, description="input files (every format but kg)")
+    max_records: int | None = Field(None, ge=1, description="keep at most this many records (None = all; not kg)")
     task: Literal["auto", "dialogue", "qa"] = Field(
         "auto", description="alpaca: task label; auto = dialogue when a record has an input, else qa")
+    answer_format: Literal["paper", "letter", "letter_rationale"] = Field(
+        "paper", description="medqa/medmcqa/pubmedqa/mmlu answers: the paper's '###Answer: OPTION C IS CORRECT.', "
+        "'C. text', or rationale + 'The answer is C. text'")
+    question_field: str | None = Field(None, description="qa_jsonl: question field (None = question or Question)")
+    answer_field: str | None = Field(None, description="qa_jsonl: answer field (None = answer or Answer)")
     ontology: str = Field("hpo", description="kg: built-in ontology name (hpo) or an .obo file")
     root: str | None = Field(None, description="kg: only terms below this term id (None = all terms)")
     limit: int | None = Field(None, ge=1, description="kg: at most this many terms (same as the corpus stage)")
@@ -53,17 +75,19 @@ class InstructionSource(Config):
 
     @model_validator(mode="after")
     def _check_format(self) -> "InstructionSource":
-        if self.format == "alpaca":
+        if self.format != "kg":
             if not self.paths:
-                raise ValueError(f"alpaca source '{self.name}' needs paths: [file.json, ...]")
+                raise ValueError(f"{self.format} source '{self.name}' needs paths: [file, ...]")
             given = sorted(set(KG_ONLY) & self.model_fields_set)
             if given:
                 raise ValueError(f"{', '.join(given)} only apply to format: kg (source '{self.name}')")
         elif self.paths:
             raise ValueError(f"kg source '{self.name}' reads `ontology`, not `paths`")
-        elif set(ALPACA_ONLY) & self.model_fields_set:
-            given = ", ".join(sorted(set(ALPACA_ONLY) & self.model_fields_set))
-            raise ValueError(f"{given} only apply to format: alpaca (source '{self.name}'; use limit for kg)")
+        wrong = [k for k, fmts in ONLY_FOR.items() if k in self.model_fields_set and self.format not in fmts]
+        if wrong:
+            hint = "; use limit for kg" if self.format == "kg" and "max_records" in wrong else ""
+            raise ValueError("; ".join(f"{k} only apply to format: {', '.join(ONLY_FOR[k])}" for k in wrong)
+                             + f" (source '{self.name}'{hint})")
         return self
 
 
@@ -75,6 +99,10 @@ class InstructionsConfig(Config):
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="system turn of every record (None = none)")
     on_error: Literal["stop", "skip"] = Field(
         "stop", description="a malformed record: stop with an error, or skip it into rejected.jsonl")
+    decontaminate: list[str] = Field(
+        default_factory=list,
+        description="benchmark files (path or format:path); records sharing an n-gram with an item are dropped")
+    decontam_ngram: int = Field(13, ge=4, description="n-gram length in words of decontamination (13 as GPT-3)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "InstructionsConfig":
@@ -98,57 +126,6 @@ class Rejects:
         self.rows.append({"source": source, "path": str(path), "line": line, "item": item,
                           "reason": reason, "record": raw})
         self.counts[source] += 1
-
-
-def _alpaca_items(path: Path) -> Iterator[tuple[int | None, int | None, Any, str | None]]:
-    """(line, item index, value, error) for every record of a .json array or .jsonl file."""
-    suffix = path.suffix.lower()
-    if suffix not in (".json", ".jsonl"):
-        raise UserError("an alpaca source file must be .json (an array) or .jsonl", path)
-    try:
-        if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield n, None, json.loads(line), None
-                    except json.JSONDecodeError as e:
-                        yield n, None, line.rstrip("\n")[:1000], f"not valid JSON: {e.msg} at column {e.colno}"
-            return
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            yield e.lineno, None, None, f"not valid JSON: {e.msg} at column {e.colno}"
-            return
-    except UnicodeDecodeError as e:
-        raise UserError(f"not valid UTF-8: {e.reason}", path) from None
-    if not isinstance(data, list):
-        yield None, None, None, f"a .json source must be an array of records, not a {type(data).__name__}"
-        return
-    for i, obj in enumerate(data):
-        yield None, i, obj, None
-
-
-def _check_alpaca(obj: Any) -> tuple[str, str, str]:
-    """(instruction, input, output) of a record, or ValueError naming what is wrong."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"a record must be a JSON object, not {type(obj).__name__}")
-    for key in ("instruction", "output"):
-        if key not in obj:
-            raise ValueError(f"missing '{key}'")
-    values = []
-    for key in ("instruction", "input", "output"):
-        value = obj.get(key)
-        value = "" if value is None and key == "input" else value
-        if not isinstance(value, str):
-            raise ValueError(f"'{key}' is not a string ({type(value).__name__})")
-        values.append(value.strip())
-    if not values[2]:
-        raise ValueError("empty output")
-    if not values[0] and not values[1]:
-        raise ValueError("empty instruction and input")
-    return values[0], values[1], values[2]
 
 
 def _messages(system: str | None, user: str, answer: str) -> list[dict]:
@@ -175,6 +152,39 @@ def read_alpaca(src: InstructionSource, system: str | None, rejects: Rejects) ->
             records.append({"id": f"{src.name}-{len(records)}", "source": src.name, "task": task,
                             "messages": _messages(system, user, output),
                             "_alpaca": {"instruction": instruction, "input": inp, "output": output}})
+            if src.max_records and len(records) >= src.max_records:
+                return records
+    return records
+
+
+def _rows(src: InstructionSource, path: Path):
+    """qa.Row's whose value is a qa.Converted record, for every format but alpaca and kg."""
+    if src.format in QA_FORMATS:
+        return qa.qa_rows(src.format, path, src.answer_format)
+    if src.format == "mtsdialog":
+        return dialogue.read_mtsdialog(path)
+    if src.format == "qa_jsonl":
+        return dialogue.read_qa_jsonl(path, src.question_field, src.answer_field)
+    return dialogue.read_chat(path, src.format)
+
+
+def read_converted(src: InstructionSource, system: str | None, rejects: Rejects) -> list[dict]:
+    """Chat records of a benchmark-QA, dialogue or consumer-QA source (at most `max_records`)."""
+    records: list[dict] = []
+    ids: Counter = Counter()
+    for name in src.paths:
+        path = Path(name)
+        for row in _rows(src, path):
+            if row.error is not None:
+                rejects.add(src.name, path, row.line, row.item, row.error, row.raw)
+                continue
+            conv = row.value
+            key = f"{src.name}-{path.stem}-{conv.id}" if len(src.paths) > 1 else f"{src.name}-{conv.id}"
+            ids[key] += 1
+            own_system = conv.turns[0]["role"] == "system"
+            turns = conv.turns if own_system or not system else [{"role": "system", "content": system}, *conv.turns]
+            records.append({"id": key if ids[key] == 1 else f"{key}-{ids[key]}", "source": src.name,
+                            "task": conv.task, "messages": turns})
             if src.max_records and len(records) >= src.max_records:
                 return records
     return records
@@ -237,6 +247,29 @@ def split(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], 
             [r for i, r in enumerate(records) if i in val_idx])
 
 
+def decontaminate(records: list[dict], cfg: InstructionsConfig, per_source: dict, folder: Path
+                  ) -> tuple[list[dict], int, dict]:
+    """Drop records whose user or assistant text shares an n-gram with a benchmark item; write
+    decontamination.jsonl ({id, source, benchmark, item} per match). (kept, dropped, index stats)"""
+    if not cfg.decontaminate:
+        return records, 0, {}
+    from pmcllama.data.decontam import build_index
+
+    index = build_index(cfg.decontaminate, cfg.decontam_ngram)
+    kept, report, dropped = [], [], Counter()
+    for r in records:
+        hits = index.find(m["content"] for m in r["messages"] if m["role"] != "system")
+        if hits:
+            dropped[r["source"]] += 1
+            report.extend({"id": r["id"], "source": r["source"], "benchmark": b, "item": i} for b, i in hits)
+        else:
+            kept.append(r)
+    for name, s in per_source.items():
+        s["decontaminated"] = dropped[name]
+    write_jsonl(folder / "decontamination.jsonl", report)
+    return kept, sum(dropped.values()), {"ngram": index.n, "benchmarks": index.stats}
+
+
 def _chars(values: list[int]) -> dict:
     return {"mean": round(sum(values) / len(values), 1) if values else 0, "max": max(values, default=0)}
 
@@ -280,6 +313,13 @@ def _inputs(cfg: InstructionsConfig) -> list[Path]:
             if not Path(name).is_file():
                 raise UserError(f"source '{src.name}': input file not found", name)
             paths.append(Path(name))
+    from pmcllama.data.decontam import parse_spec
+
+    for spec in cfg.decontaminate:
+        path = parse_spec(spec)[1]
+        if not path.is_file():
+            raise UserError("decontaminate: benchmark file not found", path)
+        paths.append(path)
     return paths
 
 
@@ -291,6 +331,8 @@ def collect(cfg: InstructionsConfig) -> tuple[list[dict], list[dict], Rejects, d
         skipped, rows = Counter(), []
         if src.format == "alpaca":
             recs = read_alpaca(src, cfg.system_prompt, rejects)
+        elif src.format != "kg":
+            recs = read_converted(src, cfg.system_prompt, rejects)
         else:
             recs, rows, skipped = read_kg(src, cfg.system_prompt, cfg.seed)
             if not rows and src.probe_terms:
@@ -309,6 +351,7 @@ def collect(cfg: InstructionsConfig) -> tuple[list[dict], list[dict], Rejects, d
 
 def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult:
     records, probe, rejects, per_source = collect(cfg)
+    records, n_contaminated, index_stats = decontaminate(records, cfg, per_source, folder)
     records, dups = dedup(records)
     probe = list({row["id"]: row for row in probe}.values())
     for name, n in dups.items():
@@ -323,21 +366,30 @@ def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult
         write_jsonl(folder / "rejected.jsonl", rejects.rows)
     counts = {"train": len(train), "val": len(val), "probe": len(probe),
               "rejected": sum(rejects.counts.values()), "duplicates": sum(dups.values())}
+    if cfg.decontaminate:
+        counts["decontaminated"] = n_contaminated
     stage.write_json(folder / "stats.json", {
         "counts": counts, "sources": per_source,
         "splits": {"train": split_stats(train), "val": split_stats(val)},
         "probe": dict(Counter(r["meta_info"] for r in probe)),
+        **({"decontamination": index_stats} if cfg.decontaminate else {}),
     })
-    for name, s in per_source.items():
-        tasks = ", ".join(f"{t} {n}" for t, n in s["tasks"].items())
-        extra = "".join(f", {s[k]} {k}" for k in ("rejected", "duplicates", "probe") if s.get(k))
-        log(f"[instructions] {name} ({s['format']}): {s['records']} records ({tasks}){extra}")
-    log(f"[instructions] train {counts['train']}, val {counts['val']}, probe {counts['probe']}, "
-        f"duplicates {counts['duplicates']}, rejected {counts['rejected']}")
+    _log_summary(per_source, counts, log)
     # An empty split is named None (like probe), so readers that refuse empty files skip it.
     files = {"train": "train.jsonl", "val": "val.jsonl" if val else None,
              "probe": "probe.jsonl" if probe else None, "alpaca": "alpaca.json"}
     return stage.StageResult(counts=counts, info={"files": files})
+
+
+def _log_summary(per_source: dict, counts: dict, log) -> None:
+    for name, s in per_source.items():
+        tasks = ", ".join(f"{t} {n}" for t, n in s["tasks"].items())
+        extra = "".join(f", {s[k]} {k}" for k in ("rejected", "decontaminated", "duplicates", "probe")
+                        if s.get(k))
+        log(f"[instructions] {name} ({s['format']}): {s['records']} records ({tasks}){extra}")
+    log(f"[instructions] train {counts['train']}, val {counts['val']}, probe {counts['probe']}, "
+        f"duplicates {counts['duplicates']}, rejected {counts['rejected']}"
+        + (f", decontaminated {counts['decontaminated']}" if "decontaminated" in counts else ""))
 
 
 def run(cfg: InstructionsConfig, force: bool = False) -> Path:
