@@ -2,14 +2,12 @@
 
 Loss only on assistant tokens; the model's chat template or PMC-LLaMA's Alpaca prompt;
 full fine-tuning or LoRA (`lora:` section; merged on save, adapter kept in adapter/).
+With `save_every`, a killed run continues exactly from its newest checkpoint when rerun.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
-
-import numpy as np
 
 from pmcllama import models
 from pmcllama.errors import UserError
@@ -31,16 +29,9 @@ def encode_records(tokenizer, records: list[dict], cfg: FinetuneConfig):
     return kept, len(examples) - len(kept)
 
 
-def epoch_stream(examples: list, seed: int):
-    """Examples in a fresh seeded order every epoch, forever."""
-    rng = np.random.default_rng(seed)
-    while True:
-        for i in rng.permutation(len(examples)):
-            yield examples[i]
-
-
 def run(cfg: FinetuneConfig, force: bool = False) -> Path:
-    from pmcllama.training.data import read_chat_jsonl
+    from pmcllama.training.checkpoint import inputs_identity
+    from pmcllama.training.data import Batches, EpochStream, read_chat_jsonl
 
     manifest = read_manifest(cfg.data)
     files = manifest.get("files") or {}
@@ -61,19 +52,20 @@ def run(cfg: FinetuneConfig, force: bool = False) -> Path:
         if not examples:
             raise UserError(f"no training example keeps an answer within seq_len {cfg.seq_len}", train_path)
         val = []
-        if cfg.eval_val and val_path is not None and val_path.stat().st_size > 0:
+        if (cfg.eval_val or cfg.eval_every) and val_path is not None and val_path.stat().st_size > 0:
             val, _ = encode_records(tokenizer, read_chat_jsonl(val_path), cfg)
+        if cfg.eval_every and not val:
+            raise UserError("eval_every needs a validation split with examples (val.jsonl)", cfg.data)
         total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.global_batch))
-        stream = epoch_stream(examples, cfg.seed)
-        steps = (list(itertools.islice(stream, cfg.global_batch)) for _ in itertools.count())
+        steps = Batches(EpochStream(examples, cfg.seed), cfg.global_batch)
         print(f"[finetune] {cfg.model}: {len(examples)} examples ({dropped} dropped by truncation), "
               f"{total} steps x {cfg.global_batch}, template={cfg.template}, "
               f"{'LoRA r=%d' % cfg.lora.rank if cfg.lora else 'full fine-tune'}")
-        summary = train(model, tokenizer, cfg, steps, total, tmp, val=val)
+        summary = train(model, tokenizer, cfg, steps, total, tmp, val=val, inputs=inputs_identity(cfg.data, model_dir))
         return StageResult(
             counts={"examples": len(examples), "dropped_truncated": dropped, "steps": summary["steps"],
                     "tokens": summary["tokens"]},
             info={"base_model": cfg.model, "seq_len": cfg.seq_len, "template": cfg.template,
                   "lora": cfg.lora.model_dump() if cfg.lora else None, "train": summary})
 
-    return run_stage("finetune", cfg, cfg.out, [cfg.data, model_dir], work, force=force)
+    return run_stage("finetune", cfg, cfg.out, [cfg.data, model_dir], work, force=force, resumable=cfg.resume)

@@ -2,12 +2,12 @@
 
 Sources from the corpus stage are mixed by weight (PMC-LLaMA: books:papers:general = 15:4:1)
 in `packed` mode (contiguous chunks across documents) or `window` mode (one random window
-per document per epoch, PMC-LLaMA v1). Output: a Hugging Face model folder with
+per document per epoch, PMC-LLaMA v1). With `save_every`, a killed run continues exactly
+from its newest checkpoint when rerun (`resume: true`). Output: a Hugging Face model folder with
 metrics.jsonl, loss.png and manifest.json.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 
@@ -29,11 +29,6 @@ def check_tokenizer(tokenizer, corpus_manifest: dict, corpus_dir: str) -> None:
             "with tokenizer=<this model>", corpus_dir)
 
 
-def global_batches(stream, size: int):
-    while True:
-        yield list(itertools.islice(stream, size))
-
-
 def mixture_weights(cfg: PretrainConfig, manifest: dict) -> dict[str, float]:
     sources = manifest.get("sources") or {}
     if cfg.weights is None:
@@ -44,10 +39,27 @@ def mixture_weights(cfg: PretrainConfig, manifest: dict) -> dict[str, float]:
     return dict(cfg.weights)
 
 
-def run(cfg: PretrainConfig, force: bool = False) -> Path:
-    from pmcllama.data.shards import read_corpus
+VAL_SEED_OFFSET = 1_000_003  # validation sequences come from the mixture under seed + this
+
+
+def validation_split(shards, weights: dict, cfg: PretrainConfig) -> tuple[list, dict[str, list[int]]]:
+    """`val_sequences` sequences drawn from the mixture with a seed of their own, and the units
+    (chunks in packed mode, documents in window mode) they came from, held out of training."""
     from pmcllama.training.data import MixtureSampler
 
+    if not cfg.val_sequences:
+        return [], {}
+    sampler = MixtureSampler(shards, weights, cfg.seq_len, cfg.mode, cfg.seed + VAL_SEED_OFFSET)
+    return sampler.hold_out(cfg.val_sequences)
+
+
+def run(cfg: PretrainConfig, force: bool = False) -> Path:
+    from pmcllama.data.shards import read_corpus
+    from pmcllama.training.checkpoint import inputs_identity
+    from pmcllama.training.data import Batches, MixtureSampler
+
+    if cfg.eval_every and not cfg.val_sequences:
+        raise UserError("eval_every needs validation sequences: set val_sequences > 0")
     manifest, shards = read_corpus(cfg.data)
     weights = mixture_weights(cfg, manifest)
     model_dir = models.resolve(cfg.model)
@@ -61,15 +73,17 @@ def run(cfg: PretrainConfig, force: bool = False) -> Path:
         context = getattr(model.config, "max_position_embeddings", None)
         if context and cfg.seq_len > context:
             raise UserError(f"seq_len {cfg.seq_len} exceeds the model's context length {context}")
-        sampler = MixtureSampler(shards, weights, cfg.seq_len, cfg.mode, cfg.seed)
+        val, held_out = validation_split(shards, weights, cfg)
+        sampler = MixtureSampler(shards, weights, cfg.seq_len, cfg.mode, cfg.seed, exclude=held_out)
         total = cfg.max_steps or max(1, math.ceil(cfg.epochs * sampler.epoch_size / cfg.global_batch))
         print(f"[pretrain] {cfg.model}: {total} steps x {cfg.global_batch} sequences x {cfg.seq_len} tokens, "
               f"sources {weights}")
-        summary = train(model, tokenizer, cfg, global_batches(iter(sampler), cfg.global_batch), total, tmp)
+        summary = train(model, tokenizer, cfg, Batches(sampler, cfg.global_batch), total, tmp, val=val,
+                        inputs=inputs_identity(cfg.data, model_dir))
         return StageResult(
             counts={"steps": summary["steps"], "tokens": summary["tokens"]},
             info={"base_model": cfg.model, "seq_len": cfg.seq_len, "tokenizer": manifest.get("tokenizer"),
                   "weights": weights, "train": summary})
 
-    return run_stage("pretrain", cfg, cfg.out, [cfg.data, model_dir], work, force=force)
+    return run_stage("pretrain", cfg, cfg.out, [cfg.data, model_dir], work, force=force, resumable=cfg.resume)
 

@@ -1,9 +1,10 @@
 """The contract between stages: one output folder per stage, with `manifest.json`.
 
 A stage writes into `<out>.partial/`, then renames it to `<out>` once everything is in
-place, so a folder without a complete manifest never looks finished. The manifest holds the
-resolved config, package version and git revision, inputs (size and sha256), counts and
-wall time. Its `fingerprint` (config + inputs + version) makes a rerun with identical
+place, so a folder without a complete manifest never looks finished; a resumable stage
+(training) keeps an interrupted run's `<out>.partial/` to continue from its checkpoints.
+The manifest holds the resolved config, package version and git revision, inputs (size and
+sha256), counts and wall time. Its `fingerprint` (config + inputs + version) makes a rerun with identical
 inputs and config a no-op; `force=True` redoes it.
 """
 from __future__ import annotations
@@ -99,8 +100,13 @@ def run_stage(
     work: Callable[[Path], StageResult],
     force: bool = False,
     log: Callable[[str], None] = print,
+    resumable: bool = False,
 ) -> Path:
-    """Run `work(tmp_folder)` unless `out` is already current; publish atomically."""
+    """Run `work(tmp_folder)` unless `out` is already current; publish atomically.
+
+    `<out>.partial/` is wiped first, unless the stage is `resumable` (and not `force`d): then
+    the work of an interrupted run is left there for `work` to continue.
+    """
     out = Path(out)
     described = [describe_input(p) for p in inputs]
     config = cfg.model_dump(mode="json")
@@ -117,9 +123,9 @@ def run_stage(
             log(f"[{name}] {out} is up to date (same config and inputs); skipping. Use --force to redo.")
             return out
     tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
+    if tmp.exists() and (force or not resumable):
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     result = work(tmp)

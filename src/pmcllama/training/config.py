@@ -38,6 +38,12 @@ class TrainConfig(Config):
     seed: int = Field(0, description="seed for data order and initialisation")
     log_every: int = Field(1, ge=1, description="optimizer steps between metric lines")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
+    save_every: Optional[int] = Field(
+        None, ge=1, description="optimizer steps between resumable checkpoints; null = only the final model")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept (the oldest are deleted)")
+    resume: bool = Field(True, description="continue an interrupted run of the same config from its newest checkpoint")
+    eval_every: Optional[int] = Field(
+        None, ge=1, description="optimizer steps between validation losses on the held-out examples")
 
     @model_validator(mode="after")
     def _batch_divides(self):
@@ -56,6 +62,8 @@ class PretrainConfig(TrainConfig):
         "seq_len window per document per epoch (PMC-LLaMA v1)")
     weights: Optional[dict[str, float]] = Field(
         None, description="mixing weight per corpus source (default: the weights recorded by the corpus stage)")
+    val_sequences: int = Field(
+        0, ge=0, description="validation sequences drawn from the mixture with a separate seed and held out of training")
 
     @field_validator("weights")
     @classmethod

@@ -32,21 +32,31 @@ class MixtureSampler:
     Each source is cut into units: contiguous seq_len chunks (`packed`) or, per document,
     one random seq_len window (`window`, PMC-LLaMA v1; short documents whole). Each
     sequence picks a source with probability proportional to its weight, then takes that
-    source's next unit in a seeded shuffled order (reshuffled when exhausted).
+    source's next unit in a shuffled order; epoch `e` of source `i` uses the order seeded by
+    (seed, i, e). Units in `exclude` (held out for validation, see `hold_out`) are never
+    drawn. `state_dict()` (RNG state, epoch and cursor per source; small, JSON-able) and
+    `load_state_dict()` resume the stream at exactly the same position.
     """
 
-    def __init__(self, shards: dict, weights: dict[str, float], seq_len: int, mode: str, seed: int):
+    def __init__(self, shards: dict, weights: dict[str, float], seq_len: int, mode: str, seed: int,
+                 exclude: dict[str, list[int]] | None = None):
         self.shards = {k: v for k, v in shards.items() if weights.get(k, 0) > 0}
         if not self.shards:
             raise UserError("no corpus source with a positive weight")
         self.names = sorted(self.shards)
         w = np.array([weights[n] for n in self.names], dtype=np.float64)
         self.probs = w / w.sum()
-        self.seq_len, self.mode = seq_len, mode
+        self.seq_len, self.mode, self.seed = seq_len, mode, seed
         self.rng = np.random.default_rng(seed)
         self.units = {n: self._count_units(self.shards[n]) for n in self.names}
-        self.order = {n: np.empty(0, dtype=np.int64) for n in self.names}
+        self.excluded = {n: np.unique(np.asarray((exclude or {}).get(n, []), dtype=np.int64)) for n in self.names}
+        for n in self.names:
+            if len(self.excluded[n]) >= self.units[n]:
+                raise UserError(f"holding out validation sequences leaves no training data in source '{n}'")
+        self.last_unit: tuple[str, int] | None = None
+        self.epoch = {n: -1 for n in self.names}
         self.cursor = {n: 0 for n in self.names}
+        self.order = {n: np.empty(0, dtype=np.int64) for n in self.names}
 
     def _count_units(self, shard) -> int:
         if self.mode == "window":
@@ -56,11 +66,17 @@ class MixtureSampler:
     @property
     def epoch_size(self) -> int:
         """Sequences per epoch: every unit of every source once."""
-        return sum(self.units.values())
+        return sum(self.units[n] - len(self.excluded[n]) for n in self.names)
+
+    def _order(self, name: str, epoch: int) -> np.ndarray:
+        key = [self.seed, self.names.index(name), epoch]
+        order = np.random.default_rng(key).permutation(self.units[name])
+        return order[~np.isin(order, self.excluded[name])] if len(self.excluded[name]) else order
 
     def _next_unit(self, name: str) -> int:
-        if self.cursor[name] >= len(self.order[name]):
-            self.order[name] = self.rng.permutation(self.units[name])
+        if self.epoch[name] < 0 or self.cursor[name] >= len(self.order[name]):
+            self.epoch[name] += 1
+            self.order[name] = self._order(name, self.epoch[name])
             self.cursor[name] = 0
         unit = int(self.order[name][self.cursor[name]])
         self.cursor[name] += 1
@@ -77,11 +93,92 @@ class MixtureSampler:
         start = unit * self.seq_len
         return np.asarray(shard.tokens[start:start + self.seq_len], dtype=np.int64)
 
-    def __iter__(self) -> Iterator[Example]:
-        while True:
-            name = self.names[int(self.rng.choice(len(self.names), p=self.probs))]
-            ids = self._tokens(name, self._next_unit(name))
-            yield Example(ids, ids.copy(), name)
+    def __iter__(self) -> "MixtureSampler":
+        return self
+
+    def __next__(self) -> Example:
+        name = self.names[int(self.rng.choice(len(self.names), p=self.probs))]
+        unit = self._next_unit(name)
+        self.last_unit = (name, unit)
+        ids = self._tokens(name, unit)
+        return Example(ids, ids.copy(), name)
+
+    def hold_out(self, n: int) -> tuple[list[Example], dict[str, list[int]]]:
+        """`n` sequences and, per source, the units they came from (to `exclude` from training)."""
+        examples, units = [], {}
+        for _ in range(n):
+            examples.append(next(self))
+            name, unit = self.last_unit
+            units.setdefault(name, []).append(unit)
+        return examples, units
+
+    def state_dict(self) -> dict:
+        return {"kind": "mixture", "names": list(self.names), "units": dict(self.units),
+                "excluded": {n: len(v) for n, v in self.excluded.items()},
+                "rng": self.rng.bit_generator.state, "epoch": dict(self.epoch), "cursor": dict(self.cursor)}
+
+    def load_state_dict(self, state: dict) -> None:
+        excluded = {n: len(v) for n, v in self.excluded.items()}
+        if (state.get("kind"), state.get("names"), state.get("units"), state.get("excluded")) != (
+                "mixture", self.names, self.units, excluded):
+            raise ValueError("the data position was saved for other corpus sources or sizes")
+        self.rng.bit_generator.state = state["rng"]
+        self.epoch, self.cursor = dict(state["epoch"]), dict(state["cursor"])
+        self.order = {n: self._order(n, e) if e >= 0 else np.empty(0, dtype=np.int64) for n, e in self.epoch.items()}
+
+
+class EpochStream:
+    """Examples in a fresh seeded order every epoch (epoch `e` seeded by (seed, e)), forever;
+    `state_dict()` / `load_state_dict()` save and restore the exact position."""
+
+    def __init__(self, examples: Sequence, seed: int):
+        if not examples:
+            raise ValueError("EpochStream needs at least one example")
+        self.examples, self.seed = examples, seed
+        self.epoch, self.cursor = 0, 0
+        self.order = self._order(0)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+
+    def __iter__(self) -> "EpochStream":
+        return self
+
+    def __next__(self):
+        if self.cursor >= len(self.order):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self.order = self._order(self.epoch)
+        item = self.examples[int(self.order[self.cursor])]
+        self.cursor += 1
+        return item
+
+    def state_dict(self) -> dict:
+        return {"kind": "epochs", "size": len(self.examples), "epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "epochs" or state.get("size") != len(self.examples):
+            raise ValueError("the data position was saved for another training set")
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.order = self._order(self.epoch)
+
+
+class Batches:
+    """Global batches of `size` examples from a resumable stream (MixtureSampler, EpochStream)."""
+
+    def __init__(self, stream, size: int):
+        self.stream, self.size = stream, size
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> list:
+        return [next(self.stream) for _ in range(self.size)]
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
 
 
 def read_chat_jsonl(path: Path) -> list[dict]:

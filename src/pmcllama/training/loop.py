@@ -3,18 +3,22 @@
 AdamW with warmup + cosine decay, gradient accumulation to a global batch (the loss is
 normalised by the label tokens of the whole optimizer step, so accumulation does not change
 it), gradient clipping, bf16 autocast where the hardware runs bf16 natively, optional
-activation checkpointing and LoRA (PEFT) merged on save. Writes metrics.jsonl, loss.png and a
-Hugging Face model folder.
+activation checkpointing and LoRA (PEFT) merged on save; validation loss every `eval_every`
+steps; resumable checkpoints every `save_every` steps (training/checkpoint.py). Writes
+metrics.jsonl, loss.png and a Hugging Face model folder.
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
+from pmcllama.training import checkpoint as ckpt
 from pmcllama.training.config import TrainConfig
 from pmcllama.training.data import Example, collate, label_tokens
 
@@ -120,12 +124,21 @@ def evaluate_loss(model, examples: Sequence[Example], cfg: TrainConfig, pad_id: 
     return total
 
 
-def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], total_steps: int,
-          out: Path, val: Sequence[Example] | None = None) -> dict:
-    """Run `total_steps` optimizer steps; each item of `steps` is one global batch of examples."""
-    import torch
+@dataclass
+class Run:
+    """What every optimizer step needs."""
 
-    from pmcllama.progress import progress
+    model: Any
+    opt: Any
+    sched: Any
+    cfg: TrainConfig
+    device: Any
+    precision: str
+    pad_id: int
+
+
+def setup(model, tokenizer, cfg: TrainConfig, total_steps: int) -> Run:
+    import torch
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -136,55 +149,121 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
     model.train()
     opt, sched = make_optimizer(model, cfg, total_steps, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    seen: dict[str, int] = {}
-    tokens_total, t_start = 0, time.perf_counter()
+    return Run(model, opt, sched, cfg, device, precision, pad_id)
+
+
+def train_step(run: Run, examples: Sequence[Example]) -> tuple[float, int, float, float]:
+    """One optimizer step over a global batch: (loss, tokens, grad norm, lr used)."""
+    import torch
+
+    n_items = max(1, label_tokens(examples))
+    loss_sum, step_tokens = 0.0, 0
+    for chunk in _micro_batches(examples, run.cfg.micro_batch):
+        batch = {k: v.to(run.device) for k, v in collate(chunk, run.pad_id).items()}
+        with autocast(run.precision, run.device):
+            loss = run.model(**batch, num_items_in_batch=n_items).loss
+        loss.backward()
+        loss_sum += float(loss.detach())
+        step_tokens += int(batch["attention_mask"].sum())
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    lr = run.sched.get_last_lr()[0]
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    return loss_sum, step_tokens, float(grad_norm), lr
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric rows up to `step` (a resumed run re-appends the rest); drop a torn last line."""
+    rows = []
+    if step > 0 and path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= step:
+                rows.append(line + "\n")
+    path.write_text("".join(rows), encoding="utf-8")
+
+
+def resume_or_start(run: Run, steps, out: Path, ident: dict) -> ckpt.TrainProgress:
+    """The counters of the newest checkpoint of this run (restoring everything), or fresh ones."""
+    root = out / ckpt.CHECKPOINTS
+    found = ckpt.latest(root) if run.cfg.resume else None
+    if found is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return ckpt.TrainProgress()
+    prog = ckpt.load(found, run.model, run.opt, run.sched, steps, ident)
+    print(f"[{stage_name(out)}] resuming from {found} (step {prog.step})")
+    return prog
+
+
+def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], total_steps: int,
+          out: Path, val: Sequence[Example] | None = None, inputs: dict | None = None) -> dict:
+    """Run `total_steps` optimizer steps; each item of `steps` is one global batch of examples.
+
+    With `save_every`, checkpoints go to `out/checkpoints/` (`steps` should then have
+    `state_dict()`/`load_state_dict()`, like `Batches`); with `resume`, the newest one of the
+    same config and `inputs` is continued exactly.
+    """
+    from pmcllama.progress import progress
+
+    if cfg.save_every and not hasattr(steps, "state_dict"):
+        raise TypeError("save_every needs a batch stream whose position can be saved (training.data.Batches)")
+    run = setup(model, tokenizer, cfg, total_steps)
+    ident = ckpt.identity(cfg, inputs or {}, total_steps)
+    prog = resume_or_start(run, steps, out, ident)
+    resumed_from = prog.step
     metrics_path = out / "metrics.jsonl"
-    bar = progress(total=total_steps, unit="step", desc=stage_name(out))
-    with open(metrics_path, "w", encoding="utf-8") as log:
-        for step in range(1, total_steps + 1):
+    truncate_metrics(metrics_path, prog.step)
+    t_start = time.perf_counter() - prog.elapsed_s
+    bar = progress(total=total_steps, initial=prog.step, unit="step", desc=stage_name(out))
+    with open(metrics_path, "a", encoding="utf-8") as log:
+        for step in range(prog.step + 1, total_steps + 1):
             t0 = time.perf_counter()
             examples = next(steps)
-            n_items = max(1, label_tokens(examples))
-            loss_sum, step_tokens = 0.0, 0
-            for chunk in _micro_batches(examples, cfg.micro_batch):
-                batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-                with autocast(precision, device):
-                    loss = model(**batch, num_items_in_batch=n_items).loss
-                loss.backward()
-                loss_sum += float(loss.detach())
-                step_tokens += int(batch["attention_mask"].sum())
-            for e in examples:
-                seen[e.source or "all"] = seen.get(e.source or "all", 0) + len(e.input_ids)
-            params = [p for p in model.parameters() if p.requires_grad]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            lr = sched.get_last_lr()[0]
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            tokens_total += step_tokens
-            dt = time.perf_counter() - t0
+            loss_sum, step_tokens, grad_norm, lr = train_step(run, examples)
             if not math.isfinite(loss_sum):
                 raise RuntimeError(f"loss became {loss_sum} at step {step}; lower lr or use fp32")
+            prog.advance(step, step_tokens, examples)
+            dt = time.perf_counter() - t0
+            prog.elapsed_s = time.perf_counter() - t_start
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / dt:.0f}", refresh=False)
             bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                log.write(json.dumps({
-                    "step": step, "loss": round(loss_sum, 5), "lr": lr, "grad_norm": round(float(grad_norm), 5),
-                    "tokens": tokens_total, "tokens_per_s": round(step_tokens / dt, 1),
-                    "elapsed_s": round(time.perf_counter() - t_start, 2), "tokens_by_source": dict(seen),
-                }) + "\n")
+            evaluate_now = bool(cfg.eval_every and val and step % cfg.eval_every == 0)
+            if step % cfg.log_every == 0 or step == total_steps or evaluate_now:
+                row = {"step": step, "loss": round(loss_sum, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
+                       "tokens": prog.tokens, "tokens_per_s": round(step_tokens / dt, 1),
+                       "elapsed_s": round(prog.elapsed_s, 2), "tokens_by_source": dict(prog.tokens_by_source)}
+                if evaluate_now:
+                    val_loss = evaluate_loss(run.model, val, cfg, run.pad_id, run.device, run.precision)
+                    row["val_loss"] = round(val_loss, 5)
+                log.write(json.dumps(row) + "\n")
                 log.flush()
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                ckpt.save(out / ckpt.CHECKPOINTS, run.model, run.opt, run.sched, steps, prog, ident, cfg.keep_last)
+            ckpt.kill_hook(step)
     bar.close()
-    wall = time.perf_counter() - t_start
-    summary = {"steps": total_steps, "tokens": tokens_total, "train_wall_s": round(wall, 2),
-               "tokens_per_s": round(tokens_total / wall, 1), "precision": precision, "device": device.type,
-               "tokens_by_source": seen}
+    summary = finish(run, tokenizer, val, out, prog)
+    return {**summary, "resumed_from_step": resumed_from} if resumed_from else summary
+
+
+def finish(run: Run, tokenizer, val, out: Path, prog: ckpt.TrainProgress) -> dict:
+    """Final validation, the Hugging Face folder, the loss plot; checkpoints are then removed."""
+    wall = prog.elapsed_s
+    summary = {"steps": prog.step, "tokens": prog.tokens, "train_wall_s": round(wall, 2),
+               "tokens_per_s": round(prog.tokens / max(wall, 1e-9), 1), "precision": run.precision,
+               "device": run.device.type, "tokens_by_source": prog.tokens_by_source}
     if val:
-        summary["val_loss"] = round(evaluate_loss(model, val, cfg, pad_id, device, precision), 5)
-    save_trained(model, tokenizer, cfg, out)
+        summary["val_loss"] = round(evaluate_loss(run.model, val, run.cfg, run.pad_id, run.device, run.precision), 5)
+    save_trained(run.model, tokenizer, run.cfg, out)
     from pmcllama.plots import plot_losses
 
-    plot_losses({stage_name(out): metrics_path}, out / "loss.png", title=f"{stage_name(out)}: training loss")
+    plot_losses({stage_name(out): out / "metrics.jsonl"}, out / "loss.png", title=f"{stage_name(out)}: training loss")
+    shutil.rmtree(out / ckpt.CHECKPOINTS, ignore_errors=True)
     return summary
 
 
