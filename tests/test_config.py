@@ -76,3 +76,11 @@ def test_cli_user_errors_exit_2_with_one_line():
     assert p.returncode == 2 and "/nonexistent/corpus" in p.stderr and "Traceback" not in p.stderr
     p = _cli("--debug", "pretrain", "data=/nonexistent/corpus")
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_recipe_stage_without_its_input_section_is_an_error(tmp_path):
+    from pmcllama import run as recipe
+
+    cfg = load_config(RecipeConfig, None, [f"out_dir={tmp_path}", "pretrain.seq_len=64"])
+    with pytest.raises(ConfigError, match="pretrain section needs a corpus section"):
+        recipe.run(cfg)

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from pmcllama.config import Config
 from pmcllama.corpus import CorpusConfig
+from pmcllama.errors import ConfigError
 from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
 from pmcllama.generate import GenerateConfig
 from pmcllama.instructions import InstructionsConfig
@@ -60,7 +61,7 @@ def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict
     model = cfg.base_model
     if cfg.pretrain is not None:
         if cfg.corpus is None:
-            raise_config("a recipe with a pretrain section needs a corpus section")
+            raise ConfigError("a recipe with a pretrain section needs a corpus section")
         c = cfg.corpus.model_copy(update={"out": str(out / "corpus"), "tokenizer": cfg.base_model})
         folders["corpus"] = corpus.run(c, force=force)
         p = cfg.pretrain.model_copy(update={"data": str(folders["corpus"]), "model": model, "out": str(out / "pretrain")})
@@ -69,19 +70,13 @@ def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict
         states.append(("knowledge-injected", model))
     if cfg.finetune is not None:
         if cfg.instructions is None:
-            raise_config("a recipe with a finetune section needs an instructions section")
+            raise ConfigError("a recipe with a finetune section needs an instructions section")
         i = cfg.instructions.model_copy(update={"out": str(out / "instructions")})
         folders["instructions"] = instructions.run(i, force=force)
         f = cfg.finetune.model_copy(update={"data": str(folders["instructions"]), "model": model, "out": str(out / "finetune")})
         folders["finetune"] = finetune.run(f, force=force)
         states.append(("instruction-tuned", str(folders["finetune"])))
     return states, folders
-
-
-def raise_config(msg: str) -> None:
-    from pmcllama.errors import ConfigError
-
-    raise ConfigError(msg)
 
 
 def _benchmarks(cfg: RecipeConfig, folders: dict[str, Path]) -> list[BenchmarkSpec]:
