@@ -181,3 +181,14 @@ def test_lora_saves_adapter_and_merged_weights(tmp_path):
     assert not torch.equal(merged[q], base[q])  # the adapter was merged in
     k = "model.layers.0.self_attn.k_proj.weight"
     assert torch.equal(merged[k], base[k])  # untouched module
+
+
+def test_seq_len_beyond_the_model_context_is_refused(tmp_path):
+    from pmcllama.models import load_model
+
+    model, tok = load_model("tiny-llama")  # context 1024
+    cfg = FinetuneConfig(model="tiny-llama", data="x", out=str(tmp_path / "o"), seq_len=2048, micro_batch=1,
+                         global_batch=1, precision="fp32")
+    (tmp_path / "o").mkdir()
+    with pytest.raises(UserError, match="seq_len 2048 exceeds the model's context length 1024"):
+        train(model, tok, cfg, iter([_examples(None, 1)]), 1, tmp_path / "o")

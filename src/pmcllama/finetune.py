@@ -45,9 +45,6 @@ def run(cfg: FinetuneConfig, force: bool = False) -> Path:
         from pmcllama.training.loop import train
 
         model, tokenizer = models.load_model(model_dir)
-        context = getattr(model.config, "max_position_embeddings", None)
-        if context and cfg.seq_len > context:
-            raise UserError(f"seq_len {cfg.seq_len} exceeds the model's context length {context}")
         examples, dropped = encode_records(tokenizer, read_chat_jsonl(train_path), cfg)
         if not examples:
             raise UserError(f"no training example keeps an answer within seq_len {cfg.seq_len}", train_path)

@@ -70,9 +70,6 @@ def run(cfg: PretrainConfig, force: bool = False) -> Path:
         from pmcllama.training.loop import train
 
         model, _ = models.load_model(model_dir)
-        context = getattr(model.config, "max_position_embeddings", None)
-        if context and cfg.seq_len > context:
-            raise UserError(f"seq_len {cfg.seq_len} exceeds the model's context length {context}")
         val, held_out = validation_split(shards, weights, cfg)
         sampler = MixtureSampler(shards, weights, cfg.seq_len, cfg.mode, cfg.seed, exclude=held_out)
         total = cfg.max_steps or max(1, math.ceil(cfg.epochs * sampler.epoch_size / cfg.global_batch))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from pmcllama.errors import UserError
 from pmcllama.training import checkpoint as ckpt
 from pmcllama.training.config import TrainConfig
 from pmcllama.training.data import Example, collate, label_tokens
@@ -140,6 +141,9 @@ class Run:
 def setup(model, tokenizer, cfg: TrainConfig, total_steps: int) -> Run:
     import torch
 
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and cfg.seq_len > context:
+        raise UserError(f"seq_len {cfg.seq_len} exceeds the model's context length {context}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
