@@ -61,6 +61,14 @@ def line_of(text: str, needle: str, occurrence: int = 1) -> int | None:
     return text.count("\n", 0, pos) + 1
 
 
+def load_json(text: str, path: str | Path, **kwargs) -> Any:
+    """`json.loads` of a whole file; a syntax error names the file, line and column."""
+    try:
+        return json.loads(text, **kwargs)
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
+
+
 def parse_json_document(path: str | Path, text: str) -> tuple[Any, list[str]]:
     """Parse a whole-file JSON document; also return the duplicated keys of the top object."""
     calls: list[list[str]] = []
@@ -75,10 +83,7 @@ def parse_json_document(path: str | Path, text: str) -> tuple[Any, list[str]]:
         calls.append(dups)  # the top-level object is the last one closed
         return dict(pairs)
 
-    try:
-        data = json.loads(text, object_pairs_hook=hook)
-    except json.JSONDecodeError as e:
-        raise UserError(f"not valid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
+    data = load_json(text, path, object_pairs_hook=hook)
     top_dups = calls[-1] if calls and isinstance(data, dict) else []
     return data, top_dups
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pmcllama.benchmarks.base import Loaded, apply_limit, line_of, read_text
+from pmcllama.benchmarks.base import Loaded, apply_limit, line_of, load_json, read_text
 from pmcllama.benchmarks.mcq import SubjectItem, check_unique, nonempty, read_jsonl
 from pmcllama.errors import UserError
 
@@ -50,10 +50,7 @@ def build_prompt(question: str, options: list[str]) -> str:
 def _records(path: str | Path) -> list[tuple[int | None, dict]]:
     text = read_text(path)
     if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"not valid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
+        data = load_json(text, path)
         if not isinstance(data, list):
             raise UserError("expected JSON Lines or a JSON array of MedMCQA records", path)
         rows, count = [], {}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from pmcllama.benchmarks.base import (
-    line_of, looks_like_jsonl, looks_like_pubmedqa, parse_json_document, read_text,
+    line_of, load_json, looks_like_jsonl, looks_like_pubmedqa, parse_json_document, read_text,
 )
 from pmcllama.errors import UserError
 
@@ -103,11 +103,7 @@ def json_records(path: Path) -> Iterator[Row]:
     """Rows of a JSON array (file starting with '[') or of JSON Lines (any other file)."""
     text = read_text(path)
     if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"not valid JSON: {e.msg} at column {e.colno}", path, e.lineno) from None
-        for i, obj in enumerate(data):
+        for i, obj in enumerate(load_json(text, path)):
             yield Row(None, i, obj)
         return
     whole = _whole_json(text) if text.lstrip().startswith("{") else None
