@@ -131,8 +131,15 @@ def test_config_checks(tmp_path):
         make_cfg(tmp_path, [{"name": "x", "format": "alpaca"}])
     with pytest.raises(ConfigError, match="root only apply to format: kg"):
         make_cfg(tmp_path, [{"name": "x", "format": "alpaca", "paths": ["a.json"], "root": "HP:1"}])
-    with pytest.raises(ConfigError, match="max_records only apply to format: alpaca"):
-        make_cfg(tmp_path, [{"name": "x", "format": "kg", "max_records": 3}])
+    with pytest.raises(ConfigError, match="task only apply to format: alpaca"):
+        make_cfg(tmp_path, [{"name": "x", "format": "kg", "task": "qa"}])
+    with pytest.raises(ConfigError, match="vocabularies only apply to format: kg"):
+        make_cfg(tmp_path, [{"name": "x", "format": "alpaca", "paths": ["a.json"], "vocabularies": ["MSH"]}])
+    with pytest.raises(ConfigError, match="weight"):
+        make_cfg(tmp_path, [{"name": "x", "format": "kg", "weight": 0}])
+    with pytest.raises(ConfigError, match="rationales.sources names no source: y"):
+        make_cfg(tmp_path, [{"name": "x", "format": "kg"}],
+                 rationales={"base_url": "http://localhost:1/v1", "model": "m", "sources": ["y"]})
     with pytest.raises(ConfigError, match="unique"):
         make_cfg(tmp_path, [{"name": "x", "format": "kg"}, {"name": "x", "format": "kg"}])
     with pytest.raises(ConfigError, match="val_fraction"):

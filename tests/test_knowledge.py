@@ -113,7 +113,7 @@ def test_relation_text(onto):
     assert p.question in {t.format(a="arrhythmia", b="heart disease") for t in P.TEMPLATES["relation"]}
     assert P.TEMPLATES["relation"][0].format(a="arrhythmia", b="heart disease") == \
         "What is the relation between arrhythmia and heart disease?"
-    with pytest.raises(P.Skip, match="no parent"):
+    with pytest.raises(P.Skip, match="no relation"):
         P.relations(onto, onto.terms["T:0000001"], random.Random(0))
 
 
@@ -160,7 +160,7 @@ def test_kg_prompts_deterministic_and_skips(onto):
     c, _ = P.kg_prompts(onto, terms, seed=2)
     assert a == b and a != c
     assert skipped == Counter({"description: no definition": 1, "mcq_definition: no definition": 1,
-                               "relation: no parent": 1, "mcq_parent: no parent": 1})
+                               "relation: no relation": 1, "mcq_parent: no parent": 1})
     tasks = Counter(p.task for p in a)
     assert tasks == {"description": 7, "relation": 7, "mcq_definition": 7, "mcq_parent": 7}
 
@@ -226,3 +226,51 @@ def test_hpo_probe_and_counts(tmp_path):
         if r["task"] == "mcq_parent":  # the question stem names the subject only
             assert not any(n in user.split("\n")[0] for n in held_names)
         assert any(m["role"] == "assistant" for m in r["messages"])
+
+
+def test_sentence_helpers():
+    from pmcllama.knowledge.obo import Term
+    from pmcllama.knowledge.ontology import clean_synonyms, plain, upper_first
+
+    assert upper_first("urofacial syndrome") == "Urofacial syndrome"
+    assert [upper_first(x) for x in ("mRNA decay", "pH", "ALCAPA", "Asthma")] == ["mRNA decay", "pH", "ALCAPA", "Asthma"]
+    assert plain("A cancer that has_material_basis_in epithelial cells and is located_in the liver.") == \
+        "A cancer that has its material basis in epithelial cells and is located in the liver."
+    assert plain("An infection that results_in_formation_of cysts and has_symptom fever.") == \
+        "An infection that results in formation of cysts and has the symptom fever."
+    assert upper_first("non-syndromic deafness") == "Non-syndromic deafness"
+    t = Term(id="X:1", name="choroid plexus carcinoma", synonyms=[
+        "Choroid plexus carcinoma (morphologic abnormality)", "malignant tumor of choroid plexus (disorder)",
+        "Malignant tumor of choroid plexus", "cancer of choroid plexus (disorder) [Ambiguous]",
+        "choroid plexus carcinoma NOS", "a", "b", "c"])
+    assert clean_synonyms(t) == ["malignant tumor of choroid plexus", "cancer of choroid plexus", "a", "b"]
+
+
+def test_lower_case_names_start_sentences_with_a_capital(tmp_path):
+    path = tmp_path / "d.obo"
+    path.write_text(OBO.replace("name: Arrhythmia", "name: arrhythmia").replace(
+        '"An abnormal heart rhythm."', '"A heart disease that has_material_basis_in an abnormal rhythm."'))
+    onto = load_ontology(path)
+    term = onto.terms["T:0000004"]
+    (r,) = P.relations(onto, term, random.Random(0))
+    assert r.answer == "Arrhythmia is a kind of heart disease."
+    assert P.description(onto, term, random.Random(0)).answer.startswith(
+        "A heart disease that has its material basis in an abnormal rhythm.")
+    questions = {P.mcq_parent(onto, term, random.Random(s), onto.select(), 0).question for s in range(30)}
+    assert "Arrhythmia is a kind of which of the following?" in questions
+
+
+@pytest.mark.shared
+def test_doid_prompts_read_well(shared_data):
+    path = shared_data / "knowledge" / "doid.obo"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    onto = load_ontology(path)
+    terms = onto.select(None, 300, 0)
+    prompts, skipped = P.kg_prompts(onto, terms, seed=0, pool=onto.select())
+    assert len(prompts) >= 4 * 300 - sum(skipped.values())
+    for p in prompts:
+        assert p.answer[0].isupper() or not p.answer[0].isalpha(), p.answer
+        assert "_" not in p.answer and "(disorder)" not in p.answer, p.answer
+        first_line = p.user_text().split("\n")[0]
+        assert first_line[0].isupper() or not first_line[0].isalpha(), first_line

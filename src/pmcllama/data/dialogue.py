@@ -231,3 +231,35 @@ def read_qa_jsonl(path: str | Path, question_field: str | None = None,
             continue
         turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         yield row._replace(value=Converted(_record_id(row.raw, row), "qa", turns))
+
+
+# ----------------------------------------------------------------------------- format sniffing
+
+_KEYS = (("alpaca", ("instruction", "output")), ("sharegpt", ("conversations",)), ("messages", ("messages",)),
+         ("medqa", ("options", "answer_idx")), ("medmcqa", ("opa", "cop")))
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """The instruction format a file looks like, from its first record (None: cannot tell).
+    Used to explain a file given under the wrong format."""
+    from pmcllama.data.qa import detect_format
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".csv":
+            first = next(csv_rows(path), None)
+            if first and {"section_header", "dialogue"} <= {c.strip().lstrip("\ufeff") for c in first[1]}:
+                return "mtsdialog"
+            return detect_format(path)
+        fmt = detect_format(path)
+        if fmt not in (None, "jsonl"):
+            return fmt
+        first = next((r.raw for r in json_records(path) if r.error is None), None)
+    except (UserError, StopIteration):
+        return None
+    if not isinstance(first, dict):
+        return None
+    for name, keys in _KEYS:
+        if all(k in first for k in keys):
+            return name
+    return "qa_jsonl" if any(k in first for k in QUESTION_FIELDS) and any(k in first for k in ANSWER_FIELDS) else None

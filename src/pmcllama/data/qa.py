@@ -276,12 +276,6 @@ def read_items(fmt: str, path: str | Path) -> Iterator[Row]:
     return READERS[fmt](Path(path))
 
 
-def qa_rows(fmt: str, path: str | Path, answer_format: str) -> Iterator[Row]:
-    """Rows whose value is a `Converted` chat record."""
-    for row in read_items(fmt, path):
-        yield row if row.value is None else row._replace(value=row.value.converted(answer_format))
-
-
 def detect_format(path: str | Path) -> str | None:
     """The benchmark format of a file from its name and first record (None: unknown)."""
     path = Path(path)

@@ -2,10 +2,16 @@
 
 Four tasks, each with a few paraphrased question templates:
 - `description`:    "What is <term>?" -> the definition (+ synonyms),
-- `relation`:       "What is the relation between <a> and <b>?" -> "<A> is a kind of <b>.",
+- `relation`:       "What is the relation between <a> and <b>?" -> "<A> is a kind of <b>." (or
+                    the ontology's other relations worded in English: "<A> may treat <b>."),
 - `mcq_definition`: a definition, four term names A-D, answer "The answer is C. <term>",
 - `mcq_parent`:     "<term> is a kind of which of the following?", the parent among three
                     terms that are not ancestors of the term.
+Distractors come from the terms nearest in the hierarchy (siblings, then cousins), then from
+terms of the same kind. The generator reads an ontology only through the small interface of
+`pmcllama.knowledge.ontology.Ontology` (`describe`, `clue`, `edges`, `near`, `templates`, ...),
+so OBO files, HPO, ICD-10 and UMLS all feed it; a source may replace the templates (ICD-10
+asks "What is the ICD-10 code for <term>?").
 
 Everything random (template, distractors, answer letter) comes from `random.Random` objects
 seeded from the caller's seed, so the same seed gives the same prompts. The knowledge probe
@@ -15,13 +21,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from pmcllama.knowledge.obo import Term
-from pmcllama.knowledge.ontology import Ontology, lower_first
+from pmcllama.knowledge.ontology import Ontology, upper_first
 
 TASKS = ("description", "relation", "mcq_definition", "mcq_parent")
 LETTERS = "ABCD"
@@ -85,20 +92,11 @@ def term_rng(seed: int, task: str, term: Term) -> random.Random:
 
 
 def ancestors(onto: Ontology, term_id: str) -> set[str]:
-    seen: set[str] = set()
-    frontier = [term_id]
-    while frontier:
-        node = onto.terms.get(frontier.pop())
-        for p in node.parents if node else []:
-            if p not in seen:
-                seen.add(p)
-                frontier.append(p)
-    return seen
+    return onto.ancestors(term_id)
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text if text.endswith((".", "!", "?")) else text + "."
+def _template(onto: Ontology, task: str, rng: random.Random) -> str:
+    return rng.choice(onto.templates.get(task) or TEMPLATES[task])
 
 
 def _random_order(rng: random.Random, items: Sequence[Term]) -> Iterable[Term]:
@@ -119,12 +117,14 @@ def _random_order(rng: random.Random, items: Sequence[Term]) -> Iterable[Term]:
     yield from rest
 
 
-def pick_distractors(rng: random.Random, first: Sequence[Term], pool: Sequence[Term],
-                     banned_ids: set[str], banned_names: set[str], n: int = 3) -> list[str]:
-    """`n` distinct names: from `first` (shuffled) first, then from `pool`; never a banned id or name."""
+def pick_distractors(rng: random.Random, near: Sequence[Sequence[Term]], pool: Sequence[Term],
+                     banned_ids: set[str], banned_names: set[str], kind: str = "", n: int = 3) -> list[str]:
+    """`n` distinct names: from the `near` groups in turn (each shuffled), then from the terms of
+    `pool` of the same `kind` (when given), then from all of `pool`; never a banned id or name."""
     names: list[str] = []
     taken = {x.lower() for x in banned_names}
-    for group in (first, pool):
+    groups = [*near, [t for t in pool if t.kind == kind] if kind else [], pool]
+    for group in groups:
         for t in _random_order(rng, group):
             if t.id in banned_ids or not t.name or t.name.lower() in taken:
                 continue
@@ -147,51 +147,84 @@ def _mcq(task: str, term: Term, question: str, correct: str, distractors: list[s
 
 
 def description(onto: Ontology, term: Term, rng: random.Random) -> KGPrompt:
-    if not term.definition:
+    answer = onto.describe(term)
+    if not answer:
         raise Skip("no definition")
-    answer = _sentence(term.definition)
-    if term.synonyms:
-        answer += f" It is also known as {', '.join(term.synonyms)}."
-    question = rng.choice(TEMPLATES["description"]).format(term=lower_first(term.name))
+    question = _template(onto, "description", rng).format(term=onto.mention(term), Term=upper_first(term.name),
+                                                              code=term.code)
     return KGPrompt("description", term.id, question, answer)
 
 
 def relations(onto: Ontology, term: Term, rng: random.Random) -> list[KGPrompt]:
-    """One prompt per parent in the ontology."""
-    parents = [onto.terms[p] for p in term.parents if p in onto.terms and onto.terms[p].name]
-    if not parents:
-        raise Skip("no parent")
+    """One prompt per relation of the term (is_a parents first)."""
+    edges = onto.edges(term)
+    if not edges:
+        raise Skip("no relation")
     out = []
-    for parent in parents:
-        question = rng.choice(TEMPLATES["relation"]).format(a=lower_first(term.name), b=lower_first(parent.name))
-        out.append(KGPrompt("relation", term.id, question, f"{term.name} is a kind of {lower_first(parent.name)}."))
+    a = onto.mention(term)
+    for answer, other in edges:
+        b = onto.mention(other)
+        question = _template(onto, "relation", rng).format(a=a, b=b)
+        out.append(KGPrompt("relation", term.id, question, answer.format(A=upper_first(term.name), a=a, b=b)))
     return out
 
 
 def mcq_definition(onto: Ontology, term: Term, rng: random.Random, pool: Sequence[Term],
                    position: int | LetterDeck, exclude: Iterable[str] = ()) -> KGPrompt:
-    """Which term matches the definition: the term and 3 distractors (siblings first)."""
-    if not term.definition:
+    """Which term matches the definition (or code): the term and 3 distractors, nearest first."""
+    clue = onto.clue(term)
+    if not clue:
         raise Skip("no definition")
     banned_names = {term.name, *term.synonyms}
-    distractors = pick_distractors(rng, onto.siblings(term), pool, {term.id, *exclude}, banned_names)
-    question = rng.choice(TEMPLATES["mcq_definition"]).format(definition=_sentence(term.definition))
+    distractors = pick_distractors(rng, onto.near(term), pool, {term.id, *exclude}, banned_names, term.kind)
+    question = _template(onto, "mcq_definition", rng).format(definition=clue, code=term.code)
     return _mcq("mcq_definition", term, question, term.name, distractors, position)
 
 
 def mcq_parent(onto: Ontology, term: Term, rng: random.Random, pool: Sequence[Term],
                position: int | LetterDeck, exclude: Iterable[str] = ()) -> KGPrompt:
     """Which is the term's parent: one parent and 3 terms that are not ancestors of the term."""
-    parents = [onto.terms[p] for p in term.parents if p in onto.terms and onto.terms[p].name]
+    parents = onto.parents(term)
     if not parents:
         raise Skip("no parent")
     parent = rng.choice(parents)
-    banned_ids = {term.id, *ancestors(onto, term.id), *exclude}
+    banned_ids = {term.id, *onto.ancestors(term.id), *exclude}
     banned_names = {term.name, parent.name, *(onto.terms[a].name for a in banned_ids if a in onto.terms)}
-    distractors = pick_distractors(rng, onto.siblings(parent), pool, banned_ids, banned_names)
-    template = rng.choice(TEMPLATES["mcq_parent"])
-    question = template.format(Term=term.name, term=lower_first(term.name))
+    distractors = pick_distractors(rng, onto.near(parent), pool, banned_ids, banned_names, parent.kind)
+    question = _template(onto, "mcq_parent", rng).format(Term=upper_first(term.name), term=onto.mention(term),
+                                                        level=parent.kind or "class")
     return _mcq("mcq_parent", term, question, parent.name, distractors, position)
+
+
+def _mentions(phrases: Iterable[str]) -> re.Pattern | None:
+    """A case-blind pattern finding any of `phrases` as whole words ("S80" not in "S80.1")."""
+    alts = sorted({p for p in phrases if p}, key=len, reverse=True)
+    if not alts:
+        return None
+    return re.compile(r"(?<![\w.])(?:" + "|".join(map(re.escape, alts)) + r")(?![\w]|\.\w)", re.IGNORECASE)
+
+
+class LeakGuard:
+    """Finds training prompts that state what the definition probe asks about a held-out term:
+    its name together with its clue (its definition, its ICD-10 code). E.g. the description of
+    an ICD-10 subcategory names its held-out category with the category's code. (A held-out
+    term's parent is stated only in the term's own prompts, which are not built at all.)"""
+
+    def __init__(self, onto: Ontology, held: Iterable[Term]):
+        self.facts: dict[str, re.Pattern | None] = {}
+        for t in held:
+            self.facts[t.name.lower()] = _mentions([(onto.clue(t) or "").rstrip("."), t.code])
+        self.patterns = {name: _mentions([name]) for name in self.facts}
+
+    def leaks(self, prompt: KGPrompt) -> bool:
+        if not self.facts:
+            return False
+        text = prompt.user_text() + "\n" + prompt.answer
+        lower = text.lower()
+        for name, fact in self.facts.items():  # a substring test first: most prompts name no held term
+            if name in lower and fact is not None and self.patterns[name].search(text) and fact.search(text):
+                return True
+        return False
 
 
 def kg_prompts(onto: Ontology, terms: Sequence[Term], tasks: Iterable[str] = TASKS, seed: int = 0,
@@ -200,9 +233,11 @@ def kg_prompts(onto: Ontology, terms: Sequence[Term], tasks: Iterable[str] = TAS
     """Prompts for every term and task, and the skipped counts by `task: reason`.
 
     `pool` supplies distractors beyond siblings (default: `terms`); ids in `exclude` (held-out
-    probe terms) are never used as distractors."""
+    probe terms) are never used as distractors, and a prompt that states what the probe asks
+    about one of them is left out (counted as `<task>: states a probe answer`)."""
     exclude = set(exclude)
     pool = [t for t in (terms if pool is None else pool) if t.id not in exclude]
+    guard = LeakGuard(onto, (onto.terms[i] for i in sorted(exclude) if i in onto.terms))
     deck = LetterDeck(random.Random(f"{seed}|letters"))
     out: list[KGPrompt] = []
     skipped: Counter = Counter()
@@ -211,17 +246,23 @@ def kg_prompts(onto: Ontology, terms: Sequence[Term], tasks: Iterable[str] = TAS
             rng = term_rng(seed, task, term)
             try:
                 if task == "description":
-                    out.append(description(onto, term, rng))
+                    made = [description(onto, term, rng)]
                 elif task == "relation":
-                    out.extend(relations(onto, term, rng))
+                    made = relations(onto, term, rng)
                 elif task == "mcq_definition":
-                    out.append(mcq_definition(onto, term, rng, pool, deck, exclude))
+                    made = [mcq_definition(onto, term, rng, pool, deck, exclude)]
                 elif task == "mcq_parent":
-                    out.append(mcq_parent(onto, term, rng, pool, deck, exclude))
+                    made = [mcq_parent(onto, term, rng, pool, deck, exclude)]
                 else:
                     raise ValueError(f"unknown KG task {task!r}")
             except Skip as e:
                 skipped[f"{task}: {e}"] += 1
+                continue
+            for p in made:
+                if guard.leaks(p):
+                    skipped[f"{task}: states a probe answer"] += 1
+                else:
+                    out.append(p)
     return out, skipped
 
 
