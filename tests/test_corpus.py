@@ -11,7 +11,7 @@ import pytest
 
 from pmcllama.config import load_config
 from pmcllama.corpus import CorpusConfig, run
-from pmcllama.data.filters import ExactDedup, apply_filters, normalize, too_short
+from pmcllama.data.filters import ExactDedup, StripBoilerplate, apply_filters, normalize, too_short
 from pmcllama.data.readers import Document
 from pmcllama.data.shards import read_corpus
 from pmcllama.errors import ConfigError, UserError
@@ -250,7 +250,10 @@ def test_real_textbook(tmp_path, shared_data, tiny_tokenizer):
     sh = shards["textbook"]
     assert sh.num_tokens > 100_000 and sh.num_docs == stats["kept"]
     first = json.loads(path.open(encoding="utf-8").readline())["text"]
-    assert decoded_docs(tiny_tokenizer, sh)[0] == normalize(first)
+    first_doc = decoded_docs(tiny_tokenizer, sh)[0]
+    assert first_doc == StripBoilerplate().clean(normalize(first))
+    assert "Creative Commons" in first and "Creative Commons" not in first_doc  # the licence line went
+    assert stats["events"]["removed_licence_lines"] >= 1
 
 
 def test_json_array_file(tmp_path):

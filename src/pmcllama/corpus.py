@@ -1,58 +1,106 @@
 """STAGE 1  corpus: raw text -> cleaned documents -> token shards (the knowledge corpus).
 
-    read (text / jsonl / obo / jats / medline / s2orc) -> normalise -> filter (too short, exact duplicate)
-    -> tokenize (fast tokenizer, EOS after every document) -> shards per source
+    per file, in parallel (datatrove executor: local / slurm / ray), resumable:
+      read (text / jsonl / obo / jats / medline / s2orc / textbook / parquet) -> normalise
+      -> boilerplate removal -> too short / language / repeated lines / symbol ratio
+      -> exact digest, MinHash keys, benchmark 13-gram matches -> tokenize (EOS after each)
+    then once, streaming: exact + near-duplicate removal across sources, decontamination
+      (drop or mark) -> shards per source
 
 Output folder (`out`):
 
     <source>/tokens.bin, <source>/index.npy   token shards (see `pmcllama.data.shards`)
-    exclusions.jsonl                          every dropped document or unreadable record
-    stats.json                                per source: files, documents in, kept, dropped by reason, tokens, chars
+    exclusions.jsonl                          every dropped document or unreadable record, with its reason
+    decontamination.jsonl                     (with `decontaminate`) each document x benchmark item found
+    stats.json                                per source: files, documents in, kept, dropped by reason, tokens
+    corpus_report.json, summary.md            the above plus throughput, token length histogram, skipped inputs
+    token_lengths.png                         documents per token length, per source
     manifest.json, config.yaml                the stage contract (see `pmcllama.stage`)
 
-Every input document is accounted for as kept or dropped. The pretrain stage opens the
-output with `pmcllama.data.shards.read_corpus(out)`; the manifest carries `tokenizer`,
-`vocab_size`, `eos_token_id`, `dtype` and `sources` ({name: weight, documents, tokens, path}).
+Every input document is accounted for as kept or dropped. A killed run keeps `<out>.partial/`
+with its finished parts and resumes from there. The pretrain stage opens the output with
+`pmcllama.data.shards.read_corpus(out)`; the manifest carries `tokenizer`, `vocab_size`,
+`eos_token_id`, `dtype` and `sources` ({name: weight, documents, tokens, path}).
 """
 from __future__ import annotations
 
-import json
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+import shutil
+import time
 from pathlib import Path
-from typing import IO, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from pmcllama.config import Config, require_unique_names
-from pmcllama.data.filters import ExactDedup, Filter, apply_filters, normalize, too_short
-from pmcllama.data.readers import Document, InputFile, read_file, resolve_paths
-from pmcllama.data.shards import ShardWriter, dtype_for
+from pmcllama.data.corpus_parts import Merger, SourceStats, tokenizer
+from pmcllama.data.corpus_report import summary_lines, throughput, token_histogram
+from pmcllama.data.executor import make_jobs, prepare_parts, run_jobs, work_fingerprint
+from pmcllama.data.filters import quality_steps
+from pmcllama.data.readers import InputFile, resolve_paths
+from pmcllama.data.shards import TokenShards, dtype_for
 from pmcllama.errors import UserError
 from pmcllama.stage import StageResult, run_stage, write_json
 
-BATCH = 256
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class QualityConfig(Config):
+    """Cleaning and quality filters (each drop is counted by reason and written to exclusions.jsonl)."""
+
+    boilerplate: bool = Field(
+        True, description="remove copyright/licence lines and reference-list runs (a cleaning step)")
+    citation_run: int = Field(
+        3, ge=1, description="boilerplate: remove runs of at least this many consecutive citation lines")
+    inline_citations: bool = Field(
+        True, description="boilerplate: remove '(Smith et al., 2003; ...)' citation groups in prose")
+    language: Literal["en"] | None = Field(
+        None, description="keep only documents in this language (stopword-ratio check); null: off")
+    min_stopword_ratio: float = Field(
+        0.1, ge=0, le=1, description="language: least share of English function words (prose: 0.3-0.5)")
+    language_min_words: int = Field(30, ge=1, description="language: documents with fewer words are not judged")
+    max_repeated_lines: float | None = Field(
+        0.3, ge=0, le=1, description="drop when more than this share of lines repeat an earlier line; null: off")
+    max_symbol_ratio: float | None = Field(
+        0.25, ge=0, le=1, description="drop when more than this share of non-space characters are symbols; null: off")
+
+
+class NearDedupConfig(Config):
+    """Near-duplicate removal with MinHash LSH, across all sources (the first copy is kept)."""
+
+    threshold: float = Field(
+        0.8, gt=0, lt=1, description="Jaccard similarity of word n-gram sets above which documents are duplicates")
+    num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations (signature length)")
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    seed: int = Field(0, description="seed of the MinHash permutations")
 
 
 class CorpusSource(Config):
     """One named part of the corpus (books, papers, an ontology, ...), mixed by weight."""
 
     name: str = Field(description="source name, also its folder in the output ([A-Za-z0-9_-]+, unique)")
-    paths: list[str] = Field(min_length=1, description="files or folders (walked, sorted); `hpo` = built-in Human Phenotype Ontology")
-    format: Literal["auto", "text", "jsonl", "obo", "jats", "medline", "s2orc"] = Field(
-        "auto", description="file format; auto: .txt/.md text, .jsonl/.json jsonl, .obo obo, .nxml/.tar.gz jats, "
-                            ".xml.gz medline, .xml by its root element (s2orc must be named)")
-    text_field: str = Field("text", description="jsonl: the field holding the document text")
-    split_paragraphs: bool = Field(False, description="text: one document per blank-line-separated paragraph, not per file")
+    paths: list[str] = Field(
+        min_length=1, description="files or folders (walked, sorted); `hpo` = built-in Human Phenotype Ontology")
+    format: Literal["auto", "text", "jsonl", "obo", "jats", "medline", "s2orc", "textbook", "parquet"] = Field(
+        "auto", description="file format; auto: .txt/.md text, .jsonl/.json(.gz) jsonl, .obo obo, .nxml/.tar.gz jats, "
+                            ".xml.gz medline, .xml by its root element, .pdf textbook, .parquet parquet "
+                            "(s2orc must be named; textbook: .txt/.md/.pdf books cleaned of page headers, "
+                            "page numbers, hyphenation, references and index)")
+    text_field: str = Field("text", description="jsonl / parquet: the field holding the document text")
+    split_paragraphs: bool = Field(
+        False, description="text: one document per blank-line-separated paragraph, not per file")
     weight: float = Field(1.0, gt=0, description="mixing weight of this source in pretraining (> 0)")
     obo_root: str | None = Field(None, description="obo: take only descendants of this term id (e.g. HP:0001626)")
     limit: int | None = Field(None, ge=1, description="obo: at most this many terms")
     seed: int = Field(0, description="obo: seed of the term shuffle before `limit`")
     keep_captions: bool = Field(False, description="jats: keep figure and table captions (label and caption text)")
-    require_pmcid: bool = Field(True, description="s2orc: keep only papers with a PubMed Central id (others dropped as no_pmcid)")
+    require_pmcid: bool = Field(
+        True, description="s2orc: keep only papers with a PubMed Central id (others dropped as no_pmcid)")
     max_documents: int | None = Field(None, ge=1, description="read at most this many documents from this source")
+    min_chars: int | None = Field(
+        None, ge=0, description="this source's minimum length (null: the corpus-wide min_chars)")
+    quality: QualityConfig | None = Field(
+        None, description="this source's quality filters (null: the corpus-wide ones)")
 
     @field_validator("name")
     @classmethod
@@ -69,31 +117,30 @@ class CorpusConfig(Config):
     tokenizer: str = Field("smollm2-135m", description="model whose tokenizer is used (folder, .gguf or built-in name)")
     sources: list[CorpusSource] = Field(min_length=1, description="the corpus sources, at least one")
     min_chars: int = Field(50, ge=0, description="drop documents shorter than this many characters after cleaning")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="quality filters of every source without its own")
     dedup: bool = Field(True, description="drop exact duplicates (normalised text) across all sources")
+    near_dedup: NearDedupConfig | None = Field(
+        default_factory=NearDedupConfig, description="drop near-duplicates across sources (MinHash LSH); null: off")
+    decontaminate: list[str] = Field(
+        default_factory=list, description="benchmark files (path or format:path, as the instructions stage); "
+                                          "documents sharing an n-gram with an item are dropped or marked")
+    decontam_ngram: int = Field(13, ge=4, description="n-gram length in words of decontamination (13 as GPT-3)")
+    decontam_action: Literal["drop", "mark"] = Field(
+        "drop", description="contaminated documents: drop them (reason `contaminated`) or keep them and list them")
     on_error: Literal["stop", "skip"] = Field(
         "stop", description="unreadable input: stop with an error, or skip it (written to exclusions.jsonl)")
+    executor: Literal["local", "slurm", "ray"] = Field(
+        "local", description="datatrove executor running the per-file work (the merge runs here afterwards)")
+    workers: int = Field(1, ge=1, description="local / ray: files processed in parallel (processes)")
+    slurm: dict[str, Any] = Field(
+        default_factory=dict, description="slurm: options of datatrove's SlurmPipelineExecutor (partition "
+                                          "required; time, cpus_per_task, mem_per_cpu_gb, venv_path, sbatch_args, ...)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "CorpusConfig":
         require_unique_names(self.sources, "source")
         return self
-
-
-@dataclass
-class SourceStats:
-    files: int = 0
-    documents_in: int = 0
-    kept: int = 0
-    dropped_by_reason: Counter = field(default_factory=Counter)
-    tokens: int = 0
-    chars: int = 0
-    events: Counter = field(default_factory=Counter)  # not documents: deleted citations, skipped tar members
-
-    def as_dict(self) -> dict:
-        return {"files": self.files, "documents_in": self.documents_in, "kept": self.kept,
-                "dropped": sum(self.dropped_by_reason.values()),
-                "dropped_by_reason": dict(sorted(self.dropped_by_reason.items())),
-                "tokens": self.tokens, "chars": self.chars, "events": dict(sorted(self.events.items()))}
 
 
 def resolve_inputs(cfg: CorpusConfig) -> dict[str, list[InputFile]]:
@@ -108,78 +155,10 @@ def resolve_inputs(cfg: CorpusConfig) -> dict[str, list[InputFile]]:
     return resolved
 
 
-def _documents(src: CorpusSource, files: list[InputFile], stats: SourceStats) -> Iterator[Document]:
-    """The source's documents, file by file, at most `max_documents` of them."""
-    n = 0
-    for inp in files:
-        stats.files += 0 if inp.missing else 1
-        for doc in read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
-                             src.seed, src.keep_captions, src.require_pmcid, stats.events):
-            if src.max_documents is not None and n >= src.max_documents:
-                return
-            n += 1
-            yield doc
-
-
-class _Exclusions:
-    """Writes dropped documents to exclusions.jsonl and counts them by reason."""
-
-    def __init__(self, fh: IO[str]) -> None:
-        self.fh = fh
-
-    def add(self, doc: Document, reason: str, stats: SourceStats, detail: str = "") -> None:
-        stats.dropped_by_reason[reason] += 1
-        rec = {"source": doc.source, "id": doc.id, "file": doc.file, "line": doc.line, "reason": reason}
-        if detail:
-            rec["detail"] = detail
-        elif doc.text:
-            rec["preview"] = doc.text[:100]
-        self.fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
-def _flush(batch: list[str], tok, writer: ShardWriter, stats: SourceStats) -> None:
-    if not batch:
-        return
-    ids = tok(batch, add_special_tokens=False, verbose=False)["input_ids"]
-    eos = tok.eos_token_id
-    docs = [list(x) + [eos] for x in ids]
-    writer.add(docs)
-    stats.tokens += sum(len(d) for d in docs)
-    batch.clear()
-
-
-def build_source(src: CorpusSource, files: list[InputFile], folder: Path, tok, dtype: str,
-                 filters: list[Filter], excl: _Exclusions, on_error: str, progress) -> SourceStats:
-    """Read, clean, filter and tokenize one source into `folder`."""
-    stats = SourceStats()
-    batch: list[str] = []
-    with ShardWriter(folder, dtype) as writer:
-        for doc in _documents(src, files, stats):
-            stats.documents_in += 1
-            progress.update(1)
-            if doc.error:
-                if on_error == "stop":
-                    raise UserError(f"source '{src.name}': {doc.detail}", doc.file, doc.line)
-                excl.add(doc, doc.error, stats, doc.detail)
-                continue
-            if doc.drop:  # read fine but not wanted (no abstract, no PMC id): always excluded
-                excl.add(doc, doc.drop, stats, doc.detail)
-                continue
-            doc.text = normalize(doc.text)
-            reason = apply_filters(doc, filters)
-            if reason:
-                excl.add(doc, reason, stats)
-                continue
-            stats.kept += 1
-            stats.chars += len(doc.text)
-            batch.append(doc.text)
-            if len(batch) >= BATCH:
-                _flush(batch, tok, writer, stats)
-        _flush(batch, tok, writer, stats)
-    if stats.kept == 0:
-        dropped = ", ".join(f"{k}={v}" for k, v in sorted(stats.dropped_by_reason.items())) or "no documents read"
-        raise UserError(f"source '{src.name}' has no documents left after cleaning ({dropped})")
-    return stats
+def source_steps(cfg: CorpusConfig, src: CorpusSource):
+    """The source's cleaning and quality steps, and its boilerplate step (for the counts)."""
+    q = src.quality or cfg.quality
+    return quality_steps(cfg.min_chars if src.min_chars is None else src.min_chars, **q.model_dump())
 
 
 def _summary(stats: dict[str, SourceStats], log: Callable[[str], None]) -> None:
@@ -190,34 +169,56 @@ def _summary(stats: dict[str, SourceStats], log: Callable[[str], None]) -> None:
             f"({st.tokens:,} tokens); dropped: {dropped}{events}")
 
 
-def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
-          log: Callable[[str], None] = print) -> StageResult:
-    """The stage's work: every source into `tmp`, plus exclusions.jsonl and stats.json."""
-    from pmcllama.models import load_tokenizer
+def _merge(cfg: CorpusConfig, jobs: list, parts: Path, tmp: Path, dtype: str) -> tuple[dict, Merger]:
     from pmcllama.progress import progress as progress_bar
 
-    tok = load_tokenizer(cfg.tokenizer)
+    with open(tmp / "exclusions.jsonl", "w", encoding="utf-8") as fh, \
+            open(tmp / "decontamination.jsonl", "w", encoding="utf-8") as dfh, \
+            progress_bar(desc="corpus merge", unit=" docs") as progress:
+        merger = Merger(cfg, tmp, dtype, fh, dfh)
+        stats = {src.name: merger.source(src.name, [parts / j.key for j in jobs if j.source == src.name], progress)
+                 for src in cfg.sources}
+    if not cfg.decontaminate:
+        (tmp / "decontamination.jsonl").unlink()
+    return stats, merger
+
+
+def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
+          log: Callable[[str], None] = print) -> StageResult | None:
+    """The stage's work into `tmp` (None when it was submitted to Slurm, see `executor`)."""
+    t0 = time.perf_counter()
+    tok = tokenizer(cfg.tokenizer)
     if tok.eos_token_id is None:
         raise UserError(f"tokenizer of '{cfg.tokenizer}' has no EOS token")
     dtype = dtype_for(len(tok))
-    filters: list[Filter] = [too_short(cfg.min_chars)]
-    if cfg.dedup:
-        filters.append(ExactDedup())
-    stats: dict[str, SourceStats] = {}
-    with open(tmp / "exclusions.jsonl", "w", encoding="utf-8") as fh, \
-            progress_bar(desc="corpus", unit=" docs") as progress:
-        excl = _Exclusions(fh)
-        for src in cfg.sources:
-            progress.set_postfix_str(src.name, refresh=False)
-            stats[src.name] = build_source(src, inputs[src.name], tmp / src.name, tok, dtype,
-                                           filters, excl, cfg.on_error, progress)
+    jobs = make_jobs(cfg, inputs)
+    parts = tmp / "parts"
+    done = prepare_parts(parts, work_fingerprint(cfg, jobs), log)
+    if done:
+        log(f"[corpus] resuming: {done} of {len(jobs)} parts already done")
+    if not run_jobs(cfg, jobs, parts, dtype):
+        return None
+    t1 = time.perf_counter()
+    stats, merger = _merge(cfg, jobs, parts, tmp, dtype)
+    shutil.rmtree(parts)
     totals = {
         "documents_in": sum(s.documents_in for s in stats.values()),
         "documents_kept": sum(s.kept for s in stats.values()),
         "documents_dropped": sum(sum(s.dropped_by_reason.values()) for s in stats.values()),
         "tokens": sum(s.tokens for s in stats.values()),
     }
-    write_json(tmp / "stats.json", {"sources": {n: s.as_dict() for n, s in stats.items()}, "total": totals})
+    report = {"sources": {n: s.as_dict() for n, s in stats.items()}, "total": totals}
+    if cfg.decontaminate:
+        totals["documents_contaminated"] = merger.contaminated
+        report["decontamination"] = merger.decontamination_report()
+    write_json(tmp / "stats.json", report)
+    shards = {n: TokenShards(tmp / n, dtype) for n in stats}
+    wall = {"work_s": t1 - t0, "merge_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
+    report["throughput"] = throughput(stats, wall, totals["tokens"], sum(s.chars for s in stats.values()))
+    report["token_lengths"] = token_histogram(shards, tmp / "token_lengths.png")
+    report["executor"] = {"executor": cfg.executor, "workers": cfg.workers, "parts": len(jobs), "resumed_parts": done}
+    write_json(tmp / "corpus_report.json", report)
+    (tmp / "summary.md").write_text("\n".join(summary_lines(report)) + "\n", encoding="utf-8")
     _summary(stats, log)
     info = {
         "tokenizer": cfg.tokenizer, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "dtype": dtype,
@@ -230,5 +231,28 @@ def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
 def run(cfg: CorpusConfig, force: bool = False) -> Path:
     """Build the corpus into `cfg.out` unless it is already current; returns the folder."""
     inputs = resolve_inputs(cfg)
+    from pmcllama.data.decontam import parse_spec
+
     paths = sorted({str(f.path) for files in inputs.values() for f in files if not f.missing})
-    return run_stage("corpus", cfg, cfg.out, inputs=paths, work=lambda tmp: build(cfg, inputs, tmp), force=force)
+    for spec in cfg.decontaminate:
+        path = parse_spec(spec)[1]
+        if not path.is_file():
+            raise UserError("decontaminate: benchmark file not found", path)
+        paths.append(str(path))
+    if cfg.executor == "slurm":
+        return submit(cfg, inputs, paths, force)
+    return run_stage("corpus", cfg, cfg.out, inputs=paths, work=lambda tmp: build(cfg, inputs, tmp),
+                     force=force, resumable=True)
+
+
+def submit(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], paths: list[str], force: bool) -> Path:
+    """executor=slurm: submit the per-file work and the merge; the merge job publishes `out`."""
+    out = Path(cfg.out)
+    tmp = out.with_name(out.name + ".partial")
+    if force and tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    if build(cfg, inputs, tmp) is not None:  # nothing left to submit: finish here
+        return run(cfg.model_copy(update={"executor": "local"}), force=False)
+    print(f"[corpus] submitted to Slurm; the merge job will write {out}")
+    return out

@@ -15,15 +15,19 @@ Formats: `text` (one document per file, or per blank-line-separated paragraph), 
 (one JSON object per line; a `.json` file holding one top-level array also works), `obo`
 (an ontology: each selected term becomes one short document), `jats` (PubMed Central full
 text, see `pmcllama.data.jats`), `medline` (PubMed citations, `pmcllama.data.medline`),
-`s2orc` (S2ORC JSONL, `pmcllama.data.s2orc`; never chosen by suffix alone).
+`s2orc` (S2ORC JSONL, `pmcllama.data.s2orc`; never chosen by suffix alone), `textbook`
+(.txt/.md/.pdf books cleaned of page furniture) and `parquet` (rows with a text field), see
+`pmcllama.data.textbook`. JSONL may be gzipped (`.jsonl.gz`, `.json.gz`: RedPajama/FineWeb).
 
 A folder walk skips hidden files and licence/readme files (LICENSE*, LICENCE*, COPYING*,
 README*, NOTICE*): they describe the data, they are not part of it.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import xml.etree.ElementTree as ET
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +35,13 @@ from typing import Iterator
 
 from pmcllama.errors import UserError
 
-SUFFIXES = {"text": (".txt", ".md"), "jsonl": (".jsonl", ".json"), "obo": (".obo",),
+SUFFIXES = {"text": (".txt", ".md"), "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"), "obo": (".obo",),
+            "textbook": (".txt", ".md", ".pdf"), "parquet": (".parquet",),
             "jats": (".nxml", ".tar.gz", ".tgz", ".xml"), "medline": (".xml.gz", ".xml"),
             "s2orc": (".jsonl", ".jsonl.gz", ".json.gz", ".gz")}
 # suffix -> format when the format is "auto"; ".xml" is told by its root element, s2orc is never guessed
 AUTO = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".json": "jsonl", ".obo": "obo",
+        ".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".pdf": "textbook", ".parquet": "parquet",
         ".nxml": "jats", ".tar.gz": "jats", ".tgz": "jats", ".xml.gz": "medline"}
 XML_ROOTS = {"article": "jats", "pmc-articleset": "jats", "PubmedArticleSet": "medline",
              "MedlineCitationSet": "medline"}
@@ -139,7 +145,7 @@ def resolve_paths(paths: list[str], declared: str) -> list[InputFile]:
             if inp is None:
                 raise UserError(
                     f"cannot tell the format from the suffix '{p.suffix}'; set the source's "
-                    f"format to one of text, jsonl, obo, jats, medline, s2orc", p)
+                    f"format to one of text, jsonl, obo, jats, medline, s2orc, textbook, parquet", p)
             out.append(inp)
         else:
             out.append(InputFile(p, format_of(p, declared) or declared, spec, True, "file not found"))
@@ -226,25 +232,38 @@ def read_jsonl(path: Path, source: str, text_field: str = "text") -> Iterator[Do
         yield from _read_json_array(path, source, text_field)
         return
     seen = False
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                seen = True
-                yield _bad(source, path, lineno, "not_utf8", f"line is not UTF-8 text ({e.reason})")
-                continue
-            if not line.strip():
-                continue
-            seen = True
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield _bad(source, path, lineno, "bad_json", f"line is not JSON: {e.msg} at column {e.colno}")
-                continue
-            yield _record(obj, path, source, lineno, f"{path}:{lineno}", text_field)
+    lineno = 0
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                doc = _json_line(raw, path, source, lineno, text_field)
+                if doc is not None:
+                    seen = True
+                    yield doc
+    except (EOFError, OSError, zlib.error) as e:
+        if opener is open:
+            raise
+        yield _bad(source, path, lineno + 1, "bad_gzip", f"compressed file is damaged or truncated after line "
+                                                         f"{lineno}: {e}")
+        return
     if not seen:
         yield _bad(source, path, None, "empty_file", "file has no records")
+
+
+def _json_line(raw: bytes, path: Path, source: str, lineno: int, text_field: str) -> Document | None:
+    """One JSONL line as a Document (None for a blank line)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return _bad(source, path, lineno, "not_utf8", f"line is not UTF-8 text ({e.reason})")
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return _bad(source, path, lineno, "bad_json", f"line is not JSON: {e.msg} at column {e.colno}")
+    return _record(obj, path, source, lineno, f"{path}:{lineno}", text_field)
 
 
 def _starts_with(path: Path, prefix: bytes) -> bool:
@@ -311,5 +330,13 @@ def read_file(inp: InputFile, source: str, text_field: str = "text", split_parag
         yield from read_jsonl(inp.path, source, text_field)
     elif inp.format == "obo":
         yield from read_obo_terms(inp.path, source, obo_root, limit, seed)
+    elif inp.format == "textbook":
+        from pmcllama.data.textbook import read_textbook
+
+        yield from read_textbook(inp.path, source)
+    elif inp.format == "parquet":
+        from pmcllama.data.textbook import read_parquet
+
+        yield from read_parquet(inp.path, source, text_field)
     else:  # pragma: no cover - formats are validated by the config
         raise UserError(f"unknown format '{inp.format}'", inp.path)

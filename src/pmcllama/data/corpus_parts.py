@@ -1,0 +1,304 @@
+"""The corpus stage's two phases: per-file work (parallel, resumable) and the merge.
+
+Phase 1, one `Job` per input file (or per source, for a source with `max_documents`):
+read -> normalise -> cleaning and quality steps -> exact digest, MinHash band keys and
+benchmark matches of every kept document -> tokenize -> a part folder
+
+    parts/<source>/<k>/tokens.bin, index.npy   the part's documents (the shard format)
+    parts/<source>/<k>/docs.jsonl              per document: id, file, line, digest, band keys, matches
+    parts/<source>/<k>/exclusions.jsonl        what the quality steps dropped
+    parts/<source>/<k>/stats.json              its counts and timings
+
+written under `<k>.tmp` and renamed when complete, so a killed run redoes only the parts that
+were not finished. Phase 2 (one process, streaming) goes through the parts in source and
+file order, drops exact and near duplicates across all sources (the first copy wins) and
+contaminated documents, and copies the kept documents' tokens into the final shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+
+from pmcllama.data.filters import apply_filters, normalize, text_digest
+from pmcllama.data.readers import Document, InputFile, read_file
+from pmcllama.data.shards import ShardWriter, TokenShards
+from pmcllama.errors import UserError
+
+BATCH = 256
+COPY_BATCH = 1024
+MAX_SKIPPED_LISTED = 1000
+
+
+@dataclass
+class Job:
+    """One unit of per-file work: some files of one source, written to parts/<key>."""
+
+    key: str
+    source: str
+    files: list[InputFile]
+
+
+@dataclass
+class SourceStats:
+    files: int = 0
+    documents_in: int = 0
+    kept: int = 0
+    dropped_by_reason: Counter = field(default_factory=Counter)
+    tokens: int = 0
+    chars: int = 0
+    events: Counter = field(default_factory=Counter)  # not documents: deleted citations, removed lines, ...
+    skipped: list = field(default_factory=list)  # unreadable inputs skipped under on_error=skip
+    timings: Counter = field(default_factory=Counter)  # read_s, tokenize_s (summed over parts)
+
+    def as_dict(self) -> dict:
+        return {"files": self.files, "documents_in": self.documents_in, "kept": self.kept,
+                "dropped": sum(self.dropped_by_reason.values()),
+                "dropped_by_reason": dict(sorted(self.dropped_by_reason.items())),
+                "tokens": self.tokens, "chars": self.chars,
+                "events": {k: v for k, v in sorted(self.events.items()) if v}, "skipped_inputs": self.skipped}
+
+    def add_part(self, d: dict) -> None:
+        """Add a part's counts (phase 1) to the source's."""
+        self.files += d["files"]
+        self.documents_in += d["documents_in"]
+        self.dropped_by_reason.update(d["dropped_by_reason"])
+        self.events.update(d["events"])
+        self.skipped.extend(d["skipped_inputs"][:MAX_SKIPPED_LISTED - len(self.skipped)])
+        self.timings.update(d["timings"])
+
+
+def exclusion(doc: Document, reason: str, detail: str = "") -> str:
+    rec = {"source": doc.source, "id": doc.id, "file": doc.file, "line": doc.line, "reason": reason}
+    if detail:
+        rec["detail"] = detail
+    if doc.text:
+        rec["preview"] = doc.text[:100]
+    return json.dumps(rec, ensure_ascii=False) + "\n"
+
+
+# --- phase 1 ------------------------------------------------------------------------------
+
+_CACHE: dict = {}  # per process: tokenizer and benchmark index, loaded once for all jobs
+
+
+def _cached(key: tuple, make):
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def tokenizer(name: str):
+    """The tokenizer, loaded once per process."""
+    from pmcllama.models import load_tokenizer
+
+    return _cached(("tok", name), lambda: load_tokenizer(name))
+
+
+def _documents(src, files: list[InputFile], stats: SourceStats) -> Iterator[Document]:
+    n = 0
+    for inp in files:
+        stats.files += 0 if inp.missing else 1
+        for doc in read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
+                             src.seed, src.keep_captions, src.require_pmcid, stats.events):
+            if src.max_documents is not None and n >= src.max_documents:
+                return
+            n += 1
+            yield doc
+
+
+class _Part:
+    """Writes one part folder: tokens, document records, exclusions."""
+
+    def __init__(self, folder: Path, dtype: str, tok) -> None:
+        self.writer = ShardWriter(folder, dtype)
+        self.docs = open(folder / "docs.jsonl", "w", encoding="utf-8")
+        self.excl = open(folder / "exclusions.jsonl", "w", encoding="utf-8")
+        self.tok, self.texts, self.records = tok, [], []
+        self.tokenize_s = 0.0
+
+    def add(self, text: str, record: dict) -> None:
+        self.texts.append(text)
+        self.records.append(record)
+        if len(self.texts) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.texts:
+            return
+        t0 = time.perf_counter()
+        ids = self.tok(self.texts, add_special_tokens=False, verbose=False)["input_ids"]
+        eos = self.tok.eos_token_id
+        self.writer.add([list(x) + [eos] for x in ids])
+        self.tokenize_s += time.perf_counter() - t0
+        self.docs.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
+        self.texts, self.records = [], []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        self.docs.close()
+        self.excl.close()
+
+
+def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
+    """Phase 1 for one job; does nothing when its part is already complete."""
+    from pmcllama.corpus import source_steps
+    from pmcllama.data.dedup import MinHasher
+
+    out = parts / job.key
+    if (out / "stats.json").is_file():
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    src = next(s for s in cfg.sources if s.name == job.source)
+    tok = tokenizer(cfg.tokenizer)
+    nd = cfg.near_dedup
+    hasher = _cached(("mh", *nd.model_dump().values()), lambda: MinHasher(**nd.model_dump())) if nd else None
+    index = None
+    if cfg.decontaminate:
+        from pmcllama.data.decontam import build_index
+
+        index = _cached(("bench", cfg.decontam_ngram, *cfg.decontaminate),
+                        lambda: build_index(cfg.decontaminate, cfg.decontam_ngram))
+    steps, strip = source_steps(cfg, src)
+    stats, part = SourceStats(), _Part(tmp, dtype, tok)
+    t0 = time.perf_counter()
+    for doc in _documents(src, job.files, stats):
+        stats.documents_in += 1
+        reason, detail = _check(doc, steps, cfg.on_error, stats)
+        if reason:
+            stats.dropped_by_reason[reason] += 1
+            part.excl.write(exclusion(doc, reason, detail))
+            continue
+        rec = {"id": doc.id, "file": doc.file, "line": doc.line, "chars": len(doc.text),
+               "digest": text_digest(doc.text).hex(), "preview": doc.text[:100]}
+        if hasher is not None:
+            rec["keys"] = hasher.keys(doc.text).tolist()
+        if index is not None:
+            rec["found"] = index.find(doc.text)
+        part.add(doc.text, rec)
+    part.close()
+    if strip is not None:
+        stats.events.update({f"removed_{k}": v for k, v in strip.removed.items()})
+    stats.timings.update({"tokenize_s": part.tokenize_s, "work_s": time.perf_counter() - t0})
+    d = stats.as_dict()
+    d["timings"] = dict(stats.timings)
+    (tmp / "stats.json").write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _check(doc: Document, steps, on_error: str, stats: SourceStats) -> tuple[str | None, str]:
+    """(drop reason, detail) of a document before dedup, or (None, "")."""
+    if doc.error:
+        if on_error == "stop":
+            raise UserError(f"source '{doc.source}': {doc.detail}", doc.file, doc.line)
+        if len(stats.skipped) < MAX_SKIPPED_LISTED:  # all of them are in exclusions.jsonl
+            stats.skipped.append({"file": doc.file, "line": doc.line, "reason": doc.error, "detail": doc.detail})
+        return doc.error, doc.detail
+    if doc.drop:  # read fine but not wanted (no abstract, no PMC id): always excluded
+        return doc.drop, doc.detail
+    doc.text = normalize(doc.text)
+    return apply_filters(doc, steps), ""
+
+
+# --- phase 2 ------------------------------------------------------------------------------
+
+class Merger:
+    """Cross-source dedup, decontamination and the final shards, one part after another."""
+
+    def __init__(self, cfg, tmp: Path, dtype: str, excl: IO[str], contam: IO[str] | None) -> None:
+        from pmcllama.data.dedup import LSHIndex, lsh_params
+
+        self.cfg, self.tmp, self.dtype, self.excl, self.contam = cfg, tmp, dtype, excl, contam
+        self.seen: set[bytes] = set()
+        nd = cfg.near_dedup
+        self.lsh = LSHIndex(lsh_params(nd.threshold, nd.num_perm)[0]) if nd else None
+        self.contaminated = 0
+        self.items: Counter = Counter()  # (benchmark, item) -> documents
+
+    def source(self, name: str, parts: list[Path], progress) -> SourceStats:
+        stats = SourceStats()
+        with ShardWriter(self.tmp / name, self.dtype) as writer:
+            for part in parts:
+                stats.add_part(json.loads((part / "stats.json").read_text(encoding="utf-8")))
+                with open(part / "exclusions.jsonl", encoding="utf-8") as fh:
+                    shutil.copyfileobj(fh, self.excl)
+                self._part(name, part, writer, stats, progress)
+        if stats.kept == 0:
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(stats.dropped_by_reason.items())) or "no documents read"
+            raise UserError(f"source '{name}' has no documents left after cleaning ({dropped})")
+        return stats
+
+    def _part(self, name: str, part: Path, writer: ShardWriter, stats: SourceStats, progress) -> None:
+        shards = TokenShards(part, self.dtype)
+        batch: list[np.ndarray] = []
+        with open(part / "docs.jsonl", encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                rec = json.loads(line)
+                progress.update(1)
+                if self._drop(name, rec, stats):
+                    continue
+                doc = shards.doc(i)
+                batch.append(doc)
+                stats.kept += 1
+                stats.tokens += int(doc.size)
+                stats.chars += rec["chars"]
+                if len(batch) >= COPY_BATCH:
+                    writer.add(batch)
+                    batch = []
+        writer.add(batch)
+
+    def _drop(self, name: str, rec: dict, stats: SourceStats) -> bool:
+        doc = Document("", name, rec["id"], rec["file"], rec["line"])
+        doc.text = rec["preview"]
+        digest = bytes.fromhex(rec["digest"])
+        reason, detail = None, ""
+        if self.cfg.dedup and digest in self.seen:
+            reason = "duplicate"
+        elif self.cfg.dedup:
+            self.seen.add(digest)
+        if reason is None and self.lsh is not None:
+            match = self.lsh.check(np.asarray(rec["keys"], dtype=np.uint64), rec["id"])
+            if match is not None:
+                reason, detail = "near_duplicate", f"near-duplicate of {match}"
+        if reason is None and rec.get("found"):
+            reason, detail = self._contaminated(doc, rec["found"], stats)
+        if reason:
+            stats.dropped_by_reason[reason] += 1
+            self.excl.write(exclusion(doc, reason, detail))
+        return reason is not None
+
+    def _contaminated(self, doc: Document, found: list, stats: SourceStats) -> tuple[str | None, str]:
+        action = self.cfg.decontam_action
+        self.contaminated += 1
+        stats.events["contaminated"] += 1
+        for bench, item in found:
+            self.items[(bench, item)] += 1
+            rec = {"source": doc.source, "id": doc.id, "file": doc.file, "line": doc.line,
+                   "benchmark": bench, "item": item, "action": action}
+            if action == "mark":
+                rec["shard_doc"] = stats.kept  # its position in the source's index.npy
+            self.contam.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        if action == "drop":
+            return "contaminated", "; ".join(f"{b} item {i}" for b, i in found)
+        return None, ""
+
+    def decontamination_report(self) -> dict:
+        from pmcllama.data.decontam import build_index
+
+        index = _cached(("bench", self.cfg.decontam_ngram, *self.cfg.decontaminate),
+                        lambda: build_index(self.cfg.decontaminate, self.cfg.decontam_ngram))
+        per_bench = Counter(b for b, _ in self.items)
+        return {"ngram": index.n, "action": self.cfg.decontam_action, "documents": self.contaminated,
+                "benchmarks": {b: {**st, "items_found": per_bench.get(b, 0)} for b, st in index.stats.items()}}
