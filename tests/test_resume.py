@@ -252,7 +252,7 @@ def _ident(x):
 
 
 def test_truncate_metrics_keeps_rows_up_to_the_checkpoint(tmp_path):
-    from pmcllama.training.loop import truncate_metrics
+    from pmcllama.training.metrics import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": i, "loss": 1.0}) + "\n" for i in range(1, 6)) + '{"step": 6, "lo')

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +191,11 @@ def test_seq_len_beyond_the_model_context_is_refused(tmp_path):
     (tmp_path / "o").mkdir()
     with pytest.raises(UserError, match="seq_len 2048 exceeds the model's context length 1024"):
         train(model, tok, cfg, iter([_examples(None, 1)]), 1, tmp_path / "o")
+
+
+def test_activation_checkpointing_gives_the_same_losses(tmp_path):
+    ex = _examples(None, 8)
+    _, plain, _ = _run_steps(tmp_path, "p", 4, 8, ex)
+    _, ckpt, out = _run_steps(tmp_path, "g", 4, 8, ex, grad_checkpointing=True)
+    assert [r["loss"] for r in plain] == pytest.approx([r["loss"] for r in ckpt], abs=1e-5)
+    assert json.loads((out / "config.json").read_text()).get("use_cache") is not False

@@ -126,6 +126,36 @@ def report_cmd(
     guarded(go)
 
 
+@app.command("plot", short_help="PLOT     overlay the loss curves of several training runs")
+def plot_cmd(
+    runs: List[Path] = typer.Argument(..., metavar="RUN", help="training output folders (or their metrics.jsonl)"),
+    out: Path = typer.Option(Path("loss_curves.png"), "--out", help="PNG file to write"),
+    x: str = typer.Option("tokens", "--x", help="x axis: tokens (tokens seen) or step"),
+    title: str = typer.Option("training loss", "--title", help="plot title"),
+) -> None:
+    """Overlay training (and validation) loss curves of pretrain/finetune runs, like the paper's Fig. 2.
+
+    \b
+    pmcllama plot runs/finetune_base runs/finetune_pmc --out compare.png
+    """
+    from pmcllama.plots import plot_losses
+
+    def go():
+        if x not in ("tokens", "step"):
+            raise UserError(f"--x must be tokens or step, not {x!r}")
+        curves = {}
+        for run in runs:
+            metrics = run / "metrics.jsonl" if run.is_dir() else run
+            if not metrics.is_file():
+                raise UserError("no metrics.jsonl: not a pretrain/finetune output folder", run)
+            label = (run if run.is_dir() else run.parent).name
+            curves[label if label not in curves else str(run)] = metrics
+        plot_losses(curves, out, title=title, x=x)
+        typer.echo(f"[plot] wrote {out} ({len(curves)} runs)")
+
+    guarded(go)
+
+
 @app.command("models", short_help="MODELS   list the built-ins, or inspect one")
 def models_cmd(
     name: Optional[str] = typer.Argument(None, help="a model: folder, .gguf file, or built-in name"),

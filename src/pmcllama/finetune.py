@@ -2,7 +2,10 @@
 
 Loss only on assistant tokens; the model's chat template or PMC-LLaMA's Alpaca prompt;
 full fine-tuning or LoRA (`lora:` section; merged on save, adapter kept in adapter/).
-With `save_every`, a killed run continues exactly from its newest checkpoint when rerun.
+With `packing: true`, several examples share each seq_len sequence without attending to each
+other, so no compute goes to padding. With `save_every`, a killed run continues exactly from its
+newest checkpoint when rerun. Under `torchrun --nproc_per_node N -m pmcllama finetune ...` it
+trains data-parallel (`distributed: ddp|fsdp`) at the same global batch.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from pathlib import Path
 
 from pmcllama import models
 from pmcllama.errors import UserError
-from pmcllama.stage import StageResult, read_manifest, run_stage
+from pmcllama.stage import StageResult, read_manifest
+from pmcllama.training import distributed
 from pmcllama.training.config import FinetuneConfig, LoraConfig
 
 __all__ = ["FinetuneConfig", "LoraConfig", "run"]
@@ -29,9 +33,22 @@ def encode_records(tokenizer, records: list[dict], cfg: FinetuneConfig):
     return kept, len(examples) - len(kept)
 
 
+def batch_stream(examples: list, cfg: FinetuneConfig):
+    """(global batches, number of steps): examples one per row, or packed `seq_len` rows."""
+    from pmcllama.training.data import Batches, EpochStream
+    from pmcllama.training.packing import PackedBatches, steps_per_epoch
+
+    if not cfg.packing:
+        total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.global_batch))
+        return Batches(EpochStream(examples, cfg.seed), cfg.global_batch), total
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch(
+        lambda: EpochStream(examples, cfg.seed), cfg.global_batch, cfg.seq_len)))
+    return PackedBatches(EpochStream(examples, cfg.seed), cfg.global_batch, cfg.seq_len), total
+
+
 def run(cfg: FinetuneConfig, force: bool = False) -> Path:
     from pmcllama.training.checkpoint import inputs_identity
-    from pmcllama.training.data import Batches, EpochStream, read_chat_jsonl
+    from pmcllama.training.data import read_chat_jsonl
 
     manifest = read_manifest(cfg.data)
     files = manifest.get("files") or {}
@@ -53,10 +70,9 @@ def run(cfg: FinetuneConfig, force: bool = False) -> Path:
             val, _ = encode_records(tokenizer, read_chat_jsonl(val_path), cfg)
         if cfg.eval_every and not val:
             raise UserError("eval_every needs a validation split with examples (val.jsonl)", cfg.data)
-        total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.global_batch))
-        steps = Batches(EpochStream(examples, cfg.seed), cfg.global_batch)
-        print(f"[finetune] {cfg.model}: {len(examples)} examples ({dropped} dropped by truncation), "
-              f"{total} steps x {cfg.global_batch}, template={cfg.template}, "
+        steps, total = batch_stream(examples, cfg)
+        distributed.say(f"[finetune] {cfg.model}: {len(examples)} examples ({dropped} dropped by truncation), "
+              f"{total} steps x {cfg.global_batch}{' packed rows' if cfg.packing else ''}, template={cfg.template}, "
               f"{'LoRA r=%d' % cfg.lora.rank if cfg.lora else 'full fine-tune'}")
         summary = train(model, tokenizer, cfg, steps, total, tmp, val=val, inputs=inputs_identity(cfg.data, model_dir))
         return StageResult(
@@ -65,4 +81,5 @@ def run(cfg: FinetuneConfig, force: bool = False) -> Path:
             info={"base_model": cfg.model, "seq_len": cfg.seq_len, "template": cfg.template,
                   "lora": cfg.lora.model_dump() if cfg.lora else None, "train": summary})
 
-    return run_stage("finetune", cfg, cfg.out, [cfg.data, model_dir], work, force=force, resumable=cfg.resume)
+    return distributed.run_stage("finetune", cfg, cfg.out, [cfg.data, model_dir], work, force=force,
+                                 resumable=cfg.resume)

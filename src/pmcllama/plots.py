@@ -19,15 +19,28 @@ def read_metrics(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_losses(runs: dict[str, str | Path], png: str | Path, title: str = "training loss") -> Path:
-    """Overlay the loss curves (loss vs tokens seen) of several runs' metrics.jsonl."""
+def loss_series(path: str | Path, x: str = "tokens") -> dict[str, list[float]]:
+    """A run's training and validation loss curves from its metrics.jsonl: x, loss, val_x, val_loss."""
+    rows = [r for r in read_metrics(path) if "loss" in r and x in r]
+    val = [r for r in rows if r.get("val_loss") is not None]
+    return {"x": [r[x] for r in rows], "loss": [r["loss"] for r in rows],
+            "val_x": [r[x] for r in val], "val_loss": [r["val_loss"] for r in val]}
+
+
+def plot_losses(runs: dict[str, str | Path], png: str | Path, title: str = "training loss",
+                x: str = "tokens") -> Path:
+    """Overlay the loss curves (loss vs tokens seen, or vs step) of several runs' metrics.jsonl;
+    validation losses, where logged, are dashed lines with markers in the same colour."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, path in runs.items():
-        rows = read_metrics(path)
-        if rows:
-            ax.plot([r["tokens"] for r in rows], [r["loss"] for r in rows], label=label)
-    ax.set_xlabel("tokens seen")
+        series = loss_series(path, x)
+        if not series["x"]:
+            continue
+        (line,) = ax.plot(series["x"], series["loss"], label=f"{label} train")
+        if series["val_x"]:
+            ax.plot(series["val_x"], series["val_loss"], "o--", color=line.get_color(), label=f"{label} val")
+    ax.set_xlabel("tokens seen" if x == "tokens" else "optimizer step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -3,12 +3,14 @@
 A checkpoint is written into `step-XXXXXX.tmp/` and renamed into place, so a run killed
 at any moment leaves only complete checkpoints. It holds
 
-    model.safetensors   the trainable parameters (all of them; only the adapter with LoRA)
-    optimizer.pt        optimizer state dict      (torch.load(weights_only=True))
+    model.safetensors   the trainable parameters (all of them; only the adapter with LoRA), full
+                        (unsharded) under FSDP, keyed by parameter name
+    optimizer.pt        optimizer state dict, full and keyed by parameter name
+                        (torch.distributed.checkpoint.state_dict; torch.load(weights_only=True))
     scheduler.pt        lr scheduler state dict   (torch.load(weights_only=True))
-    rng.pt              torch CPU (and CUDA) RNG states
+    rng.pt              torch CPU (and CUDA) RNG states, one per rank
     state.json          step, tokens seen (per source), data position (sampler RNG state,
-                        epochs, cursors), python and numpy RNG states, the run's identity
+                        epochs, cursors), python and numpy RNG states per rank, the run's identity
                         (training config + inputs) and its fingerprint, file sizes
 
 A run resumes only from a checkpoint of the same identity; the fields in `RUN_ONLY` (where
@@ -32,11 +34,14 @@ import numpy as np
 
 from pmcllama.errors import UserError
 from pmcllama.stage import write_json
+from pmcllama.training import distributed
+from pmcllama.training.distributed import Dist
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
-RUN_ONLY = frozenset({"out", "resume", "save_every", "keep_last", "log_every", "eval_every", "threads"})
+RUN_ONLY = frozenset({"out", "resume", "save_every", "keep_last", "log_every", "eval_every", "threads",
+                      "distributed", "loggers", "peak_flops"})
 KILL_AFTER_STEP = "PMCLLAMA_TEST_KILL_AFTER_STEP"  # test hook: SIGKILL this process after that step
 _NAME = re.compile(r"^step-(\d{6,})$")
 
@@ -51,11 +56,11 @@ class TrainProgress:
     elapsed_s: float = 0.0
 
     def advance(self, step: int, tokens: int, examples) -> None:
-        """Count one finished optimizer step: its padded tokens, and example tokens per source."""
+        """Count one finished optimizer step: its (non-padding) tokens, and tokens per source."""
         self.step, self.tokens = step, self.tokens + tokens
         for e in examples:
-            src = e.source or "all"
-            self.tokens_by_source[src] = self.tokens_by_source.get(src, 0) + len(e.input_ids)
+            for src, n in e.tokens_by_source().items():
+                self.tokens_by_source[src] = self.tokens_by_source.get(src, 0) + n
 
 
 def identity(cfg, inputs: dict, total_steps: int) -> dict:
@@ -118,33 +123,37 @@ def _set_rng_states(torch_state: dict, other: dict) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def trainable_state(model) -> dict:
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def save(root: Path, model, opt, sched, data, prog: TrainProgress, ident: dict, keep_last: int,
+         trainable: set[str], d: Dist = Dist()) -> Path | None:
+    """Write checkpoint `step-XXXXXX` atomically and keep only the newest `keep_last`.
 
-
-def save(root: Path, model, opt, sched, data, prog: TrainProgress, ident: dict, keep_last: int) -> Path:
-    """Write checkpoint `step-XXXXXX` atomically and keep only the newest `keep_last`."""
+    Collective under torchrun (every rank calls it): the full trainable weights and optimizer
+    state are gathered and every rank's RNG states collected; rank 0 writes them."""
     import torch
     from safetensors.torch import save_file
 
+    weights = distributed.model_state(model, trainable)
+    optim = distributed.optimizer_state(model, opt)
+    rngs = distributed.gather_objects(_rng_states(), d)
     final = root / f"step-{prog.step:06d}"
-    tmp = root / f"{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "model.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
-    torch_rng, other_rng = _rng_states()
-    torch.save(torch_rng, tmp / "rng.pt")
-    state = {"step": prog.step, "tokens": prog.tokens, "tokens_by_source": prog.tokens_by_source,
-             "elapsed_s": prog.elapsed_s, "data": data.state_dict() if hasattr(data, "state_dict") else None,
-             "rng": other_rng, "identity": ident, "fingerprint": fingerprint(ident),
-             "files": {f: (tmp / f).stat().st_size for f in FILES}}
-    write_json(tmp / STATE, state)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    prune(root, keep_last)
+    if d.main:
+        tmp = root / f"{final.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(optim, tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        torch.save({"ranks": [r[0] for r in rngs]}, tmp / "rng.pt")
+        state = {"step": prog.step, "tokens": prog.tokens, "tokens_by_source": prog.tokens_by_source,
+                 "elapsed_s": prog.elapsed_s, "data": data.state_dict() if hasattr(data, "state_dict") else None,
+                 "rng": [r[1] for r in rngs], "identity": ident, "fingerprint": fingerprint(ident),
+                 "files": {f: (tmp / f).stat().st_size for f in FILES}}
+        write_json(tmp / STATE, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        prune(root, keep_last)
+    distributed.barrier(d)
     return final
 
 
@@ -187,33 +196,36 @@ def _load_file(path: Path, loader):
                         path) from None
 
 
-def load(folder: Path, model, opt, sched, data, ident: dict) -> TrainProgress:
-    """Restore model, optimizer, scheduler, data position and RNG states; return the counters."""
+def load(folder: Path, model, opt, sched, data, ident: dict, trainable: set[str], d: Dist = Dist()) -> TrainProgress:
+    """Restore model, optimizer, scheduler, data position and this rank's RNG states; return the counters."""
     import torch
     from safetensors.torch import load_file
 
     state = _read_state(folder, ident)
     weights = _load_file(folder / "model.safetensors", lambda p: load_file(str(p)))
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(weights) != expected:
+    if set(weights) != trainable:
         raise UserError("checkpoint weights do not match the model's trainable parameters", folder)
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
 
     def tload(p):
         return torch.load(p, map_location="cpu", weights_only=True)
 
-    opt.load_state_dict(_load_file(folder / "optimizer.pt", tload))
-    sched.load_state_dict(_load_file(folder / "scheduler.pt", tload))
-    torch_rng = _load_file(folder / "rng.pt", tload)
+    optim = _load_file(folder / "optimizer.pt", tload)
+    sched_state = _load_file(folder / "scheduler.pt", tload)
+    rngs = _load_file(folder / "rng.pt", tload)
+    others = state.get("rng")
+    if not isinstance(rngs, dict) or not isinstance(others, list) or len(rngs.get("ranks", [])) != len(others):
+        raise UserError("checkpoint was written by an older pmcllama (RNG state layout); use --force to start over",
+                        folder)
+    distributed.load_model_state(model, weights)
+    distributed.load_optimizer_state(model, opt, optim)
+    sched.load_state_dict(sched_state)
     if state.get("data") is not None and hasattr(data, "load_state_dict"):
         try:
             data.load_state_dict(state["data"])
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot restore the data position: {e}", folder / STATE) from None
-    _set_rng_states(torch_rng, state["rng"])
+    k = d.rank % len(others)  # another world size: exact data position, RNG streams reused by rank
+    _set_rng_states(rngs["ranks"][k], others[k])
     return TrainProgress(step=int(state["step"]), tokens=int(state["tokens"]),
                          tokens_by_source=dict(state["tokens_by_source"]), elapsed_s=float(state["elapsed_s"]))
 

@@ -1,6 +1,7 @@
 """Config shared by the two training stages (pretrain and finetune): one loop, one schema."""
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
@@ -23,7 +24,7 @@ class TrainConfig(Config):
     out: str = Field(..., description="output folder (a Hugging Face model folder plus logs)")
     seq_len: int = Field(512, ge=8, description="tokens per training sequence")
     micro_batch: int = Field(8, ge=1, description="sequences per forward/backward pass")
-    global_batch: int = Field(32, ge=1, description="sequences per optimizer step (gradient accumulation fills the gap)")
+    global_batch: int = Field(32, ge=1, description="sequences per optimizer step over all processes (gradient accumulation fills the gap)")
     lr: float = Field(2e-5, gt=0, description="peak learning rate (AdamW)")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of the peak (cosine decay)")
     warmup_steps: int = Field(10, ge=0, description="linear warmup steps")
@@ -44,6 +45,14 @@ class TrainConfig(Config):
     resume: bool = Field(True, description="continue an interrupted run of the same config from its newest checkpoint")
     eval_every: Optional[int] = Field(
         None, ge=1, description="optimizer steps between validation losses on the held-out examples")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp (a model copy per process) or fsdp (FSDP2 fully_shard per "
+        "decoder layer; full fine-tuning)")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(
+        [], description="extra metric loggers besides metrics.jsonl: tensorboard (out/tensorboard), wandb")
+    peak_flops: Optional[float] = Field(
+        None, gt=0, description="peak FLOP/s of one process for the MFU estimate; null = measure a matmul")
+    compile: bool = Field(False, description="torch.compile the model (slow first steps; mostly worth it on GPU)")
 
     @model_validator(mode="after")
     def _batch_divides(self):
@@ -62,6 +71,9 @@ class PretrainConfig(TrainConfig):
         "seq_len window per document per epoch (PMC-LLaMA v1)")
     weights: Optional[dict[str, float]] = Field(
         None, description="mixing weight per corpus source (default: the weights recorded by the corpus stage)")
+    doc_mask: bool = Field(
+        False, description="packed mode: attention does not cross the EOS-separated documents of a chunk "
+        "(position ids restart at each document)")
     val_sequences: int = Field(
         0, ge=0, description="validation sequences drawn from the mixture with a separate seed and held out of training")
 
@@ -69,7 +81,7 @@ class PretrainConfig(TrainConfig):
     @classmethod
     def _positive(cls, v):
         for name, w in (v or {}).items():
-            if w <= 0:
+            if not math.isfinite(w) or w <= 0:
                 raise ValueError(f"weight of source '{name}' must be > 0, got {w}")
         return v
 
@@ -83,3 +95,6 @@ class FinetuneConfig(TrainConfig):
     template: Literal["chat", "alpaca"] = Field(
         "chat", description="chat: the model's chat template; alpaca: PMC-LLaMA's Alpaca prompt")
     eval_val: bool = Field(True, description="report loss on the validation split at the end")
+    packing: bool = Field(
+        False, description="pack several examples into each seq_len sequence (no attention between them); "
+        "global_batch and micro_batch then count packed sequences")

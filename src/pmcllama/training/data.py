@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -24,6 +24,11 @@ class Example:
     input_ids: np.ndarray  # int64
     labels: np.ndarray  # int64, IGNORE where no loss
     source: str = ""
+    position_ids: np.ndarray | None = None  # restarts at 0 at each packed segment (training/packing.py)
+    sources: dict[str, int] | None = None  # tokens per source of a packed row
+
+    def tokens_by_source(self) -> dict[str, int]:
+        return dict(self.sources) if self.sources else {self.source or "all": len(self.input_ids)}
 
 
 class MixtureSampler:
@@ -34,12 +39,13 @@ class MixtureSampler:
     sequence picks a source with probability proportional to its weight, then takes that
     source's next unit in a shuffled order; epoch `e` of source `i` uses the order seeded by
     (seed, i, e). Units in `exclude` (held out for validation, see `hold_out`) are never
-    drawn. `state_dict()` (RNG state, epoch and cursor per source; small, JSON-able) and
-    `load_state_dict()` resume the stream at exactly the same position.
+    drawn. With `doc_mask` (packed mode), attention stays inside the documents of a chunk
+    (training/packing.py). `state_dict()` (RNG state, epoch and cursor per source; small,
+    JSON-able) and `load_state_dict()` resume the stream at exactly the same position.
     """
 
     def __init__(self, shards: dict, weights: dict[str, float], seq_len: int, mode: str, seed: int,
-                 exclude: dict[str, list[int]] | None = None):
+                 exclude: dict[str, list[int]] | None = None, doc_mask: bool = False):
         self.shards = {k: v for k, v in shards.items() if weights.get(k, 0) > 0}
         if not self.shards:
             raise UserError("no corpus source with a positive weight")
@@ -47,6 +53,7 @@ class MixtureSampler:
         w = np.array([weights[n] for n in self.names], dtype=np.float64)
         self.probs = w / w.sum()
         self.seq_len, self.mode, self.seed = seq_len, mode, seed
+        self.doc_mask = doc_mask and mode == "packed"
         self.rng = np.random.default_rng(seed)
         self.units = {n: self._count_units(self.shards[n]) for n in self.names}
         self.excluded = {n: np.unique(np.asarray((exclude or {}).get(n, []), dtype=np.int64)) for n in self.names}
@@ -101,7 +108,17 @@ class MixtureSampler:
         unit = self._next_unit(name)
         self.last_unit = (name, unit)
         ids = self._tokens(name, unit)
+        if self.doc_mask:
+            from pmcllama.training.packing import doc_segments
+
+            return doc_segments(Example(ids, ids.copy(), name), self._doc_starts(name, unit, len(ids)))
         return Example(ids, ids.copy(), name)
+
+    def _doc_starts(self, name: str, unit: int, length: int) -> np.ndarray:
+        """Offsets inside packed chunk `unit` where a document begins."""
+        starts = self.shards[name].index[:, 0]
+        lo = unit * self.seq_len
+        return starts[np.searchsorted(starts, lo, side="right"):np.searchsorted(starts, lo + length)] - lo
 
     def hold_out(self, n: int) -> tuple[list[Example], dict[str, list[int]]]:
         """`n` sequences and, per source, the units they came from (to `exclude` from training)."""
@@ -196,6 +213,8 @@ def read_chat_jsonl(path: Path) -> list[dict]:
                 raise UserError("record has no valid 'messages' list of {role, content}", path, lineno)
             if not any(m["role"] == "assistant" for m in msgs):
                 raise UserError("record has no assistant turn (nothing to learn)", path, lineno)
+            if any(m["role"] == "assistant" and not str(m["content"]).strip() for m in msgs):
+                raise UserError("record has an empty assistant turn", path, lineno)
             records.append(rec)
     if not records:
         raise UserError("no records", path)
@@ -259,18 +278,28 @@ def encode_chat(tokenizer, messages: Sequence[dict], template: str, seq_len: int
 
 
 def collate(examples: Sequence[Example], pad_id: int):
-    """Right-pad to the longest example: input_ids, labels (IGNORE on pads), attention_mask."""
+    """Right-pad to the longest example: input_ids, labels (IGNORE on pads) and an attention_mask;
+    or, when an example is packed (has position_ids), position_ids instead of the mask: the pads
+    then form a segment of their own, and transformers builds the block-diagonal causal mask
+    from the restarts of the position ids (see training/packing.py)."""
     import torch
 
     n = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), n), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), n), dtype=torch.long)
+    packed = any(e.position_ids is not None for e in examples)
+    pos = torch.arange(n, dtype=torch.long).repeat(len(examples), 1)
     for i, e in enumerate(examples):
         k = len(e.input_ids)
         ids[i, :k] = torch.from_numpy(e.input_ids)
         labels[i, :k] = torch.from_numpy(e.labels)
         mask[i, :k] = 1
+        if e.position_ids is not None:
+            pos[i, :k] = torch.from_numpy(e.position_ids)
+        pos[i, k:] = torch.arange(n - k)
+    if packed:
+        return {"input_ids": ids, "labels": labels, "position_ids": pos}
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 

@@ -1,15 +1,15 @@
 """The one training loop, shared by knowledge injection (pretrain) and instruction tuning.
 
-AdamW with warmup + cosine decay, gradient accumulation to a global batch (the loss is
-normalised by the label tokens of the whole optimizer step, so accumulation does not change
-it), gradient clipping, bf16 autocast where the hardware runs bf16 natively, optional
-activation checkpointing and LoRA (PEFT) merged on save; validation loss every `eval_every`
-steps; resumable checkpoints every `save_every` steps (training/checkpoint.py). Writes
-metrics.jsonl, loss.png and a Hugging Face model folder.
+AdamW (fused, on CPU and CUDA) with warmup + cosine decay, gradient accumulation to a global
+batch (the loss is normalised by the label tokens of the whole optimizer step, so accumulation
+does not change it), gradient clipping, bf16 autocast where the hardware runs bf16 natively,
+optional activation checkpointing, torch.compile and LoRA (PEFT) merged on save; DDP/FSDP2
+under torchrun (training/distributed.py); validation loss every `eval_every` steps; resumable
+checkpoints every `save_every` steps (training/checkpoint.py). Writes metrics.jsonl (and
+TensorBoard/W&B, training/metrics.py), loss.png and a Hugging Face model folder.
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -20,8 +20,11 @@ from typing import Any, Iterator, Sequence
 
 from pmcllama.errors import UserError
 from pmcllama.training import checkpoint as ckpt
+from pmcllama.training import distributed
+from pmcllama.training.distributed import Dist
 from pmcllama.training.config import TrainConfig
 from pmcllama.training.data import Example, collate, label_tokens
+from pmcllama.training.metrics import Metrics, check_loggers, memory
 
 
 def cpu_has_native_bf16() -> bool:
@@ -50,12 +53,6 @@ def stage_name(out: Path) -> str:
     return out.name.removesuffix(".partial")
 
 
-def default_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def autocast(precision: str, device):
     import contextlib
 
@@ -78,7 +75,10 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
 def prepare_model(model, cfg: TrainConfig):
     """Apply LoRA and activation checkpointing as configured."""
     if cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable()
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # non-reentrant: safe under DDP
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora is not None:
         from peft import LoraConfig, get_peft_model
@@ -99,7 +99,9 @@ def make_optimizer(model, cfg: TrainConfig, total_steps: int, device):
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    # fused: one kernel per step instead of ~10 per parameter; on CPU (torch >= 2.4) it is tens of
+    # times faster than the default per-tensor loop, which dominates a small model's step there
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
     return opt, sched
 
@@ -119,7 +121,7 @@ def evaluate_loss(model, examples: Sequence[Example], cfg: TrainConfig, pad_id: 
         for chunk in _micro_batches(examples, cfg.micro_batch):
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
             with autocast(precision, device):
-                out = model(**batch, num_items_in_batch=count)
+                out = model(**batch, num_items_in_batch=count, use_cache=False)
             total += float(out.loss)
     model.train()
     return total
@@ -129,13 +131,25 @@ def evaluate_loss(model, examples: Sequence[Example], cfg: TrainConfig, pad_id: 
 class Run:
     """What every optimizer step needs."""
 
-    model: Any
+    model: Any  # what forward/backward run through: DDP-wrapped or FSDP-sharded under torchrun
     opt: Any
     sched: Any
     cfg: TrainConfig
     device: Any
     precision: str
     pad_id: int
+    dist: Dist
+    raw: Any  # the model itself (without the DDP wrapper)
+    trainable: set[str]  # names of the trained parameters
+
+
+def check_batch(cfg: TrainConfig, d: Dist) -> None:
+    if cfg.global_batch % (cfg.micro_batch * d.world):
+        raise UserError(f"global_batch {cfg.global_batch} is not a multiple of micro_batch {cfg.micro_batch} x "
+                        f"{d.world} processes; change global_batch or micro_batch")
+    if d.active and cfg.distributed == "fsdp" and cfg.lora is not None:
+        raise UserError("distributed: fsdp shards a full fine-tune; with LoRA (a small trained part) use "
+                        "distributed: ddp")
 
 
 def setup(model, tokenizer, cfg: TrainConfig, total_steps: int) -> Run:
@@ -144,53 +158,54 @@ def setup(model, tokenizer, cfg: TrainConfig, total_steps: int) -> Run:
     context = getattr(model.config, "max_position_embeddings", None)
     if context and cfg.seq_len > context:
         raise UserError(f"seq_len {cfg.seq_len} exceeds the model's context length {context}")
+    d = distributed.init()
+    check_batch(cfg, d)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = default_device()
+    device = distributed.device(d)
     precision = resolve_precision(cfg.precision, device)
-    model = prepare_model(model, cfg).to(device)
-    model.train()
-    opt, sched = make_optimizer(model, cfg, total_steps, device)
+    raw = prepare_model(model, cfg).to(device)
+    raw.train()
+    trainable = {n for n, p in raw.named_parameters() if p.requires_grad}
+    if cfg.compile:
+        raw.compile()  # in place: parameter names, state dicts and saving stay as they are
+    wrapped = distributed.wrap(raw, cfg.distributed, d, device)
+    opt, sched = make_optimizer(wrapped, cfg, total_steps, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Run(model, opt, sched, cfg, device, precision, pad_id)
+    return Run(wrapped, opt, sched, cfg, device, precision, pad_id, d, raw, trainable)
 
 
 def train_step(run: Run, examples: Sequence[Example]) -> tuple[float, int, float, float]:
-    """One optimizer step over a global batch: (loss, tokens, grad norm, lr used)."""
+    """One optimizer step over a global batch: (loss, tokens, grad norm, lr used).
+
+    Under torchrun each rank takes its slice of the batch; losses are normalised by the label
+    tokens of the whole batch and scaled by the world size, which gradient averaging undoes."""
     import torch
 
+    d = run.dist
     n_items = max(1, label_tokens(examples))
-    loss_sum, step_tokens = 0.0, 0
-    for chunk in _micro_batches(examples, run.cfg.micro_batch):
+    chunks = list(_micro_batches(distributed.shard(list(examples), d), run.cfg.micro_batch))
+    loss_sum = 0.0
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        if last:
+            distributed.enable_sync(run.model, d)
         batch = {k: v.to(run.device) for k, v in collate(chunk, run.pad_id).items()}
-        with autocast(run.precision, run.device):
-            loss = run.model(**batch, num_items_in_batch=n_items).loss
-        loss.backward()
+        with distributed.grad_sync(run.model, d, last):
+            with autocast(run.precision, run.device):
+                loss = run.model(**batch, num_items_in_batch=n_items, use_cache=False).loss
+            (loss * d.world if d.active else loss).backward()
         loss_sum += float(loss.detach())
-        step_tokens += int(batch["attention_mask"].sum())
+    loss_sum = distributed.all_sum(loss_sum, d, run.device)
     params = [p for p in run.model.parameters() if p.requires_grad]
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    grad_norm = distributed.local_tensor(torch.nn.utils.clip_grad_norm_(params, clip))
     lr = run.sched.get_last_lr()[0]
     run.opt.step()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
-    return loss_sum, step_tokens, float(grad_norm), lr
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metric rows up to `step` (a resumed run re-appends the rest); drop a torn last line."""
-    rows = []
-    if step > 0 and path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step", 0) <= step:
-                rows.append(line + "\n")
-    path.write_text("".join(rows), encoding="utf-8")
+    return loss_sum, sum(len(e.input_ids) for e in examples), float(grad_norm), lr
 
 
 def resume_or_start(run: Run, steps, out: Path, ident: dict) -> ckpt.TrainProgress:
@@ -198,11 +213,22 @@ def resume_or_start(run: Run, steps, out: Path, ident: dict) -> ckpt.TrainProgre
     root = out / ckpt.CHECKPOINTS
     found = ckpt.latest(root) if run.cfg.resume else None
     if found is None:
-        shutil.rmtree(root, ignore_errors=True)
+        distributed.barrier(run.dist)  # no rank may still be looking at old checkpoints
+        if run.dist.main:
+            shutil.rmtree(root, ignore_errors=True)
         return ckpt.TrainProgress()
-    prog = ckpt.load(found, run.model, run.opt, run.sched, steps, ident)
-    print(f"[{stage_name(out)}] resuming from {found} (step {prog.step})")
+    prog = ckpt.load(found, run.model, run.opt, run.sched, steps, ident, run.trainable, run.dist)
+    if run.dist.main:
+        print(f"[{stage_name(out)}] resuming from {found} (step {prog.step})")
     return prog
+
+
+def open_metrics(run: Run, out: Path, step: int) -> Metrics:
+    from pmcllama.training.metrics import matmul_peak
+
+    peak = run.cfg.peak_flops or matmul_peak(run.device, run.precision)
+    n_params = sum(p.numel() for p in run.raw.parameters())
+    return Metrics(out, run.cfg, step, n_params, peak * run.dist.world, run.dist.main, stage_name(out))
 
 
 def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], total_steps: int,
@@ -211,46 +237,46 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
 
     With `save_every`, checkpoints go to `out/checkpoints/` (`steps` should then have
     `state_dict()`/`load_state_dict()`, like `Batches`); with `resume`, the newest one of the
-    same config and `inputs` is continued exactly.
+    same config and `inputs` is continued exactly. Under torchrun every rank calls this.
     """
     from pmcllama.progress import progress
 
     if cfg.save_every and not hasattr(steps, "state_dict"):
         raise TypeError("save_every needs a batch stream whose position can be saved (training.data.Batches)")
+    check_loggers(cfg.loggers)
     run = setup(model, tokenizer, cfg, total_steps)
     ident = ckpt.identity(cfg, inputs or {}, total_steps)
     prog = resume_or_start(run, steps, out, ident)
     resumed_from = prog.step
-    metrics_path = out / "metrics.jsonl"
-    truncate_metrics(metrics_path, prog.step)
+    metrics = open_metrics(run, out, prog.step)
     t_start = time.perf_counter() - prog.elapsed_s
-    bar = progress(total=total_steps, initial=prog.step, unit="step", desc=stage_name(out))
-    with open(metrics_path, "a", encoding="utf-8") as log:
-        for step in range(prog.step + 1, total_steps + 1):
-            t0 = time.perf_counter()
-            examples = next(steps)
-            loss_sum, step_tokens, grad_norm, lr = train_step(run, examples)
-            if not math.isfinite(loss_sum):
-                raise RuntimeError(f"loss became {loss_sum} at step {step}; lower lr or use fp32")
-            prog.advance(step, step_tokens, examples)
-            dt = time.perf_counter() - t0
-            prog.elapsed_s = time.perf_counter() - t_start
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / dt:.0f}", refresh=False)
-            bar.update(1)
-            evaluate_now = bool(cfg.eval_every and val and step % cfg.eval_every == 0)
-            if step % cfg.log_every == 0 or step == total_steps or evaluate_now:
-                row = {"step": step, "loss": round(loss_sum, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
-                       "tokens": prog.tokens, "tokens_per_s": round(step_tokens / dt, 1),
-                       "elapsed_s": round(prog.elapsed_s, 2), "tokens_by_source": dict(prog.tokens_by_source)}
-                if evaluate_now:
-                    val_loss = evaluate_loss(run.model, val, cfg, run.pad_id, run.device, run.precision)
-                    row["val_loss"] = round(val_loss, 5)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                ckpt.save(out / ckpt.CHECKPOINTS, run.model, run.opt, run.sched, steps, prog, ident, cfg.keep_last)
-            ckpt.kill_hook(step)
+    bar = progress(total=total_steps, initial=prog.step, unit="step", desc=stage_name(out), disable=not run.dist.main)
+    for step in range(prog.step + 1, total_steps + 1):
+        t0 = time.perf_counter()
+        examples = next(steps)
+        loss_sum, step_tokens, grad_norm, lr = train_step(run, examples)
+        if not math.isfinite(loss_sum):
+            raise RuntimeError(f"loss became {loss_sum} at step {step}; lower lr or use fp32")
+        prog.advance(step, step_tokens, examples)
+        dt = time.perf_counter() - t0
+        prog.elapsed_s = time.perf_counter() - t_start
+        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / dt:.0f}", refresh=False)
+        bar.update(1)
+        evaluate_now = bool(cfg.eval_every and val and step % cfg.eval_every == 0)
+        if step % cfg.log_every == 0 or step == total_steps or evaluate_now:
+            row = {"step": step, "loss": round(loss_sum, 5), "lr": lr, "grad_norm": round(grad_norm, 5),
+                   "tokens": prog.tokens, "tokens_per_s": round(step_tokens / dt, 1),
+                   "elapsed_s": round(prog.elapsed_s, 2), "tokens_by_source": dict(prog.tokens_by_source),
+                   "mfu": round(metrics.mfu(step_tokens / dt), 5), **memory(run.device)}
+            if evaluate_now:
+                row["val_loss"] = round(evaluate_loss(run.model, val, cfg, run.pad_id, run.device, run.precision), 5)
+            metrics.log(row)
+        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+            ckpt.save(out / ckpt.CHECKPOINTS, run.model, run.opt, run.sched, steps, prog, ident, cfg.keep_last,
+                      run.trainable, run.dist)
+        ckpt.kill_hook(step)
     bar.close()
+    metrics.close()
     summary = finish(run, tokenizer, val, out, prog)
     return {**summary, "resumed_from_step": resumed_from} if resumed_from else summary
 
@@ -260,15 +286,40 @@ def finish(run: Run, tokenizer, val, out: Path, prog: ckpt.TrainProgress) -> dic
     wall = prog.elapsed_s
     summary = {"steps": prog.step, "tokens": prog.tokens, "train_wall_s": round(wall, 2),
                "tokens_per_s": round(prog.tokens / max(wall, 1e-9), 1), "precision": run.precision,
-               "device": run.device.type, "tokens_by_source": prog.tokens_by_source}
+               "device": run.device.type, "processes": run.dist.world, "tokens_by_source": prog.tokens_by_source,
+               **memory(run.device)}
     if val:
         summary["val_loss"] = round(evaluate_loss(run.model, val, run.cfg, run.pad_id, run.device, run.precision), 5)
-    save_trained(run.model, tokenizer, run.cfg, out)
-    from pmcllama.plots import plot_losses
+    if run.dist.active and run.cfg.distributed == "fsdp":
+        save_sharded(run, tokenizer, out)
+    elif run.dist.main:
+        save_trained(run.raw, tokenizer, run.cfg, out)
+    if run.dist.main:
+        from pmcllama.plots import plot_losses
 
-    plot_losses({stage_name(out): out / "metrics.jsonl"}, out / "loss.png", title=f"{stage_name(out)}: training loss")
-    shutil.rmtree(out / ckpt.CHECKPOINTS, ignore_errors=True)
+        plot_losses({stage_name(out): out / "metrics.jsonl"}, out / "loss.png",
+                    title=f"{stage_name(out)}: training loss")
+        shutil.rmtree(out / ckpt.CHECKPOINTS, ignore_errors=True)
+    distributed.barrier(run.dist)
     return summary
+
+
+def save_sharded(run: Run, tokenizer, out: Path) -> None:
+    """FSDP: gather the full weights (collective) and write the Hugging Face folder from rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if run.dist.main:
+        if run.cfg.grad_checkpointing:
+            checkpointing_off(run.raw)
+            run.raw.config.use_cache = True
+        run.raw.save_pretrained(str(out), state_dict=full, safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+
+
+def checkpointing_off(model) -> None:
+    off = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    off()
 
 
 def save_trained(model, tokenizer, cfg: TrainConfig, out: Path) -> None:
@@ -280,6 +331,6 @@ def save_trained(model, tokenizer, cfg: TrainConfig, out: Path) -> None:
         model.save_pretrained(str(out / "adapter"))
         model = model.merge_and_unload()
     if cfg.grad_checkpointing:
-        model.gradient_checkpointing_disable()
+        checkpointing_off(model)
         model.config.use_cache = True
     save_model(model, tokenizer, out)
