@@ -24,7 +24,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "pretrain": ("pmcllama.pretrain", "PretrainConfig", "STAGE 2  knowledge injection (continued pretraining)"),
     "instructions": ("pmcllama.instructions", "InstructionsConfig", "STAGE 3a build the instruction set (chat JSONL)"),
     "finetune": ("pmcllama.finetune", "FinetuneConfig", "STAGE 3b instruction tuning, full or LoRA"),
-    "evaluate": ("pmcllama.evaluate", "EvaluateConfig", "STAGE 4  medical QA accuracy by log-likelihood"),
+    "evaluate": ("pmcllama.evaluate", "EvaluateConfig", "STAGE 4  medical QA accuracy (log-likelihood, generation, chain-of-thought)"),
     "generate": ("pmcllama.generate", "GenerateConfig", "STAGE 5  complete prompts, streamed"),
     "run": ("pmcllama.run", "RecipeConfig", "RECIPE   every stage in order, then the results table"),
 }

@@ -141,6 +141,10 @@ def markdown(runs: list[Run], benches: list[str], cmps: dict[str, list[dict]], m
         lines.append(f"| {run.label} | " + " | ".join(_cell(run.benchmarks.get(b), metric) for b in benches) + " |")
     ns = [f"{b}: n={next(r.benchmarks[b]['n'] for r in runs if b in r.benchmarks)}" for b in benches]
     lines += ["", "Items: " + "; ".join(ns)]
+    unparsed = [f"{r.label} {b}: {v['unparsable']} of {v['n']}" for r in runs for b, v in r.benchmarks.items()
+                if v.get("unparsable") is not None]
+    if unparsed:
+        lines.append("Unparsable generated answers (counted wrong): " + "; ".join(unparsed))
     for b in benches:
         templates = {r.benchmarks[b].get("prompt_template") for r in runs if b in r.benchmarks}
         if len(templates) > 1:

@@ -18,6 +18,10 @@ Two prompt styles (`choices`):
   default target delimiter " "). A 5-option record lists E too and scores " E".
 - `text`, template `medqa-text-cloze-v1`: "Question: {question}\\nAnswer:" with the option
   texts as continuations (" " + text), cloze style; the options are not listed.
+
+Split sizes: a file named like an official split (`test.jsonl`, `dev.jsonl`, `train.jsonl`,
+or `phrases_no_exclude_test.jsonl`...) whose record count differs from the official US
+split (test 1,273, dev 1,272, train 10,178) gets a warning with both numbers.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from pmcllama.errors import UserError
 
 TEMPLATES = {"letters": "medqa-letters-lmeval-v1", "text": "medqa-text-cloze-v1"}
 LETTERS = string.ascii_uppercase
+US_SIZES = {"test": 1273, "dev": 1272, "train": 10178}
 
 
 def letters_prompt(question: str, options: dict[str, str]) -> str:
@@ -62,11 +67,22 @@ def load(path: str | Path, choices: str = "letters", limit: int | None = None) -
         mismatched += not ok
         width = max(width, len(item.choices))
         items.append(item)
-    warnings = []
+    warnings = size_warnings(path, len(items))
     if mismatched:
         warnings.append(f"{path}: {mismatched} record(s) whose 'answer' text differs from "
                         "options[answer_idx]; gold follows answer_idx")
     return Loaded(apply_limit(items, limit, path), TEMPLATES[choices], list(LETTERS[:width]), warnings)
+
+
+def size_warnings(path: str | Path, n: int) -> list[str]:
+    """A warning when a file named like an official MedQA-USMLE split has another size."""
+    stem = Path(path).stem.lower()
+    split = stem.removeprefix("phrases_no_exclude_")
+    official = US_SIZES.get(split)
+    if official and n != official:
+        return [f"{path}: MedQA-USMLE's official {split} split has {official:,} questions; "
+                f"this file has {n:,}"]
+    return []
 
 
 def _parse_line(path: str | Path, text: str, line: str, lineno: int) -> dict:

@@ -15,6 +15,11 @@ scored continuations are " yes", " no", " maybe"; gold is the index of `final_de
 lm-eval reads the Hugging Face copy `bigbio/pubmed_qa` (`pubmed_qa_labeled_fold0_source`),
 whose `test` split is the official 500-question test set: pass the official
 `test_ground_truth.json` as `ids` to restrict `ori_pqal.json` to exactly those questions.
+
+Split sizes are checked against the official release (a warning with both numbers, since a
+partial copy gives numbers that cannot be compared with the paper's): `ori_pqal.json`
+1,000 questions, `test_set.json` and the `ids` file `test_ground_truth.json` 500,
+`pqal_fold*/train_set.json` 450, `dev_set.json` 50.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from pmcllama.errors import UserError
 
 TEMPLATE = "pubmedqa-lmeval-v1"
 LABELS = ["yes", "no", "maybe"]
+OFFICIAL_SIZES = {"ori_pqal": 1000, "test_set": 500, "test_ground_truth": 500, "train_set": 450, "dev_set": 50}
 FIELDS = ("QUESTION", "CONTEXTS", "final_decision")
 WRONG_JSONL = ("this is JSON Lines (one record per line), not PubMedQA's ori_pqal.json "
                "({pmid: {QUESTION, CONTEXTS, final_decision}}); for MedQA JSONL use format: medqa")
@@ -51,9 +57,21 @@ def load(path: str | Path, limit: int | None = None, ids: str | Path | None = No
         pmid = dups[0]
         raise UserError(f"duplicate pmid '{pmid}'", path, line_of(text, f'"{pmid}"', 2))
     items = [_item(path, text, str(pmid), rec) for pmid, rec in data.items()]
+    warnings = size_warnings(path, len(items))
     if ids is not None:
-        items = _restrict(items, read_ids(ids), ids)
-    return Loaded(apply_limit(items, limit, path), TEMPLATE, list(LABELS))
+        wanted = read_ids(ids)
+        warnings += size_warnings(ids, len(wanted))
+        items = _restrict(items, wanted, ids)
+    return Loaded(apply_limit(items, limit, path), TEMPLATE, list(LABELS), warnings)
+
+
+def size_warnings(path: str | Path, n: int) -> list[str]:
+    """A warning when an official PubMedQA file name holds another number of questions."""
+    official = OFFICIAL_SIZES.get(Path(path).stem.lower())
+    if official and n != official:
+        return [f"{path}: PubMedQA's official {Path(path).name} has {official:,} questions; "
+                f"this file has {n:,}"]
+    return []
 
 
 def _check_top(path: str | Path, data: Any) -> None:

@@ -16,7 +16,8 @@ tiny-llama), numbers match lm-eval run with `add_bos_token=True`. An empty conte
 replaced by the EOS token, as lm-eval's `prefix_token_id`.
 
 Batching: the sequences of `batch_size` questions (longest first, as lm-eval sorts) are
-right-padded into one forward. Requests whose model input is identical share one row, so
+right-padded into one forward, without an attention mask (causal attention never lets a
+real token see the pads after it; as lm-eval, and the fast causal attention kernel). Requests whose model input is identical share one row, so
 single-token choices (" A".." D") cost one sequence per question, like lm-eval's grouping
 by context. Only the hidden states at continuation positions go through the output layer,
 and log_softmax is computed in fp32 (`precision="bf16"` autocasts the transformer only).
@@ -125,10 +126,8 @@ def score_requests(model, requests: Sequence[Request], pad_id: int = 0, precisio
         rows.setdefault(r.inp, len(rows))
     width = max(len(inp) for inp in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
     for inp, i in rows.items():
         ids[i, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-        mask[i, : len(inp)] = 1
     row_idx, pos_idx, targets = [], [], []
     for r in requests:
         row, start = rows[r.inp], len(r.inp) - len(r.cont)
@@ -136,15 +135,19 @@ def score_requests(model, requests: Sequence[Request], pad_id: int = 0, precisio
         pos_idx += range(start, start + len(r.cont))
         targets += r.cont
     row_t, pos_t = torch.tensor(row_idx, device=device), torch.tensor(pos_idx, device=device)
-    logits = _logits_at(model, ids.to(device), mask.to(device), row_t, pos_t, precision)
+    logits = _logits_at(model, ids.to(device), row_t, pos_t, precision)
     logp = torch.log_softmax(logits.float(), dim=-1)
     tok_lp = logp[torch.arange(len(targets), device=device), torch.tensor(targets, device=device)]
     sums = torch.split(tok_lp.double(), [len(r.cont) for r in requests])
     return [float(s.sum()) for s in sums]
 
 
-def _logits_at(model, ids, mask, row_t, pos_t, precision: str):
-    """Logits (K, vocab) at the (row, position) pairs, the output layer run outside autocast."""
+def _logits_at(model, ids, row_t, pos_t, precision: str):
+    """Logits (K, vocab) at the (row, position) pairs, the output layer run outside autocast.
+
+    No attention mask: the rows are right-padded and attention is causal, so a real token
+    never sees a pad (pads only come after it), and the position ids 0..n-1 are right. The
+    plain causal path is the fast SDPA kernel; a padding mask would force the slow one."""
     import torch
 
     autocast = torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16,
@@ -153,9 +156,9 @@ def _logits_at(model, ids, mask, row_t, pos_t, precision: str):
     with torch.inference_mode():
         if decoder is None:
             with autocast:
-                return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[row_t, pos_t].float()
+                return model(input_ids=ids, use_cache=False).logits[row_t, pos_t].float()
         with autocast:
-            out = decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+            out = decoder(input_ids=ids, use_cache=False)
         hidden = out[0]
         h = hidden[row_t, pos_t]
         return head(h.to(head.weight.dtype)).float()

@@ -71,20 +71,26 @@ def pred_share(preds: Sequence[int], width: int, labels: Sequence[str] | None = 
 
 def summarize(records: Sequence[dict], n_choices: Sequence[int], labels: Sequence[str] | None = None,
               n_boot: int = 1000, seed: int = 0) -> dict:
-    """Accuracy, acc_norm, their CIs, baselines and prediction shares for scored records."""
+    """Accuracy, acc_norm, their CIs, baselines and prediction shares for scored records.
+
+    Records of generated answers have no acc_norm (None) and may have `pred` None (no
+    choice could be read from the text): counted as wrong and in `unparsable`."""
     correct = [float(r["correct"]) for r in records]
-    correct_norm = [float(r["correct_norm"]) for r in records]
+    has_norm = bool(records) and all("correct_norm" in r for r in records)
+    correct_norm = [float(r["correct_norm"]) for r in records] if has_norm else []
     n = len(records)
     width = max(n_choices) if n_choices else 0
+    generated = any("parsed" in r for r in records)
     return {
         "n": n,
         "acc": sum(correct) / n if n else None,
         "acc_ci95": bootstrap_ci(correct, n_boot, seed),
-        "acc_norm": sum(correct_norm) / n if n else None,
-        "acc_norm_ci95": bootstrap_ci(correct_norm, n_boot, seed),
+        "acc_norm": sum(correct_norm) / n if has_norm else None,
+        "acc_norm_ci95": bootstrap_ci(correct_norm, n_boot, seed) if has_norm else None,
         "baselines": baselines([r["gold"] for r in records], n_choices, labels),
         "pred_share": pred_share([r["pred"] for r in records], width, labels),
         "truncated": sum(bool(r.get("truncated")) for r in records),
+        "unparsable": sum(r["pred"] is None for r in records) if generated else None,
     }
 
 
@@ -121,8 +127,10 @@ def calibration(confidences: Sequence[float], correct: Sequence[float], n_bins: 
 
 
 def record_calibration(records: Sequence[dict], n_bins: int = 10) -> dict:
-    """`calibration` of scored records: confidence of the `acc` prediction from its logliks."""
-    conf = [choice_probs(r["loglik"])[r["pred"]] for r in records]
+    """`calibration` of scored records: confidence of the `acc` prediction from its logliks
+    (or, for voted generated answers, the record's `confidence`: the answer's share of votes)."""
+    conf = [choice_probs(r["loglik"])[r["pred"]] if "loglik" in r else float(r["confidence"])
+            for r in records]
     return calibration(conf, [float(r["correct"]) for r in records], n_bins)
 
 
@@ -134,7 +142,8 @@ def by_subject(records: Sequence[dict], subjects: Sequence[str | None]) -> dict 
     for r, s in zip(records, subjects):
         groups.setdefault(s or "(no subject)", []).append(r)
     return {s: {"n": len(rs), "acc": sum(r["correct"] for r in rs) / len(rs),
-                "acc_norm": sum(r["correct_norm"] for r in rs) / len(rs)}
+                "acc_norm": sum(r["correct_norm"] for r in rs) / len(rs)
+                if all("correct_norm" in r for r in rs) else None}
             for s, rs in sorted(groups.items())}
 
 
@@ -161,6 +170,10 @@ def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], n_boot: int = 10
 def pair_records(first: Sequence[dict], second: Sequence[dict], key: str = "correct",
                  where: str = "") -> tuple[list[float], list[float]]:
     """Correctness of two runs' records matched by item id (error when the id sets differ)."""
+    for rows in (first, second):
+        if rows and key not in rows[0]:
+            raise UserError(f"{where}the records have no '{key}' (runs of mode generate or cot "
+                            "have acc only; compare them with --metric acc)")
     a = {str(r["id"]): float(r[key]) for r in first}
     b = {str(r["id"]): float(r[key]) for r in second}
     if a.keys() != b.keys():

@@ -1,0 +1,123 @@
+"""Scoring by generation (`mode=generate`, `mode=cot`): answer texts, extraction, vote.
+
+Prompts are encoded as in loglik scoring (any BOS the tokenizer adds by default, then the
+text), cut from the left to `max_length - max_new_tokens` tokens when longer (counted as
+truncated), and generated `batch_size` prompts at a time, longest first, left-padded with
+an attention mask so every row ends where its answer starts. Greedy when `temperature` is
+0; otherwise sampling with `temperature` and `top_p`, `samples` answers per prompt, the
+generator seeded with `seed` once per batch (the same config gives the same texts).
+
+Each answer is read with `extract.extract` (chain-of-thought: the last answer statement
+wins); with several samples the parsed answers vote (`extract.vote`). A question none of
+whose samples can be read has `pred` None: it counts as wrong and is reported as
+unparsable. `generate_texts` takes any `generate_fn(prompts, n) -> [[text] * n]` so the
+logic can be tested without a model.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from pmcllama.benchmarks.base import Item
+from pmcllama.benchmarks.extract import extract, vote
+from pmcllama.benchmarks.prompting import labels_of
+
+
+def hf_generate_fn(model, tokenizer, *, max_new_tokens: int, temperature: float = 0.0,
+                   top_p: float = 1.0, seed: int = 0, max_length: int = 2048) -> Callable[[list[str], int], list[list[str]]]:
+    """A `generate_fn` running `model.generate` on left-padded batches."""
+    import torch
+
+    from pmcllama.benchmarks.scoring import special_prefix
+
+    prefix = special_prefix(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    room = max(1, max_length - max_new_tokens)
+    device = next(model.parameters()).device
+    calls = [0]
+
+    def fn(prompts: list[str], n: int) -> list[list[str]]:
+        enc = tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+        rows = [prefix + list(e) for e in enc]
+        rows = [r[-room:] for r in rows]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        sample = temperature > 0
+        torch.manual_seed(seed + calls[0])
+        calls[0] += 1
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                do_sample=sample, temperature=temperature if sample else None,
+                top_p=top_p if sample else None, top_k=None, num_return_sequences=n,
+                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    return fn
+
+
+def token_lengths(tokenizer, prompts: Sequence[str]) -> list[int]:
+    """Tokens of each prompt as the model sees it (with any default BOS)."""
+    from pmcllama.benchmarks.scoring import special_prefix
+
+    enc = tokenizer(list(prompts), add_special_tokens=False, verbose=False)["input_ids"]
+    return [len(special_prefix(tokenizer)) + len(e) for e in enc]
+
+
+def generate_texts(generate_fn, prompts: Sequence[str], samples: int, batch_size: int,
+                   lengths: Sequence[int] | None = None, progress: bool = True,
+                   desc: str = "generating") -> list[list[str]]:
+    """`samples` texts per prompt, batches taken longest first; results in input order."""
+    from pmcllama.progress import progress as progress_bar
+
+    key = lengths if lengths is not None else [len(p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -key[i])
+    texts: list[list[str]] = [[] for _ in prompts]
+    with progress_bar(total=len(prompts), unit="q", desc=desc, disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            for i, t in zip(chunk, generate_fn([prompts[i] for i in chunk], samples)):
+                texts[i] = list(t)
+            bar.update(len(chunk))
+    return texts
+
+
+def option_texts(item: Item) -> list[str] | None:
+    """The option texts listed in a letter prompt ('A. text' lines), else None."""
+    labels = labels_of(item)
+    found = {}
+    for line in item.prompt.splitlines():
+        for lab in labels:
+            if len(lab) == 1 and line.startswith(f"{lab}. "):
+                found[lab] = line[3:]
+    return [found[lab] for lab in labels] if len(found) == len(labels) else None
+
+
+def judge(item: Item, texts: Sequence[str], last: bool, truncated: bool = False) -> dict:
+    """The per-item record of generated answers: parsed preds, vote, correctness."""
+    labels = labels_of(item)
+    options = option_texts(item)
+    preds = [extract(t, labels, options, last=last) for t in texts]
+    pred, votes = vote(preds)
+    return {
+        "id": item.id, "gold": item.gold, "pred": pred, "correct": pred == item.gold,
+        "parsed": pred is not None, "sample_preds": preds,
+        "votes": {labels[k]: v for k, v in sorted(votes.items())},
+        "confidence": (votes[pred] / len(texts)) if pred is not None else 0.0,
+        "responses": list(texts), "truncated": truncated, "prompt_sha256": item.prompt_sha256,
+    }
+
+
+def evaluate_generated(items: Sequence[Item], generate_fn, *, samples: int = 1, batch_size: int = 8,
+                       cot: bool = False, truncated: Sequence[bool] | None = None,
+                       lengths: Sequence[int] | None = None, progress: bool = True,
+                       desc: str = "generating") -> list[dict]:
+    """Generate, extract and vote for every item; records in input order."""
+    texts = generate_texts(generate_fn, [it.prompt for it in items], samples, batch_size,
+                           lengths, progress, desc)
+    flags = list(truncated) if truncated is not None else [False] * len(items)
+    return [judge(it, t, cot, f) for it, t, f in zip(items, texts, flags)]
