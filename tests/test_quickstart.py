@@ -77,7 +77,12 @@ def test_quickstart_writes_every_stage_and_the_table(quickstart_run):
     assert sum(line.startswith("| ") for line in table.splitlines()) == 4  # header + 3 model states
     assert "kg-probe" in table
     assert "base" in proc.stdout and "instruction-tuned" in proc.stdout
-    for png in ("results.png", "loss_curves.png", "pretrain/loss.png", "finetune/loss.png"):
+    report = json.loads((out / "report.json").read_text())  # paired tests against the base model
+    cmps = report["comparisons"]["kg-probe"]
+    assert [c["model"] for c in cmps] == ["run/knowledge-injected", "run/instruction-tuned"]
+    assert all(c["n"] == 20 and 0.0 <= c["mcnemar_p"] <= 1.0 for c in cmps)
+    assert "McNemar" in proc.stdout and "McNemar" in (out / "report.md").read_text()
+    for png in ("results.png", "report.png", "loss_curves.png", "pretrain/loss.png", "finetune/loss.png"):
         assert (out / png).stat().st_size > 2000, png
     gens = (out / "generate" / "instruction-tuned" / "generations.jsonl").read_text().splitlines()
     assert [json.loads(g)["prompt"] for g in gens] == ["Hypertension is", "Atrial fibrillation is a kind of"]

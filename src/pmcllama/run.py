@@ -2,7 +2,8 @@
 
 corpus -> pretrain (knowledge injection) -> instructions -> finetune (instruction tuning)
 -> evaluate every model state (base, after knowledge injection, after instruction tuning)
--> table (markdown + JSON + bar chart) and loss curves in the run folder.
+-> table (markdown + JSON + bar chart), paired comparisons of every state against the base
+model (report.md/json/png, as `pmcllama report`) and loss curves in the run folder.
 The runner fills in the paths that link stages (`out`, `data`, `model`, `tokenizer`);
 everything else in each section is that stage's own config.
 """
@@ -32,6 +33,9 @@ class RecipeEvaluate(Config):
     probe_limit: Optional[int] = Field(None, description="score only the first N probe items")
     batch_size: int = Field(8, ge=1, description="questions per forward batch")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="scoring precision")
+    mode: Literal["loglik", "generate", "cot"] = Field("loglik", description="scoring mode (see pmcllama evaluate --help)")
+    shots: int = Field(0, ge=0, description="few-shot examples per question, from each benchmark's fewshot_path")
+    chat_template: bool = Field(False, description="wrap each prompt in the model's chat template")
 
 
 class RecipeGenerate(Config):
@@ -114,6 +118,7 @@ def results_table(rows: dict[str, dict], name: str) -> str:
 def run(cfg: RecipeConfig, force: bool = False) -> Path:
     from pmcllama import evaluate, generate
     from pmcllama.plots import plot_accuracy_bars, plot_losses
+    from pmcllama.report import make_report
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -121,8 +126,9 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
     benches = _benchmarks(cfg, folders)
     rows: dict[str, dict] = {}
     for label, model in states if benches else []:
-        e = EvaluateConfig(model=model, out=str(out / "eval" / label), benchmarks=benches,
-                           batch_size=cfg.evaluate.batch_size, precision=cfg.evaluate.precision)
+        ev = cfg.evaluate
+        e = EvaluateConfig(model=model, out=str(out / "eval" / label), benchmarks=benches, batch_size=ev.batch_size,
+                           precision=ev.precision, mode=ev.mode, shots=ev.shots, chat_template=ev.chat_template)
         folder = evaluate.run(e, force=force)
         results = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
         rows[label] = {b.name: results[b.name] for b in benches}
@@ -140,5 +146,8 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
         write_json(out / "results.json", {"recipe": cfg.name, "states": dict(states), "results": rows})
         plot_accuracy_bars(rows, out / "results.png", metric="acc_norm")
         print("\n" + table)
+        if len(rows) > 1:  # paired tests of every later state against the base model
+            text = make_report([out], out, metric="acc_norm")
+            print(text[text.find("Paired comparison"):])
     print(f"[run] {cfg.name} done in {time.perf_counter() - t0:.0f}s; outputs in {out}")
     return out
