@@ -1,6 +1,8 @@
 """Typed configs: YAML + overrides, unknown keys with suggestions, wrong types named."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import subprocess
 import sys
 
@@ -84,3 +86,27 @@ def test_recipe_stage_without_its_input_section_is_an_error(tmp_path):
     cfg = load_config(RecipeConfig, None, [f"out_dir={tmp_path}", "pretrain.seq_len=64"])
     with pytest.raises(ConfigError, match="pretrain section needs a corpus section"):
         recipe.run(cfg)
+
+
+def test_a_recipe_section_runs_as_a_stage_config(tmp_path):
+    from pmcllama.training.config import PretrainConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "paper-13b.yaml"
+    cfg = load_config(PretrainConfig, recipe, ["data=runs/c", "max_steps=3"], section="pretrain")
+    assert (cfg.seq_len, cfg.global_batch, cfg.distributed, cfg.doc_mask) == (2048, 320, "fsdp", True)
+    assert (cfg.data, cfg.max_steps) == ("runs/c", 3)
+    with pytest.raises(UserError, match="no section 'pretrian'.*corpus, pretrain, instructions, finetune, evaluate"):
+        load_config(PretrainConfig, recipe, section="pretrian")
+
+
+def test_section_via_the_cli_names_the_section_in_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from pmcllama.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("pretrain: {seq_len: 64, lrr: 1}\nfinetune: {lr: fast}\n")
+    res = CliRunner().invoke(app, ["pretrain", "--config", str(recipe), "--section", "pretrain"])
+    assert res.exit_code == 2 and "did you mean 'lr'" in res.output
+    res = CliRunner().invoke(app, ["finetune", "--config", str(recipe), "--section", "finetune"])
+    assert res.exit_code == 2 and f"{recipe} [finetune]" in res.output and "'lr' = 'fast'" in res.output

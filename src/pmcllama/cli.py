@@ -67,6 +67,9 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
         overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, key.sub=value"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
         force: bool = typer.Option(False, "--force", help="redo the stage even if its output is current"),
+        section: Optional[str] = typer.Option(
+            None, "--section", help="read the config from this section of the YAML file, e.g. "
+            "--config recipes/paper-7b.yaml --section pretrain (a recipe's stage, run on its own)"),
     ) -> None:
         def go():
             mod = importlib.import_module(module)
@@ -79,7 +82,7 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
             if name == "generate":  # bare arguments are prompts
                 prompts = [o for o in overs if not _OVERRIDE.match(o)]
                 overs = [o for o in overs if _OVERRIDE.match(o)]
-            cfg = load_config(cls, cfg_path, overs)
+            cfg = load_config(cls, cfg_path, overs, section=section)
             if prompts:
                 cfg.prompts = list(cfg.prompts) + prompts
             return mod.run(cfg, force=force)

@@ -172,10 +172,19 @@ def build_config(cls: type[C], data: dict, overrides: list[str] | None = None, s
         raise ConfigError((f"{source}: " if source else "") + _format_validation_error(e, data)) from None
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Read a YAML file (optional) plus overrides into a validated `cls`."""
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
+                section: str | None = None) -> C:
+    """Read a YAML file (optional; only its `section` mapping if given) plus overrides into a validated `cls`."""
     data = read_yaml(path) if path else {}
-    return build_config(cls, data, overrides, source=str(path) if path else "")
+    if section is not None:
+        if not path:
+            raise UserError("--section needs --config FILE.yaml")
+        if not isinstance(data.get(section), dict):
+            raise UserError(f"no section '{section}' (a mapping) in the config file; its sections: "
+                            f"{', '.join(k for k, v in data.items() if isinstance(v, dict)) or 'none'}", path)
+        data = data[section]
+    source = f"{path} [{section}]" if section else str(path) if path else ""
+    return build_config(cls, data, overrides, source=source)
 
 
 def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
