@@ -35,7 +35,9 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="model name or folder (default smollm2-135m)")
     p.add_argument("--data", default=str(DATA), help="Alpaca-layout JSON ({instruction, input, output} records)")
-    p.add_argument("--examples", type=int, default=200, help="train on the first N records (one epoch)")
+    p.add_argument("--examples", type=int, default=200, help="train on N records (one epoch)")
+    p.add_argument("--pick", choices=["first", "random"], default="first",
+                   help="the first N records, or N drawn at random (seed 0): use random for files grouped by source")
     p.add_argument("--seq-len", type=int, default=512, help="truncation length (and pmcllama's packed row length)")
     p.add_argument("--micro-batch", type=int, default=4, help="sequences per forward/backward")
     p.add_argument("--global-batch", type=int, default=8, help="sequences per optimizer step")
@@ -50,6 +52,10 @@ def parse(argv=None):
 
 def records(a) -> list[dict]:
     data = json.loads(Path(a.data).read_text(encoding="utf-8"))
+    if a.pick == "random":
+        import random
+
+        return random.Random(0).sample(data, min(a.examples, len(data)))
     return data[:a.examples]
 
 
@@ -163,7 +169,7 @@ def side(a) -> None:
 
 def launch(a, name: str, work: Path) -> dict:
     return run_side(__file__, name, ["--work", str(work), "--model", a.model, "--data", a.data,
-           "--examples", str(a.examples), "--seq-len", str(a.seq_len), "--micro-batch", str(a.micro_batch),
+           "--examples", str(a.examples), "--pick", a.pick, "--seq-len", str(a.seq_len), "--micro-batch", str(a.micro_batch),
            "--global-batch", str(a.global_batch), "--threads", str(a.threads), "--precision", a.precision], a.threads)
 
 
@@ -187,7 +193,7 @@ def main(argv=None) -> None:
             (Path(tmp) / name).mkdir()
             results[name] = launch(a, name, Path(tmp) / name)
     ratio = results["pmcllama"]["useful_tokens_per_s"] / results["pmc_llama"]["useful_tokens_per_s"]
-    report = {"bench": "finetune", "model": a.model, "data": a.data, "examples": a.examples, "seq_len": a.seq_len,
+    report = {"bench": "finetune", "model": a.model, "data": a.data, "examples": a.examples, "pick": a.pick, "seq_len": a.seq_len,
               "micro_batch": a.micro_batch, "global_batch": a.global_batch, "threads": a.threads,
               "precision": a.precision, "tokens_per_epoch": tokens, "results": results,
               "ratio_useful_tokens_per_s": ratio, "target": 2.5,

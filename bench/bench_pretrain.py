@@ -54,8 +54,9 @@ def make_corpus(folder: Path, model: str, n_tokens: int) -> Path:
     dtype = dtype_for(len(tok))
     with ShardWriter(folder / "papers", dtype) as w:
         made = 0
-        while made < n_tokens:
-            doc = np.append(rng.integers(100, len(tok) - 1, int(rng.integers(200, 2000))), tok.eos_token_id)
+        while made < n_tokens:  # exactly n_tokens (a multiple of seq_len): every packed window is full
+            n = min(int(rng.integers(200, 2000)), n_tokens - made)
+            doc = np.append(rng.integers(100, len(tok) - 1, n - 1), tok.eos_token_id)
             w.add([doc])
             made += len(doc)
     write_json(folder / "manifest.json", {
