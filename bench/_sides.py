@@ -23,3 +23,13 @@ def launch(script: str, name: str, argv: list[str], threads: int) -> dict:
     if proc.returncode or not lines:
         sys.exit(f"{name} side failed:\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1][7:])
+
+
+def save(path: str, report: dict) -> None:
+    """Write a benchmark's result JSON (with the UTC date) under bench/results/."""
+    import time
+    from pathlib import Path
+
+    report = {**report, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _sides import launch as run_side, report_side
+from _sides import launch as run_side, report_side, save
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "instruct" / "chatdoctor5k.json"
@@ -196,10 +196,8 @@ def main(argv=None) -> None:
     report = {"bench": "finetune", "model": a.model, "data": a.data, "examples": a.examples, "pick": a.pick, "seq_len": a.seq_len,
               "micro_batch": a.micro_batch, "global_batch": a.global_batch, "threads": a.threads,
               "precision": a.precision, "tokens_per_epoch": tokens, "results": results,
-              "ratio_useful_tokens_per_s": ratio, "target": 2.5,
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+              "ratio_useful_tokens_per_s": ratio, "target": 2.5}
+    save(a.out, report)
     for name, r in results.items():
         print(f"{name:9s} {r['useful_tokens_per_s']:8.1f} useful tokens/s over {r['steps']} steps  "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB")

@@ -14,7 +14,6 @@ the line, and reports the largest batch the line keeps under `--budget-gb` minus
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _sides import save
 from bench_pretrain import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +89,8 @@ def main(argv=None) -> None:
                     row["peak_gb_at_largest"] = measure(a, seq, fit, ckpt, corpus)
                 rows.append(row)
     report = {"bench": "memory", "model": a.model, "budget_gb": a.budget_gb, "headroom_gb": a.headroom_gb,
-              "threads": a.threads, "precision": "fp32", "rows": rows,
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+              "threads": a.threads, "precision": "fp32", "rows": rows}
+    save(a.out, report)
     print(f"largest micro-batch within {a.budget_gb - a.headroom_gb:.0f} GB (fp32 AdamW):")
     for r in rows:
         print(f"  seq {r['seq_len']:5d} checkpointing {'on ' if r['checkpointing'] else 'off'}: "

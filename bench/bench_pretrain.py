@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _sides import launch as run_side, report_side
+from _sides import launch as run_side, report_side, save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,9 +151,8 @@ def main(argv=None) -> None:
     report = {"bench": "pretrain", "model": a.model, "parameters": n_params, "seq_len": a.seq_len,
               "micro_batch": a.micro_batch, "global_batch": a.global_batch, "steps": a.steps, "threads": a.threads,
               "precision": a.precision, "matmul_peak_flops_per_s": peak, "results": results,
-              "ratio_tokens_per_s": ratio, "target": 1.5, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+              "ratio_tokens_per_s": ratio, "target": 1.5}
+    save(a.out, report)
     for name, r in results.items():
         print(f"{name:9s} {r['tokens_per_s']:8.1f} tokens/s  {r['share_of_matmul_peak']:6.1%} of the "
               f"{a.precision} matmul peak ({peak / 1e9:.1f} GFLOP/s)  peak RSS {r['peak_rss_mib']:.0f} MiB")
