@@ -3,9 +3,11 @@ optional and the tests that need them skip with a reason when they are absent.""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,3 +46,44 @@ def tiny_model():
     from pmcllama.models import load_model
 
     return load_model("tiny-llama")
+
+
+# Small training inputs shared by the training tests (pretrain/finetune, resume, distributed).
+WORDS = ("heart valve artery aorta insulin pancreas kidney liver lung blood pressure vein cell "
+         "muscle nerve bone skin fever cough pain").split()
+
+
+def _paragraphs(n: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return "\n\n".join(f"Paragraph {i}: " + " ".join(rng.choice(WORDS, 40 + i % 20)) + "." for i in range(n))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from pmcllama.corpus import CorpusConfig, run
+
+    root = tmp_path_factory.mktemp("corpus")
+    sources = []
+    for k, name in enumerate(("books", "papers")):
+        (root / f"{name}.txt").write_text(_paragraphs(30, k), encoding="utf-8")
+        sources.append({"name": name, "paths": [str(root / f"{name}.txt")], "split_paragraphs": True,
+                        "weight": 3 - 2 * k})
+    return run(CorpusConfig(out=str(root / "out"), tokenizer="tiny-llama", sources=sources))
+
+
+@pytest.fixture(scope="module")
+def instructions(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("instructions")
+    rng = np.random.default_rng(5)
+
+    def record(i):
+        q = f"Question {i}: what is the " + " ".join(rng.choice(WORDS, 3)) + "?"
+        return {"messages": [{"role": "user", "content": q},
+                             {"role": "assistant", "content": " ".join(rng.choice(WORDS, 8 + i % 5)) + "."}],
+                "source": "kg" if i % 2 else "qa"}
+
+    for name, n in (("train", 10), ("val", 3)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(n)))
+    (root / "manifest.json").write_text(json.dumps(
+        {"stage": "instructions", "files": {"train": "train.jsonl", "val": "val.jsonl"}}))
+    return root

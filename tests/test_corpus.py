@@ -156,7 +156,7 @@ def test_malformed_jsonl_stop(tmp_path, bad, message):
     with pytest.raises(UserError, match=message) as err:
         run(cfg_for(tmp_path, [{"name": "s", "paths": [str(path)]}]))
     assert err.value.path == str(path) and err.value.line == 3
-    assert f"bad.jsonl:3" in str(err.value)
+    assert "bad.jsonl:3" in str(err.value)
 
 
 def test_malformed_and_missing_skip(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_resume import _cli_args, _rows, corpus  # noqa: F401  (fixture)
+from test_resume import _cli_args, _rows
 
 from pmcllama import pretrain
 from pmcllama.training.checkpoint import KILL_AFTER_STEP

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pmcllama.errors import UserError
-from pmcllama.generate import GenerateConfig, complete, read_prompts, run
+from pmcllama.generate import GenerateConfig, complete, read_prompts
 
 
 def test_prompt_sources_and_errors(tmp_path):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,52 +19,12 @@ from pmcllama.training.checkpoint import KILL_AFTER_STEP
 from pmcllama.training.config import FinetuneConfig, LoraConfig, PretrainConfig
 from pmcllama.training.data import EpochStream, MixtureSampler
 
-WORDS = ("heart valve artery aorta insulin pancreas kidney liver lung blood pressure vein cell "
-         "muscle nerve bone skin fever cough pain").split()
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """The runs use threads=1 (bitwise determinism); give the rest of the session its threads back."""
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-def _paragraphs(n: int, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    return "\n\n".join(f"Paragraph {i}: " + " ".join(rng.choice(WORDS, 40 + i % 20)) + "." for i in range(n))
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from pmcllama.corpus import CorpusConfig, run
-
-    root = tmp_path_factory.mktemp("corpus")
-    sources = []
-    for k, name in enumerate(("books", "papers")):
-        (root / f"{name}.txt").write_text(_paragraphs(30, k), encoding="utf-8")
-        sources.append({"name": name, "paths": [str(root / f"{name}.txt")], "split_paragraphs": True,
-                        "weight": 3 - 2 * k})
-    return run(CorpusConfig(out=str(root / "out"), tokenizer="tiny-llama", sources=sources))
-
-
-@pytest.fixture(scope="module")
-def instructions(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("instructions")
-    rng = np.random.default_rng(5)
-
-    def record(i):
-        q = f"Question {i}: what is the " + " ".join(rng.choice(WORDS, 3)) + "?"
-        return {"messages": [{"role": "user", "content": q},
-                             {"role": "assistant", "content": " ".join(rng.choice(WORDS, 8 + i % 5)) + "."}],
-                "source": "kg" if i % 2 else "qa"}
-
-    for name, n in (("train", 10), ("val", 3)):
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(n)))
-    (root / "manifest.json").write_text(json.dumps(
-        {"stage": "instructions", "files": {"train": "train.jsonl", "val": "val.jsonl"}}))
-    return root
 
 
 PRETRAIN = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3, warmup_steps=2,

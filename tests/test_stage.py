@@ -1,7 +1,6 @@
 """The stage contract: manifest, atomic publish, no-op rerun, --force."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

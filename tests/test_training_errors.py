@@ -11,7 +11,7 @@ from pmcllama.config import ConfigError, load_config
 from pmcllama.errors import UserError
 from pmcllama.training.config import FinetuneConfig, PretrainConfig
 from pmcllama.training.data import read_chat_jsonl
-from test_resume import PRETRAIN, corpus, instructions  # noqa: F401  (fixtures)
+from test_resume import PRETRAIN
 
 
 def _edit_manifest(src, dst, **changes):

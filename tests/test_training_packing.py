@@ -10,7 +10,6 @@ import torch
 
 from pmcllama.training.data import IGNORE, EpochStream, Example, MixtureSampler, collate, encode_chat
 from pmcllama.training.packing import PackedBatches, pack, segment_positions, steps_per_epoch
-from test_resume import instructions  # noqa: F401  (fixture)
 
 WORDS = "heart valve artery insulin kidney liver lung blood pressure vein fever cough pain".split()
 
