@@ -148,6 +148,7 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
         print("\n" + table)
         if len(rows) > 1:  # paired tests of every later state against the base model
             text = make_report([out], out, metric="acc_norm")
-            print(text[text.find("Paired comparison"):])
+            if "Paired comparison" in text:
+                print(text[text.index("Paired comparison"):])
     print(f"[run] {cfg.name} done in {time.perf_counter() - t0:.0f}s; outputs in {out}")
     return out
