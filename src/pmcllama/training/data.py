@@ -1,7 +1,7 @@
 """Training data feeds: token-shard mixtures (pretrain) and masked chat examples (finetune).
 
 Both produce plans of sequences -- lists of token id arrays with their labels -- that the
-loop collates into padded micro-batches. Deterministic given the seed; corpora stay on disk
+loop lays end to end without padding (training/varlen.py). Deterministic given the seed; corpora stay on disk
 (numpy memmap), only the sequences of the current step are materialised.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from pmcllama.errors import UserError
 from pmcllama.training import checkpoint as ckpt
-from pmcllama.training import distributed
+from pmcllama.training import distributed, varlen
 from pmcllama.training.distributed import Dist
 from pmcllama.training.config import TrainConfig
 from pmcllama.training.data import Example, collate, label_tokens
@@ -111,19 +111,26 @@ def _micro_batches(examples: Sequence[Example], size: int):
         yield examples[i:i + size]
 
 
-def evaluate_loss(model, examples: Sequence[Example], cfg: TrainConfig, pad_id: int, device, precision: str) -> float:
+def batch_loss(model, chunk: Sequence[Example], n_items: int, pad_id: int, device, flat: bool):
+    """The loss of a micro-batch over `n_items` label tokens: flattened without padding
+    (training/varlen.py) or right-padded (models that keep their own attention)."""
+    if flat:
+        return varlen.loss(model, chunk, n_items, device)
+    batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+    return model(**batch, num_items_in_batch=n_items, use_cache=False).loss
+
+
+def evaluate_loss(run: "Run", examples: Sequence[Example]) -> float:
     """Mean loss per label token over `examples`."""
     import torch
 
-    model.eval()
-    total, count = 0.0, label_tokens(examples)
+    run.model.eval()
+    total, count = 0.0, max(1, label_tokens(examples))
     with torch.no_grad():
-        for chunk in _micro_batches(examples, cfg.micro_batch):
-            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-            with autocast(precision, device):
-                out = model(**batch, num_items_in_batch=count, use_cache=False)
-            total += float(out.loss)
-    model.train()
+        for chunk in _micro_batches(examples, run.cfg.micro_batch):
+            with autocast(run.precision, run.device):
+                total += float(batch_loss(run.model, chunk, count, run.pad_id, run.device, run.flat))
+    run.model.train()
     return total
 
 
@@ -141,6 +148,8 @@ class Run:
     dist: Dist
     raw: Any  # the model itself (without the DDP wrapper)
     trainable: set[str]  # names of the trained parameters
+    flat: bool = False  # micro-batches flattened without padding (training/varlen.py)
+    attn_before: str | None = None  # the model's own attention implementation, restored on save
 
 
 def check_batch(cfg: TrainConfig, d: Dist) -> None:
@@ -165,6 +174,7 @@ def setup(model, tokenizer, cfg: TrainConfig, total_steps: int) -> Run:
     torch.manual_seed(cfg.seed)
     device = distributed.device(d)
     precision = resolve_precision(cfg.precision, device)
+    attn_before = varlen.enable(model)
     raw = prepare_model(model, cfg).to(device)
     raw.train()
     trainable = {n for n, p in raw.named_parameters() if p.requires_grad}
@@ -173,7 +183,8 @@ def setup(model, tokenizer, cfg: TrainConfig, total_steps: int) -> Run:
     wrapped = distributed.wrap(raw, cfg.distributed, d, device)
     opt, sched = make_optimizer(wrapped, cfg, total_steps, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Run(wrapped, opt, sched, cfg, device, precision, pad_id, d, raw, trainable)
+    return Run(wrapped, opt, sched, cfg, device, precision, pad_id, d, raw, trainable,
+               attn_before is not None, attn_before)
 
 
 def train_step(run: Run, examples: Sequence[Example]) -> tuple[float, int, float, float]:
@@ -191,10 +202,9 @@ def train_step(run: Run, examples: Sequence[Example]) -> tuple[float, int, float
         last = i == len(chunks) - 1
         if last:
             distributed.enable_sync(run.model, d)
-        batch = {k: v.to(run.device) for k, v in collate(chunk, run.pad_id).items()}
         with distributed.grad_sync(run.model, d, last):
             with autocast(run.precision, run.device):
-                loss = run.model(**batch, num_items_in_batch=n_items, use_cache=False).loss
+                loss = batch_loss(run.model, chunk, n_items, run.pad_id, run.device, run.flat)
             (loss * d.world if d.active else loss).backward()
         loss_sum += float(loss.detach())
     loss_sum = distributed.all_sum(loss_sum, d, run.device)
@@ -269,7 +279,7 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
                    "elapsed_s": round(prog.elapsed_s, 2), "tokens_by_source": dict(prog.tokens_by_source),
                    "mfu": round(metrics.mfu(step_tokens / dt), 5), **memory(run.device)}
             if evaluate_now:
-                row["val_loss"] = round(evaluate_loss(run.model, val, cfg, run.pad_id, run.device, run.precision), 5)
+                row["val_loss"] = round(evaluate_loss(run, val), 5)
             metrics.log(row)
         if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
             ckpt.save(out / ckpt.CHECKPOINTS, run.model, run.opt, run.sched, steps, prog, ident, cfg.keep_last,
@@ -289,7 +299,9 @@ def finish(run: Run, tokenizer, val, out: Path, prog: ckpt.TrainProgress) -> dic
                "device": run.device.type, "processes": run.dist.world, "tokens_by_source": prog.tokens_by_source,
                **memory(run.device)}
     if val:
-        summary["val_loss"] = round(evaluate_loss(run.model, val, run.cfg, run.pad_id, run.device, run.precision), 5)
+        summary["val_loss"] = round(evaluate_loss(run, val), 5)
+    if run.attn_before is not None:  # the saved config names the model's own attention
+        varlen.disable(run.raw, run.attn_before)
     if run.dist.active and run.cfg.distributed == "fsdp":
         save_sharded(run, tokenizer, out)
     elif run.dist.main:

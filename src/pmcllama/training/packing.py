@@ -1,11 +1,13 @@
 """Packing: several examples (or documents) in one training sequence, without attention between them.
 
 A packed row is whole segments back to back. Its position ids restart at 0 at every segment,
-and the label of each segment's first token is IGNORE (nothing of its own precedes it). With
-position ids and no 2-D attention mask, transformers (5.x, `masking_utils.find_packed_sequence_indices`)
-builds the block-diagonal causal mask from the restarts for sdpa, eager and flex attention, and
-flash-attention takes them as variable-length boundaries; so the loss of a packed row is the
-sum of the losses of its segments computed one by one (tests/test_training_packing.py).
+and the label of each segment's first token is IGNORE (nothing of its own precedes it). The
+loop runs attention inside each segment (training/varlen.py). For models that keep their own
+attention it collates padded rows with position ids and no 2-D attention mask; transformers
+(5.x, `masking_utils.find_packed_sequence_indices`) builds the block-diagonal causal mask from
+the restarts for sdpa, eager and flex attention, and flash-attention takes them as
+variable-length boundaries. Either way the loss of a packed row is the sum of the losses of
+its segments computed one by one (tests/test_training_packing.py, test_training_varlen.py).
 The model must be called with `use_cache=False`: a KV cache turns the detection off.
 
 - `PackedBatches`: instruction tuning -- each optimizer step takes examples in the stream's

@@ -1,0 +1,97 @@
+"""Micro-batches without padding: the examples laid end to end in one row, attention per segment.
+
+A segment is an example or, inside a packed example (training/packing.py), each stretch
+whose position ids restart at 0. The attention function registered here as `pmcllama_varlen`
+runs transformers' sdpa path with `is_causal` on each segment in turn, so no mask is built
+and the fused causal kernels run on the segment's own tokens only: no work on pads, none on
+attention across segments. The output layer and its log-softmax run only where a position
+predicts a label (`logits_to_keep`): in instruction tuning the prompt tokens carry none. The
+loss equals the padded batch's (tests/test_training_varlen.py).
+
+Models whose attention does not go through transformers' attention interface refuse the
+implementation (`enable` returns None); the loop then collates padded micro-batches.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from pmcllama.training.data import IGNORE, Example
+
+NAME = "pmcllama_varlen"
+_registered = False
+
+
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+              pmcllama_segments: Sequence[int] | None = None, **kwargs):
+    """Causal attention inside each segment [bounds[i], bounds[i+1]) of a one-row batch."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if pmcllama_segments is None:
+        raise RuntimeError(f"attention '{NAME}' needs the segment bounds of the batch (pmcllama_segments=...)")
+    kwargs.pop("is_causal", None)
+    sizes = [b - a for a, b in zip(pmcllama_segments[:-1], pmcllama_segments[1:])]
+    # split, not slices: the backward of a slice writes its gradient into a zeroed full-size
+    # tensor (one per segment, per q/k/v, per layer); split's backward is one concatenation
+    outs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True,
+                                   **kwargs)[0]
+            for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))]
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None
+
+
+def enable(model) -> str | None:
+    """Switch `model` to segment attention; returns the implementation to restore, or None when
+    the model cannot use it (it keeps its own)."""
+    global _registered
+    import torch
+    from transformers import AttentionInterface
+
+    if not _registered:
+        # a graph break under torch.compile: the loop over segments depends on the batch
+        AttentionInterface.register(NAME, torch.compiler.disable(attention))
+        _registered = True
+    before = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(NAME)
+    except (ValueError, AttributeError, NotImplementedError):
+        return None
+    return before
+
+
+def disable(model, before: str) -> None:
+    """Give `model` (or the model inside a PEFT wrapper) its attention implementation `before` back."""
+    getattr(model, "get_base_model", lambda: model)().set_attn_implementation(before)
+
+
+def flatten(examples: Sequence[Example]) -> tuple[dict, "object"]:
+    """(model inputs, targets) for `examples` laid end to end in one row.
+
+    The inputs carry position ids (restarting in every segment), the segment bounds and the
+    positions whose next token has a label (`logits_to_keep`); targets are those labels, in
+    order. The first token of a segment is never a target: nothing of its own precedes it."""
+    import torch
+
+    ids = np.concatenate([e.input_ids for e in examples])
+    pos = np.concatenate([e.position_ids if e.position_ids is not None else np.arange(len(e.input_ids))
+                          for e in examples])
+    starts = np.flatnonzero(pos == 0)
+    nxt = np.concatenate([e.labels for e in examples])[1:].copy()
+    nxt[starts[1:] - 1] = IGNORE
+    keep = np.flatnonzero(nxt != IGNORE)
+    inputs = {"input_ids": torch.from_numpy(ids.astype(np.int64))[None],
+              "position_ids": torch.from_numpy(pos.astype(np.int64))[None],
+              "logits_to_keep": torch.from_numpy(keep),
+              "pmcllama_segments": [int(s) for s in starts] + [len(ids)]}
+    return inputs, torch.from_numpy(nxt[keep].astype(np.int64))
+
+
+def loss(model, examples: Sequence[Example], n_items: int, device):
+    """Summed token cross-entropy of `examples` divided by `n_items` (as HF's num_items_in_batch)."""
+    import torch.nn.functional as F
+
+    inputs, targets = flatten(examples)
+    inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    logits = model(**inputs, use_cache=False).logits[0].float()
+    return F.cross_entropy(logits, targets.to(device), reduction="sum") / n_items
