@@ -45,17 +45,37 @@ def test_flatten_lays_segments_end_to_end_and_never_targets_a_segment_start():
     assert inputs["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1, 0, 1]]
     assert inputs["pmcllama_segments"] == [0, 3, 7, 9, 11]
     # position p predicts token p+1 of the same segment, and only where that token has a label
-    assert inputs["logits_to_keep"].tolist() == [0, 1, 4, 5, 7, 9]
+    assert inputs["logits_to_keep"].nonzero()[:, 1].tolist() == [0, 1, 4, 5, 7, 9]
     assert targets.tolist() == [2, 3, 6, 7, 9, 11]
+
+
+def test_flatten_keeps_equal_whole_examples_as_rows():
+    a = Example(np.array([1, 2, 3]), np.array([1, 2, 3]))
+    b = Example(np.array([4, 5, 6]), np.array([IGNORE, 5, 6]))
+    inputs, targets = varlen.flatten([a, b])
+    assert inputs["input_ids"].tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert inputs["position_ids"].tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert inputs["pmcllama_segments"] == [0, 3]
+    assert inputs["logits_to_keep"].tolist() == [[True, True, False], [True, True, False]]
+    assert targets.tolist() == [2, 3, 5, 6]
+    # one packed example among them: all laid end to end
+    inputs, _ = varlen.flatten([a, pack([b, a])])
+    assert inputs["input_ids"].shape == (1, 9) and inputs["pmcllama_segments"] == [0, 3, 6, 9]
 
 
 def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_flat_loss_and_gradients_equal_the_padded_batch(flat_model, tiny_model):
+def _windows(seed=1):
+    rng = np.random.default_rng(seed)
+    return [Example(ids, ids.copy(), "w") for ids in (rng.integers(5, 1000, 16).astype(np.int64) for _ in range(3))]
+
+
+@pytest.mark.parametrize("batch", [_examples, _windows], ids=["ragged", "windows"])
+def test_flat_loss_and_gradients_equal_the_padded_batch(flat_model, batch):
     m = flat_model
-    exs = _examples()
+    exs = batch()
     n_items = sum(int((e.labels[1:] != IGNORE).sum()) for e in exs)
     m.zero_grad()
     flat = varlen.loss(m, exs, n_items, torch.device("cpu"))

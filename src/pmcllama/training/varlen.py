@@ -1,4 +1,4 @@
-"""Micro-batches without padding: the examples laid end to end in one row, attention per segment.
+"""Micro-batches without padding: examples laid end to end in one row, attention per segment.
 
 A segment is an example or, inside a packed example (training/packing.py), each stretch
 whose position ids restart at 0. The attention function registered here as `pmcllama_varlen`
@@ -6,7 +6,8 @@ runs transformers' sdpa path with `is_causal` on each segment in turn, so no mas
 and the fused causal kernels run on the segment's own tokens only: no work on pads, none on
 attention across segments. The output layer and its log-softmax run only where a position
 predicts a label (`logits_to_keep`): in instruction tuning the prompt tokens carry none. The
-loss equals the padded batch's (tests/test_training_varlen.py).
+loss equals the padded batch's (tests/test_training_varlen.py). Micro-batches of equal whole
+examples (pretraining windows) stay one row per example: one attention call for all of them.
 
 Models whose attention does not go through transformers' attention interface refuse the
 implementation (`enable` returns None); the loop then collates padded micro-batches.
@@ -66,24 +67,31 @@ def disable(model, before: str) -> None:
 
 
 def flatten(examples: Sequence[Example]) -> tuple[dict, "object"]:
-    """(model inputs, targets) for `examples` laid end to end in one row.
+    """(model inputs, targets) for `examples` without padding.
 
-    The inputs carry position ids (restarting in every segment), the segment bounds and the
-    positions whose next token has a label (`logits_to_keep`); targets are those labels, in
-    order. The first token of a segment is never a target: nothing of its own precedes it."""
+    Examples of one length with no inner segments (pretraining windows) stay one row each;
+    otherwise they are laid end to end in one row. The inputs carry position ids (restarting in
+    every segment), the segment bounds shared by the rows and a boolean mask of the positions
+    whose next token has a label (`logits_to_keep`); targets are those labels, row by row. The
+    first token of a segment is never a target: nothing of its own precedes it."""
     import torch
 
-    ids = np.concatenate([e.input_ids for e in examples])
-    pos = np.concatenate([e.position_ids if e.position_ids is not None else np.arange(len(e.input_ids))
-                          for e in examples])
-    starts = np.flatnonzero(pos == 0)
-    nxt = np.concatenate([e.labels for e in examples])[1:].copy()
-    nxt[starts[1:] - 1] = IGNORE
-    keep = np.flatnonzero(nxt != IGNORE)
-    inputs = {"input_ids": torch.from_numpy(ids.astype(np.int64))[None],
-              "position_ids": torch.from_numpy(pos.astype(np.int64))[None],
+    def positions(e: Example) -> np.ndarray:
+        return e.position_ids if e.position_ids is not None else np.arange(len(e.input_ids))
+
+    whole = all(not (positions(e)[1:] == 0).any() for e in examples)
+    rows = [[e] for e in examples] if whole and len({len(e.input_ids) for e in examples}) == 1 else [examples]
+    ids, pos, labels = (np.stack([np.concatenate([f(e) for e in row]) for row in rows])
+                        for f in (lambda e: e.input_ids, positions, lambda e: e.labels))
+    starts = np.flatnonzero(pos[0] == 0)
+    nxt = np.full_like(labels, IGNORE)
+    nxt[:, :-1] = labels[:, 1:]
+    nxt[:, starts[1:] - 1] = IGNORE
+    keep = nxt != IGNORE
+    inputs = {"input_ids": torch.from_numpy(ids.astype(np.int64)),
+              "position_ids": torch.from_numpy(pos.astype(np.int64)),
               "logits_to_keep": torch.from_numpy(keep),
-              "pmcllama_segments": [int(s) for s in starts] + [len(ids)]}
+              "pmcllama_segments": [int(s) for s in starts] + [ids.shape[1]]}
     return inputs, torch.from_numpy(nxt[keep].astype(np.int64))
 
 
@@ -93,5 +101,5 @@ def loss(model, examples: Sequence[Example], n_items: int, device):
 
     inputs, targets = flatten(examples)
     inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-    logits = model(**inputs, use_cache=False).logits[0].float()
+    logits = model(**inputs, use_cache=False).logits.float()  # (targets, vocab): the mask flattens
     return F.cross_entropy(logits, targets.to(device), reduction="sum") / n_items
