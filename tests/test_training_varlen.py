@@ -16,7 +16,7 @@ from pmcllama.training.packing import doc_segments, pack
 @pytest.fixture
 def flat_model(tiny_model):
     m, _ = tiny_model
-    before = varlen.enable(m)
+    before = varlen.enable(m, 64)
     assert before is not None and m.config._attn_implementation == varlen.NAME
     yield m
     varlen.disable(m, before)
@@ -88,7 +88,7 @@ def test_flat_loss_and_gradients_equal_the_padded_batch(flat_model, batch):
         padded.backward()
         g_pad = _grads(m)
     finally:
-        varlen.enable(m)
+        varlen.enable(m, 64)
         m.zero_grad()
     assert flat.item() == pytest.approx(padded.item(), rel=1e-5)
     assert g_flat.keys() == g_pad.keys() and len(g_flat) > 10
@@ -115,7 +115,19 @@ def test_a_model_without_the_attention_interface_keeps_its_own():
         def set_attn_implementation(self, name):
             raise ValueError("does not support custom attention")
 
-    assert varlen.enable(Old()) is None
+    assert varlen.enable(Old(), 64) is None
+
+
+def test_soft_capped_or_sliding_window_attention_is_left_alone():
+    from types import SimpleNamespace as C
+
+    assert varlen.plain_causal(C(), 4096)
+    assert varlen.plain_causal(C(sliding_window=4096), 4096)
+    assert not varlen.plain_causal(C(sliding_window=1024), 4096)
+    # Qwen2-style: a window in the config, but every layer full attention
+    assert varlen.plain_causal(C(sliding_window=1024, layer_types=["full_attention"] * 2), 4096)
+    assert not varlen.plain_causal(C(sliding_window=1024, layer_types=["full_attention", "sliding_attention"]), 4096)
+    assert not varlen.plain_causal(C(attn_logit_softcapping=50.0), 512)
 
 
 def test_finetune_trains_flat_and_saves_the_model_attention(tmp_path, instructions):

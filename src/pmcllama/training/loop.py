@@ -174,7 +174,7 @@ def setup(model, tokenizer, cfg: TrainConfig, total_steps: int) -> Run:
     torch.manual_seed(cfg.seed)
     device = distributed.device(d)
     precision = resolve_precision(cfg.precision, device)
-    attn_before = varlen.enable(model)
+    attn_before = varlen.enable(model, cfg.seq_len)
     raw = prepare_model(model, cfg).to(device)
     raw.train()
     trainable = {n for n, p in raw.named_parameters() if p.requires_grad}

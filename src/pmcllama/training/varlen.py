@@ -10,7 +10,9 @@ loss equals the padded batch's (tests/test_training_varlen.py). Micro-batches of
 examples (pretraining windows) stay one row per example: one attention call for all of them.
 
 Models whose attention does not go through transformers' attention interface refuse the
-implementation (`enable` returns None); the loop then collates padded micro-batches.
+implementation, and models whose attention is not plain causal softmax over the whole sequence
+(logit soft-capping, a sliding window shorter than seq_len) are not switched: `enable` returns
+None and the loop collates padded micro-batches for them.
 """
 from __future__ import annotations
 
@@ -42,13 +44,27 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None
 
 
-def enable(model) -> str | None:
+def plain_causal(config, seq_len: int) -> bool:
+    """True when every layer attends causally to all earlier tokens of a `seq_len` sequence with
+    plain softmax: no logit soft-capping (Gemma 2) and no sliding window shorter than seq_len."""
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and all(t == "full_attention" for t in layer_types):
+        return True
+    window = getattr(config, "sliding_window", None)
+    return not window or window >= seq_len
+
+
+def enable(model, seq_len: int) -> str | None:
     """Switch `model` to segment attention; returns the implementation to restore, or None when
     the model cannot use it (it keeps its own)."""
     global _registered
     import torch
     from transformers import AttentionInterface
 
+    if not plain_causal(getattr(model, "config", None), seq_len):
+        return None
     if not _registered:
         # a graph break under torch.compile: the loop over segments depends on the batch
         AttentionInterface.register(NAME, torch.compiler.disable(attention))
