@@ -25,6 +25,12 @@ full-vocabulary log-softmax at every position (it computes them only where a cho
 is predicted) and the attention mask. `--no-logits-cache` times lm-eval with one sequence
 per choice instead (its behaviour with logits_cache=False).
 
+Ceiling: the script counts the tokens of the forward inputs both tools run (one per question
+for single-token choices), takes 2 x non-embedding parameters FLOPs per token (a lower bound
+of the transformer work: attention scores and the output layer left out), measures the fp32
+matmul peak with the same threads, and reports each tool's share of it and the speed-up over
+lm-eval that a scorer doing that work at the peak would reach (`ceiling_ratio_vs_lmeval`).
+
     .venv/bin/python bench/bench_eval_parity.py --limit 20
     .venv/bin/python bench/bench_eval_parity.py --limit 100 --repeat 2   # ~8 min on 2 idle cores
 
@@ -136,7 +142,19 @@ def run_pmcllama(folder: Path, files: dict[str, Path], tasks: list[str], batch_s
         for t in tasks:
             per_task[t] = evaluate_items(model, tok, loaded[t].items, batch_size=batch_size, progress=False)
         seconds.append(round(time.perf_counter() - t0, 3))
-    return per_task, {t: loaded[t].items for t in tasks}, seconds
+    return per_task, {t: loaded[t].items for t in tasks}, seconds, work(model, tok, [loaded[t].items for t in tasks])
+
+
+def work(model, tok, item_lists) -> dict:
+    """Forward input tokens (distinct model inputs per question) and 2 x non-embedding params FLOPs."""
+    from pmcllama.benchmarks.scoring import build_requests, context_length
+
+    max_length = context_length(model, tok)
+    tokens = sum(len(inp) for items in item_lists for reqs in build_requests(tok, items, max_length)
+                 for inp in {r.inp for r in reqs})
+    embedding = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    body = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+    return {"forward_tokens": tokens, "non_embedding_parameters": body, "body_flops": 2.0 * body * tokens}
 
 
 def compare(ours: list[dict], items, theirs: list[dict]) -> dict:
@@ -180,10 +198,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="pmcllama-parity-") as d:
         tmp = Path(d)
         files = write_data(tmp, args.limit)
-        ours, items, runs_ours = run_pmcllama(folder, files, tasks, args.batch_size, args.repeat)
+        ours, items, runs_ours, done = run_pmcllama(folder, files, tasks, args.batch_size, args.repeat)
         theirs, runs_theirs = run_lmeval(folder, tmp, tasks, args.batch_size, args.repeat,
                                          not args.no_logits_cache)
     s_ours, s_theirs = min(runs_ours), min(runs_theirs)
+    from pmcllama.training.metrics import matmul_peak
+
+    peak = matmul_peak(torch.device("cpu"), "fp32", size=1024, seconds=2.0)
+    ceiling = {**done, "matmul_peak_flops_per_s": peak,
+               "pmcllama_share_of_peak": round(done["body_flops"] / s_ours / peak, 3),
+               "lmeval_share_of_peak": round(done["body_flops"] / s_theirs / peak, 3),
+               "ceiling_ratio_vs_lmeval": round(s_theirs / (done["body_flops"] / peak), 2)}
     n = sum(len(v) for v in ours.values())
     per_task = {t: compare(ours[t], items[t], theirs[t]) for t in tasks}
     agree = sum(per_task[t]["agreement_acc"] * per_task[t]["n"] for t in tasks) / n
@@ -196,7 +221,7 @@ def main(argv=None) -> int:
         "pmcllama_seconds": s_ours, "lmeval_seconds": s_theirs,
         "pmcllama_seconds_runs": runs_ours, "lmeval_seconds_runs": runs_theirs,
         "pmcllama_q_per_s": round(n / s_ours, 3), "lmeval_q_per_s": round(n / s_theirs, 3),
-        "speed_ratio": round(s_theirs / s_ours, 2),
+        "speed_ratio": round(s_theirs / s_ours, 2), "ceiling": ceiling,
         "note": "seconds: fastest of `repeat` runs each (the first run of each pays one-off "
                 "warm-up); lm-eval seconds include its request building and metric aggregation; "
                 "model loading excluded for both",
@@ -212,6 +237,11 @@ def main(argv=None) -> int:
           f"lm-eval {result['lmeval_q_per_s']} q/s -> {result['speed_ratio']}x "
           f"({args.threads} threads, fp32, batch {args.batch_size}, lm-eval logits_cache="
           f"{not args.no_logits_cache}; runs pmcllama {runs_ours} s, lm-eval {runs_theirs} s); wrote {args.out}")
+    print(f"work: {done['forward_tokens']} forward tokens, {done['body_flops'] / 1e12:.2f} TFLOP (2 x "
+          f"{done['non_embedding_parameters'] / 1e6:.1f}M non-embedding params per token); fp32 matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s: pmcllama at {100 * ceiling['pmcllama_share_of_peak']:.0f}%, lm-eval at "
+          f"{100 * ceiling['lmeval_share_of_peak']:.0f}%; at the peak a scorer would be "
+          f"{ceiling['ceiling_ratio_vs_lmeval']}x lm-eval")
     return 0
 
 
