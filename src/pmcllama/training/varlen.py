@@ -28,7 +28,7 @@ _registered = False
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
               pmcllama_segments: Sequence[int] | None = None, **kwargs):
-    """Causal attention inside each segment [bounds[i], bounds[i+1]) of a one-row batch."""
+    """Causal attention inside each segment [bounds[i], bounds[i+1]) of the rows (which share the bounds)."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -47,7 +47,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
 def plain_causal(config, seq_len: int) -> bool:
     """True when every layer attends causally to all earlier tokens of a `seq_len` sequence with
     plain softmax: no logit soft-capping (Gemma 2) and no sliding window shorter than seq_len."""
-    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None):
+    if getattr(config, "attn_logit_softcapping", None):
         return False
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None and all(t == "full_attention" for t in layer_types):
