@@ -111,13 +111,13 @@ def _micro_batches(examples: Sequence[Example], size: int):
         yield examples[i:i + size]
 
 
-def batch_loss(model, chunk: Sequence[Example], n_items: int, pad_id: int, device, flat: bool):
+def batch_loss(run: "Run", chunk: Sequence[Example], n_items: int):
     """The loss of a micro-batch over `n_items` label tokens: flattened without padding
     (training/varlen.py) or right-padded (models that keep their own attention)."""
-    if flat:
-        return varlen.loss(model, chunk, n_items, device)
-    batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-    return model(**batch, num_items_in_batch=n_items, use_cache=False).loss
+    if run.flat:
+        return varlen.loss(run.model, chunk, n_items, run.device)
+    batch = {k: v.to(run.device) for k, v in collate(chunk, run.pad_id).items()}
+    return run.model(**batch, num_items_in_batch=n_items, use_cache=False).loss
 
 
 def evaluate_loss(run: "Run", examples: Sequence[Example]) -> float:
@@ -129,7 +129,7 @@ def evaluate_loss(run: "Run", examples: Sequence[Example]) -> float:
     with torch.no_grad():
         for chunk in _micro_batches(examples, run.cfg.micro_batch):
             with autocast(run.precision, run.device):
-                total += float(batch_loss(run.model, chunk, count, run.pad_id, run.device, run.flat))
+                total += float(batch_loss(run, chunk, count))
     run.model.train()
     return total
 
@@ -148,8 +148,12 @@ class Run:
     dist: Dist
     raw: Any  # the model itself (without the DDP wrapper)
     trainable: set[str]  # names of the trained parameters
-    flat: bool = False  # micro-batches flattened without padding (training/varlen.py)
-    attn_before: str | None = None  # the model's own attention implementation, restored on save
+    attn_before: str | None = None  # the model's own attention, restored on save; None: varlen not used
+
+    @property
+    def flat(self) -> bool:
+        """Micro-batches flattened without padding (training/varlen.py)."""
+        return self.attn_before is not None
 
 
 def check_batch(cfg: TrainConfig, d: Dist) -> None:
@@ -183,8 +187,7 @@ def setup(model, tokenizer, cfg: TrainConfig, total_steps: int) -> Run:
     wrapped = distributed.wrap(raw, cfg.distributed, d, device)
     opt, sched = make_optimizer(wrapped, cfg, total_steps, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Run(wrapped, opt, sched, cfg, device, precision, pad_id, d, raw, trainable,
-               attn_before is not None, attn_before)
+    return Run(wrapped, opt, sched, cfg, device, precision, pad_id, d, raw, trainable, attn_before)
 
 
 def train_step(run: Run, examples: Sequence[Example]) -> tuple[float, int, float, float]:
@@ -204,7 +207,7 @@ def train_step(run: Run, examples: Sequence[Example]) -> tuple[float, int, float
             distributed.enable_sync(run.model, d)
         with distributed.grad_sync(run.model, d, last):
             with autocast(run.precision, run.device):
-                loss = batch_loss(run.model, chunk, n_items, run.pad_id, run.device, run.flat)
+                loss = batch_loss(run, chunk, n_items)
             (loss * d.world if d.active else loss).backward()
         loss_sum += float(loss.detach())
     loss_sum = distributed.all_sum(loss_sum, d, run.device)
@@ -300,7 +303,7 @@ def finish(run: Run, tokenizer, val, out: Path, prog: ckpt.TrainProgress) -> dic
                **memory(run.device)}
     if val:
         summary["val_loss"] = round(evaluate_loss(run, val), 5)
-    if run.attn_before is not None:  # the saved config names the model's own attention
+    if run.flat:  # the saved config names the model's own attention
         varlen.disable(run.raw, run.attn_before)
     if run.dist.active and run.cfg.distributed == "fsdp":
         save_sharded(run, tokenizer, out)
