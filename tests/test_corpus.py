@@ -142,6 +142,37 @@ def test_folder_walk_and_max_documents(tmp_path):
     assert read_corpus(out)[1]["books"].num_docs == 1
 
 
+
+def test_skipped_inputs_listed(tmp_path, capsys):
+    books, rows = tmp_path / "books", tmp_path / "rows"
+    (books / "sub").mkdir(parents=True)
+    rows.mkdir()
+    (books / "b.md").write_text(LONG_B, encoding="utf-8")
+    (books / "sub" / "foo.csv").write_text("x,y", encoding="utf-8")
+    (books / "LICENSE").write_text("CC BY 4.0", encoding="utf-8")
+    (books / ".hidden.csv").write_text("x,y", encoding="utf-8")  # hidden: neither read nor listed
+    (rows / "r.jsonl").write_text(json.dumps({"text": LONG_A}) + "\n", encoding="utf-8")
+    (rows / "notes.txt").write_text(LONG_C, encoding="utf-8")  # text, but this source reads jsonl
+    out = run(cfg_for(tmp_path, [{"name": "books", "paths": [str(books)]},
+                                 {"name": "rows", "paths": [str(rows)], "format": "jsonl"}]))
+    expected = [("books", str(books / "LICENSE"), "not_data"),
+                ("books", str(books / "sub" / "foo.csv"), "other_format"),
+                ("rows", str(rows / "notes.txt"), "other_format")]
+    report = json.loads((out / "corpus_report.json").read_text())
+    assert [(s["source"], s["path"], s["reason"]) for s in report["skipped_inputs"]] == expected
+    assert report["skipped_inputs_count"] == 3
+    assert "suffix '.csv'" in report["skipped_inputs"][1]["detail"]
+    assert "not a jsonl file (suffix '.txt')" in report["skipped_inputs"][2]["detail"]
+    manifest, shards = read_corpus(out)
+    assert manifest["skipped_inputs"] == report["skipped_inputs"] and manifest["skipped_inputs_count"] == 3
+    assert shards["books"].num_docs == 1 and shards["rows"].num_docs == 1
+    summary = (out / "summary.md").read_text()
+    assert "Skipped inputs: 3 file(s)" in summary and str(books / "sub" / "foo.csv") in summary
+    printed = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[corpus] skipped")]
+    assert printed == ["[corpus] skipped 3 file(s) in the input folders that are not read (not_data 1, "
+                       "other_format 2); listed under skipped_inputs in corpus_report.json"]
+
+
 BAD_LINES = [
     ('{"text": ', "line is not JSON"),
     ('{"body": "x"}', "no 'text' field"),

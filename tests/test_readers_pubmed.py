@@ -17,7 +17,8 @@ from pmcllama.corpus import CorpusConfig, run
 from pmcllama.data.jats import read_jats
 from pmcllama.data.medline import read_medline
 from pmcllama.data.readers import format_of, resolve_paths
-from pmcllama.data.s2orc import read_s2orc
+from pmcllama.data.executor import make_jobs
+from pmcllama.data.s2orc import read_s2orc, read_shards
 from pmcllama.data.shards import read_corpus
 from pmcllama.errors import UserError
 
@@ -241,6 +242,112 @@ def test_s2orc_both_layouts(tmp_path):
     assert [d.drop for d in read_s2orc(path, "s2", require_pmcid=False)][3] is None
 
 
+# S2ORC 2020 (20200705v1): metadata and pdf_parses shards, joined on paper_id
+META = [
+    {"paper_id": "1", "pmc_id": "PMC11", "pubmed_id": "21", "title": "Statins and stroke", "year": 2015,
+     "abstract": "Statins lower stroke risk.", "has_pdf_parse": True},
+    {"paper_id": "2", "pmc_id": "PMC12", "title": "Aspirin", "abstract": "Aspirin thins blood.",
+     "has_pdf_parse": False},
+    {"paper_id": "3", "pmc_id": None, "title": "Not in PMC", "abstract": "No PMC id here.", "has_pdf_parse": True},
+    {"paper_id": "4", "pmc_id": "PMC14", "title": "Insulin pumps", "abstract": None, "has_pdf_parse": True},
+]
+
+
+def _parse(pid: str, *paragraphs: tuple[str, str], abstract: str = "From the PDF.") -> dict:
+    return {"paper_id": pid, "_pdf_hash": "x", "abstract": [{"section": "Abstract", "text": abstract}],
+            "body_text": [{"section": sec, "text": t, "cite_spans": []} for sec, t in paragraphs],
+            "bib_entries": {"BIBREF0": {"title": "A cited paper"}}}
+
+
+PARSES = [_parse("3", ("Intro", "Body of the paper without a PMC id.")),
+          _parse("1", ("Introduction", "Stroke is common."), ("Introduction", "It kills."), ("Methods", "We pooled.")),
+          _parse("9", ("Intro", "A parse whose metadata is in no shard.")),
+          _parse("4", ("", "Pumps are small."), abstract="Pumps improve control."),
+          _parse("1", ("Intro", "A second parse of paper 1."))]
+
+
+def _jsonl_gz(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
+    path.write_bytes(gzip.compress(text.encode()))
+    return path
+
+
+def _release(root: Path) -> tuple[Path, Path, Path]:
+    """metadata/metadata_{0,1}.jsonl.gz and pdf_parses/pdf_parses_0.jsonl.gz (shard 1 has no parses file)."""
+    meta0 = _jsonl_gz(root / "metadata" / "metadata_0.jsonl.gz", META)
+    parses0 = _jsonl_gz(root / "pdf_parses" / "pdf_parses_0.jsonl.gz", PARSES)
+    meta1 = _jsonl_gz(root / "metadata" / "metadata_1.jsonl.gz",
+                      [{"paper_id": "5", "pmc_id": "15", "title": "Fever", "abstract": "Fever is common."}])
+    return meta0, parses0, meta1
+
+
+def test_s2orc_2020_shards_paired_in_one_job(tmp_path):
+    meta0, parses0, meta1 = _release(tmp_path / "s2orc")
+    inputs = resolve_paths([str(tmp_path / "s2orc")], "s2orc")
+    assert [(f.path, f.shard, f.paired) for f in inputs] == [(meta0, "metadata", parses0), (meta1, "metadata", None)]
+    cfg = cfg_for(tmp_path, [{"name": "s2", "paths": [str(tmp_path / "s2orc")], "format": "s2orc"}])
+    jobs = make_jobs(cfg, {"s2": inputs})
+    assert [[p for f in j.files for p in f.paths()] for j in jobs] == [[meta0, parses0], [meta1]]
+    flat = tmp_path / "flat"  # the shared sample's naming: both halves in one folder
+    for name in ("metadata_sample.jsonl", "pdf_parses_sample.jsonl", "pdf_parses_other.jsonl", "papers.jsonl"):
+        (flat / name).parent.mkdir(exist_ok=True)
+        (flat / name).write_text(json.dumps(OLD) + "\n", encoding="utf-8")
+    assert [(f.path.name, f.shard, f.paired and f.paired.name) for f in resolve_paths([str(flat)], "s2orc")] == [
+        ("metadata_sample.jsonl", "metadata", "pdf_parses_sample.jsonl"), ("papers.jsonl", "", None),
+        ("pdf_parses_other.jsonl", "pdf_parses", None)]
+    (flat / "metadata_sample.jsonl.gz").write_bytes(gzip.compress(b"{}\n"))
+    with pytest.raises(UserError, match="two S2ORC metadata files with the shard name 'sample'"):
+        resolve_paths([str(flat)], "s2orc")
+
+
+def test_s2orc_2020_join(tmp_path):
+    meta0, parses0, _ = _release(tmp_path)
+    events = Counter()
+    docs = list(read_shards(meta0, parses0, "s2", events=events))
+    assert [(d.id, d.file, d.line, d.drop) for d in docs] == [
+        ("s2:9", str(parses0), 3, "parse_without_metadata"), ("s2:1", str(parses0), 5, "duplicate_parse"),
+        ("PMC11", str(meta0), 1, None), ("PMC12", str(meta0), 2, None), ("s2:3", str(meta0), 3, "no_pmcid"),
+        ("PMC14", str(meta0), 4, None)]
+    assert docs[2].text == ("Statins and stroke\nStatins lower stroke risk.\nIntroduction\nStroke is common.\n"
+                            "It kills.\nMethods\nWe pooled.")  # the metadata's abstract, not the PDF's
+    assert docs[2].metadata == {"s2_id": "1", "pmcid": "PMC11", "pmid": "21", "year": 2015}
+    assert docs[3].text == "Aspirin\nAspirin thins blood."  # no parse: title + abstract
+    assert docs[5].text == "Insulin pumps\nPumps improve control.\nPumps are small."  # no metadata abstract
+    assert str(meta0) in docs[0].detail
+    assert events == {"parses_joined": 3, "metadata_without_parse": 1}
+    alone = list(read_shards(None, parses0, "s2", events=Counter()))  # a parse shard without its metadata
+    assert [d.drop for d in alone] == ["parse_without_metadata"] * 5
+
+
+def test_stage_s2orc_2020_release(tmp_path):
+    root = tmp_path / "s2orc"
+    meta0, parses0, meta1 = _release(root)
+    out = run(cfg_for(tmp_path, [{"name": "s2", "paths": [str(root)], "format": "s2orc"}]))
+    st = stats_of(out)["s2"]
+    # 5 metadata rows (4 kept, 1 no_pmcid) + 5 parse rows (3 joined, 1 without metadata, 1 duplicate)
+    assert (st["files"], st["documents_in"], st["kept"]) == (3, 7, 4)
+    assert st["dropped_by_reason"] == {"duplicate_parse": 1, "no_pmcid": 1, "parse_without_metadata": 1}
+    assert st["events"] == {"metadata_without_parse": 2, "parses_joined": 3}
+    excl = {e["reason"]: (e["id"], e["file"], e["line"]) for e in exclusions(out)}
+    assert excl == {"parse_without_metadata": ("s2:9", str(parses0), 3), "duplicate_parse": ("s2:1", str(parses0), 5),
+                    "no_pmcid": ("s2:3", str(meta0), 3)}
+    manifest, shards = read_corpus(out)
+    assert shards["s2"].num_docs == 4
+    assert {str(meta0), str(parses0), str(meta1)} <= {i["path"] for i in manifest["inputs"]}
+
+
+@pytest.mark.parametrize("bad,line,message", [("{not json", 2, "not JSON"), ('{"body_text": []}', 2, "no paper_id"),
+                                              ('{"paper_id": "1", "body_text": "x"}', 2, "not a list")])
+def test_stage_stop_on_bad_parse_line(tmp_path, bad, line, message):
+    root = tmp_path / "s2orc"
+    _jsonl_gz(root / "metadata" / "metadata_0.jsonl.gz", META)
+    parses = _jsonl_gz(root / "pdf_parses" / "pdf_parses_0.jsonl.gz", [PARSES[1], bad])
+    with pytest.raises(UserError, match=message) as err:
+        run(cfg_for(tmp_path, [{"name": "s2", "paths": [str(root)], "format": "s2orc"}]))
+    assert err.value.path == str(parses) and err.value.line == line
+
+
 # --- the corpus stage: detection, drops, bad input ---------------------------------------
 
 def test_detection_by_suffix_and_root(tmp_path):
@@ -329,3 +436,26 @@ def test_real_pubmed_corpus(tmp_path, shared_data):
         assert not any(t in doc.text for t in titles if len(t) > 40), path.name
         assert not re.search(r"^\d+\.? [A-Z][a-z]+ [A-Z]{1,3}(, [A-Z][a-z]+ [A-Z]{1,3})+", doc.text, re.M)
         assert doc.metadata["pmcid"].startswith("PMC") and doc.metadata["year"] > 2000
+
+
+@pytest.mark.shared
+def test_real_s2orc_releases(tmp_path, shared_data, tiny_tokenizer):
+    """The 2020 sample (metadata + pdf_parses joined) keeps PMC1950857 with its body; the 2019 one still reads."""
+    v2020, v2019 = shared_data / "corpus" / "s2orc" / "v20200705", shared_data / "corpus" / "s2orc" / "v20190928"
+    if not (v2020 / "metadata_sample.jsonl").is_file() or not (v2019 / "papers_sample.jsonl").is_file():
+        pytest.skip("the S2ORC samples are absent")
+    out = run(cfg_for(tmp_path, [{"name": "s2020", "paths": [str(v2020)], "format": "s2orc"},
+                                 {"name": "s2019", "paths": [str(v2019)], "format": "s2orc"}], min_chars=50))
+    st = stats_of(out)["s2020"]
+    # 1,000 metadata rows (34 with a PMC id), 3 parses, each with its metadata row
+    assert (st["files"], st["documents_in"], st["kept"], st["dropped_by_reason"]) == (2, 1000, 34, {"no_pmcid": 966})
+    assert st["events"]["parses_joined"] == 3 and st["events"]["metadata_without_parse"] == 997
+    assert stats_of(out)["s2019"]["kept"] == 2
+    _, shards = read_corpus(out)
+    docs = [tiny_tokenizer.decode(shards["s2020"].doc(i)[:-1].tolist()) for i in range(shards["s2020"].num_docs)]
+    [paper] = [d for d in docs if d.startswith("Adult and larval photoreceptors use different mechanisms")]
+    body = next(json.loads(x) for x in (v2020 / "pdf_parses_sample.jsonl").open() if '"18980463"' in x[:40])
+    assert body["body_text"][-1]["text"][:60] in paper and len(paper) > 30000
+    report = json.loads((out / "corpus_report.json").read_text())
+    assert [(Path(s["path"]).name, s["reason"]) for s in report["skipped_inputs"]] == [
+        ("example_paper.json", "other_format")]

@@ -17,7 +17,12 @@ Output folder (`out`):
     token_lengths.png                         documents per token length, per source
     manifest.json, config.yaml                the stage contract (see `pmcllama.stage`)
 
-Every input document is accounted for as kept or dropped. A killed run keeps `<out>.partial/`
+Every input document is accounted for as kept or dropped. The files a folder walk meets but
+does not read (another format, licence/readme files; see `pmcllama.data.readers`) are
+listed as `skipped_inputs` ({source, path, reason, detail}, the first 1,000, with
+`skipped_inputs_count`) at the top of corpus_report.json, in summary.md and in the
+manifest, and counted in one printed line; per source, `skipped_inputs` lists the
+unreadable records skipped under `on_error: skip` (also in exclusions.jsonl). A killed run keeps `<out>.partial/`
 with its finished parts and resumes from there. The pretrain stage opens the output with
 `pmcllama.data.shards.read_corpus(out)`; the manifest carries `tokenizer`, `vocab_size`,
 `eos_token_id`, `dtype` and `sources` ({name: weight, documents, tokens, path}).
@@ -27,13 +32,14 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from pmcllama.config import Config, require_unique_names
-from pmcllama.data.corpus_parts import Merger, SourceStats, tokenizer
+from pmcllama.data.corpus_parts import MAX_SKIPPED_LISTED, Merger, SourceStats, tokenizer
 from pmcllama.data.corpus_report import summary_lines, throughput, token_histogram
 from pmcllama.data.executor import make_jobs, prepare_parts, run_jobs, work_fingerprint
 from pmcllama.data.filters import quality_steps
@@ -84,8 +90,9 @@ class CorpusSource(Config):
     format: Literal["auto", "text", "jsonl", "obo", "jats", "medline", "s2orc", "textbook", "parquet"] = Field(
         "auto", description="file format; auto: .txt/.md text, .jsonl/.json(.gz) jsonl, .obo obo, .nxml/.tar.gz jats, "
                             ".xml.gz medline, .xml by its root element, .pdf textbook, .parquet parquet "
-                            "(s2orc must be named; textbook: .txt/.md/.pdf books cleaned of page headers, "
-                            "page numbers, hyphenation, references and index)")
+                            "(s2orc must be named; its 2020 metadata_N / pdf_parses_N shards are joined on paper_id; "
+                            "textbook: .txt/.md/.pdf books cleaned of page headers, page numbers, hyphenation, "
+                            "references and index)")
     text_field: str = Field("text", description="jsonl / parquet: the field holding the document text")
     split_paragraphs: bool = Field(
         False, description="text: one document per blank-line-separated paragraph, not per file")
@@ -143,16 +150,28 @@ class CorpusConfig(Config):
         return self
 
 
-def resolve_inputs(cfg: CorpusConfig) -> dict[str, list[InputFile]]:
-    """Every source's input files; a missing one is an error unless on_error=skip."""
+def resolve_inputs(cfg: CorpusConfig, skipped: list | None = None) -> dict[str, list[InputFile]]:
+    """Every source's input files; a missing one is an error unless on_error=skip. The files
+    of the folders that are not read are appended to `skipped` ({source, path, reason, detail})."""
     resolved = {}
     for src in cfg.sources:
-        files = resolve_paths(src.paths, src.format)
+        walked: list[dict] = []
+        files = resolve_paths(src.paths, src.format, walked)
         for f in files:
             if f.missing and cfg.on_error == "stop":
                 raise UserError(f"source '{src.name}': {f.problem}", f.path)
         resolved[src.name] = files
+        if skipped is not None:
+            skipped.extend({"source": src.name, **w} for w in walked)
     return resolved
+
+
+def skipped_line(skipped: list[dict]) -> str:
+    """The one printed line about the files of the input folders that were not read."""
+    reasons = Counter(s["reason"] for s in skipped)
+    why = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))
+    return (f"[corpus] skipped {len(skipped):,} file(s) in the input folders that are not read ({why}); "
+            f"listed under skipped_inputs in corpus_report.json")
 
 
 def source_steps(cfg: CorpusConfig, src: CorpusSource):
@@ -184,8 +203,9 @@ def _merge(cfg: CorpusConfig, jobs: list, parts: Path, tmp: Path, dtype: str) ->
 
 
 def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
-          log: Callable[[str], None] = print) -> StageResult | None:
-    """The stage's work into `tmp` (None when it was submitted to Slurm, see `executor`)."""
+          log: Callable[[str], None] = print, skipped: list[dict] | None = None) -> StageResult | None:
+    """The stage's work into `tmp` (None when it was submitted to Slurm, see `executor`);
+    `skipped`: the files of the input folders that were not read, for the report."""
     t0 = time.perf_counter()
     tok = tokenizer(cfg.tokenizer)
     if tok.eos_token_id is None:
@@ -201,6 +221,26 @@ def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
     t1 = time.perf_counter()
     stats, merger = _merge(cfg, jobs, parts, tmp, dtype)
     shutil.rmtree(parts)
+    report = _report(cfg, stats, merger, tmp, dtype, skipped or [])
+    wall = {"work_s": t1 - t0, "merge_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
+    totals = report["total"]
+    report["throughput"] = throughput(stats, wall, totals["tokens"], sum(s.chars for s in stats.values()))
+    report["executor"] = {"executor": cfg.executor, "workers": cfg.workers, "parts": len(jobs), "resumed_parts": done}
+    write_json(tmp / "corpus_report.json", report)
+    (tmp / "summary.md").write_text("\n".join(summary_lines(report)) + "\n", encoding="utf-8")
+    _summary(stats, log)
+    info = {
+        "tokenizer": cfg.tokenizer, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "dtype": dtype,
+        "sources": {src.name: {"weight": src.weight, "documents": stats[src.name].kept,
+                               "tokens": stats[src.name].tokens, "path": src.name} for src in cfg.sources},
+        "skipped_inputs": report["skipped_inputs"], "skipped_inputs_count": report["skipped_inputs_count"],
+    }
+    return StageResult(counts=totals, info=info)
+
+
+def _report(cfg: CorpusConfig, stats: dict[str, SourceStats], merger: Merger, tmp: Path, dtype: str,
+            skipped: list[dict]) -> dict:
+    """stats.json (written here) and the report's counts, token lengths and skipped inputs."""
     totals = {
         "documents_in": sum(s.documents_in for s in stats.values()),
         "documents_kept": sum(s.kept for s in stats.values()),
@@ -213,27 +253,21 @@ def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
         report["decontamination"] = merger.decontamination_report()
     write_json(tmp / "stats.json", report)
     shards = {n: TokenShards(tmp / n, dtype) for n in stats}
-    wall = {"work_s": t1 - t0, "merge_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
-    report["throughput"] = throughput(stats, wall, totals["tokens"], sum(s.chars for s in stats.values()))
     report["token_lengths"] = token_histogram(shards, tmp / "token_lengths.png")
-    report["executor"] = {"executor": cfg.executor, "workers": cfg.workers, "parts": len(jobs), "resumed_parts": done}
-    write_json(tmp / "corpus_report.json", report)
-    (tmp / "summary.md").write_text("\n".join(summary_lines(report)) + "\n", encoding="utf-8")
-    _summary(stats, log)
-    info = {
-        "tokenizer": cfg.tokenizer, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "dtype": dtype,
-        "sources": {src.name: {"weight": src.weight, "documents": stats[src.name].kept,
-                               "tokens": stats[src.name].tokens, "path": src.name} for src in cfg.sources},
-    }
-    return StageResult(counts=totals, info=info)
+    report["skipped_inputs"] = skipped[:MAX_SKIPPED_LISTED]
+    report["skipped_inputs_count"] = len(skipped)
+    return report
 
 
 def run(cfg: CorpusConfig, force: bool = False) -> Path:
     """Build the corpus into `cfg.out` unless it is already current; returns the folder."""
-    inputs = resolve_inputs(cfg)
+    skipped: list[dict] = []
+    inputs = resolve_inputs(cfg, skipped)
+    if skipped:
+        print(skipped_line(skipped))
     from pmcllama.data.decontam import parse_spec
 
-    paths = sorted({str(f.path) for files in inputs.values() for f in files if not f.missing})
+    paths = sorted({str(p) for files in inputs.values() for f in files if not f.missing for p in f.paths()})
     for spec in cfg.decontaminate:
         path = parse_spec(spec)[1]
         if not path.is_file():
@@ -241,7 +275,7 @@ def run(cfg: CorpusConfig, force: bool = False) -> Path:
         paths.append(str(path))
     if cfg.executor == "slurm":
         return submit(cfg, inputs, paths, force)
-    return run_stage("corpus", cfg, cfg.out, inputs=paths, work=lambda tmp: build(cfg, inputs, tmp),
+    return run_stage("corpus", cfg, cfg.out, inputs=paths, work=lambda tmp: build(cfg, inputs, tmp, skipped=skipped),
                      force=force, resumable=True)
 
 

@@ -1,6 +1,6 @@
 """The corpus stage's two phases: per-file work (parallel, resumable) and the merge.
 
-Phase 1, one `Job` per input file (or per source, for a source with `max_documents`):
+Phase 1, one `Job` per input file or S2ORC shard pair (or per source, with `max_documents`):
 read -> normalise -> cleaning and quality steps -> exact digest, MinHash band keys and
 benchmark matches of every kept document -> tokenize -> a part folder
 
@@ -105,7 +105,7 @@ def tokenizer(name: str):
 def _documents(src, files: list[InputFile], stats: SourceStats) -> Iterator[Document]:
     n = 0
     for inp in files:
-        stats.files += 0 if inp.missing else 1
+        stats.files += 0 if inp.missing else len(inp.paths())
         for doc in read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
                              src.seed, src.keep_captions, src.require_pmcid, stats.events):
             if src.max_documents is not None and n >= src.max_documents:

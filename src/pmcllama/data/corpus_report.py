@@ -73,4 +73,17 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(f"Throughput: {th['tokens_per_s']:,} tokens/s overall ({th['total_s']} s wall); tokenizer "
                  f"{th['tokenize_tokens_per_s_per_worker']:,} tokens/s per worker")
     lines.append("Token lengths: token_lengths.png")
+    return lines + skipped_lines(report.get("skipped_inputs", []), report.get("skipped_inputs_count", 0))
+
+
+def skipped_lines(skipped: list[dict], count: int, shown: int = 100) -> list[str]:
+    """The files of the input folders that were not read, one per line (the first `shown`)."""
+    if not count:
+        return []
+    lines = ["", f"## Skipped inputs: {count:,} file(s) in the input folders not read", "",
+             "| source | path | reason | detail |", "|---|---|---|---|"]
+    lines += [f"| {s['source']} | {s['path']} | {s['reason']} | {s['detail']} |" for s in skipped[:shown]]
+    if count > min(shown, len(skipped)):
+        lines.append(f"\n... and {count - min(shown, len(skipped)):,} more (corpus_report.json lists the first "
+                     f"{len(skipped):,})")
     return lines

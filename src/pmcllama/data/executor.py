@@ -26,7 +26,8 @@ NOT_WORK = ("out", "executor", "workers", "slurm", "dedup", "decontam_action")
 
 
 def make_jobs(cfg, inputs: dict[str, list[InputFile]]) -> list[Job]:
-    """One job per file; a source with `max_documents` is one job (its files read in order)."""
+    """One job per input (an S2ORC 2020 metadata shard and its pdf_parses shard are one input,
+    so they are read together); a source with `max_documents` is one job (its files in order)."""
     jobs = []
     for src in cfg.sources:
         files = inputs[src.name]
@@ -40,7 +41,7 @@ def make_jobs(cfg, inputs: dict[str, list[InputFile]]) -> list[Job]:
 def work_fingerprint(cfg, jobs: list[Job]) -> str:
     """Changes when the per-file work would write something else: config or input files."""
     conf = cfg.model_dump(mode="json", exclude=set(NOT_WORK))
-    files = [[j.key, [[str(f.path), *_stat(f.path)] for f in j.files]] for j in jobs]
+    files = [[j.key, [[str(p), *_stat(p)] for f in j.files for p in f.paths()]] for j in jobs]
     return hashlib.sha256(json.dumps([conf, files], sort_keys=True).encode()).hexdigest()
 
 

@@ -19,8 +19,16 @@ text, see `pmcllama.data.jats`), `medline` (PubMed citations, `pmcllama.data.med
 (.txt/.md/.pdf books cleaned of page furniture) and `parquet` (rows with a text field), see
 `pmcllama.data.textbook`. JSONL may be gzipped (`.jsonl.gz`, `.json.gz`: RedPajama/FineWeb).
 
-A folder walk skips hidden files and licence/readme files (LICENSE*, LICENCE*, COPYING*,
-README*, NOTICE*): they describe the data, they are not part of it.
+A folder walk reads the files of the source's format. The other files it meets are not read
+but listed (path, reason code, detail) in the `skipped` list a caller may pass, which the
+corpus stage reports as `skipped_inputs`: files of another type (`other_format`), `.xml`
+of the other kind (`other_xml`: JATS in a MEDLINE source) and licence/readme files
+(`not_data`: LICENSE*, LICENCE*, COPYING*, README*, NOTICE*, which describe the data, they
+are not part of it). Hidden files and folders (`.name`) are neither read nor listed.
+
+S2ORC's 2020 release comes as `metadata_N` and `pdf_parses_N` shards: `resolve_paths`
+pairs them (`pmcllama.data.s2orc.pair_shards`) into one `InputFile` whose `paired` file is
+read with it, so the two halves of a shard always go to the same job.
 """
 from __future__ import annotations
 
@@ -74,6 +82,12 @@ class InputFile:
     missing: bool = False
     problem: str = ""  # why it is missing: "file not found", "no matching files in folder"
     line: int | None = None  # where an `.xml` file whose kind could not be told is broken
+    shard: str = ""  # S2ORC 2020 layout: "metadata" or "pdf_parses" (the kind of shard), else ""
+    paired: Path | None = None  # read with `path` in the same job: a metadata shard's pdf_parses shard
+
+    def paths(self) -> list[Path]:
+        """The files this input reads: its path, and its paired file when it has one."""
+        return [self.path] + ([self.paired] if self.paired is not None else [])
 
 
 def suffix_of(path: Path) -> str:
@@ -121,11 +135,13 @@ def _input(path: Path, declared: str, spec: str) -> InputFile | None:
     return None if fmt is None else InputFile(path, fmt, spec)
 
 
-def resolve_paths(paths: list[str], declared: str) -> list[InputFile]:
+def resolve_paths(paths: list[str], declared: str, skipped: list | None = None) -> list[InputFile]:
     """Expand the configured paths: folders are walked (sorted) for files of the format.
 
     `hpo` means the built-in Human Phenotype Ontology. Missing paths come back with
-    `missing=True`; a file whose format cannot be told from its suffix is a UserError.
+    `missing=True`; a file whose format cannot be told from its suffix is a UserError. The
+    files a walk does not read are appended to `skipped` ({path, reason, detail}). S2ORC
+    2020 shards are paired (metadata with its pdf_parses).
     """
     from pmcllama.knowledge.ontology import ontology_path
 
@@ -136,7 +152,7 @@ def resolve_paths(paths: list[str], declared: str) -> list[InputFile]:
             continue
         p = Path(spec).expanduser()
         if p.is_dir():
-            found = _walk(p, declared)
+            found = _walk(p, declared, [] if skipped is None else skipped)
             if not found:
                 out.append(InputFile(p, declared, spec, True, "no matching files in folder"))
             out.extend(found)
@@ -149,26 +165,44 @@ def resolve_paths(paths: list[str], declared: str) -> list[InputFile]:
             out.append(inp)
         else:
             out.append(InputFile(p, format_of(p, declared) or declared, spec, True, "file not found"))
+    if declared == "s2orc":
+        from pmcllama.data.s2orc import pair_shards
+
+        out = pair_shards(out)
     return out
 
 
-def _walk(folder: Path, declared: str) -> list[InputFile]:
+def _walk(folder: Path, declared: str, skipped: list) -> list[InputFile]:
     found = []
     for f in sorted(folder.rglob("*")):
         rel = f.relative_to(folder).parts
-        if not f.is_file() or any(part.startswith(".") for part in rel) or f.name.upper().startswith(NOT_DATA):
+        if not f.is_file() or any(part.startswith(".") for part in rel):
             continue
-        if declared != "auto":
-            suffix = suffix_of(f)
-            # an .xml file of the other kind (JATS in a MEDLINE folder) is not this source's
-            other = suffix == ".xml" and sniff_xml(f)[0] not in (None, declared)
-            if suffix in SUFFIXES.get(declared, ()) and not other:
-                found.append(InputFile(f, declared, str(folder)))
-            continue
-        inp = _input(f, "auto", str(folder))
+        inp, reason, detail = _walked(f, declared, str(folder))
         if inp is not None:
             found.append(inp)
+        else:
+            skipped.append({"path": str(f), "reason": reason, "detail": detail})
     return found
+
+
+def _walked(f: Path, declared: str, spec: str) -> tuple[InputFile | None, str, str]:
+    """(the input, "", "") of a file met in a folder walk, or (None, reason, detail) when it is not read."""
+    if f.name.upper().startswith(NOT_DATA):
+        return None, "not_data", "licence or readme file: it describes the data, it is not part of it"
+    suffix = suffix_of(f)
+    shown = f"'{suffix}'" if suffix else "(none)"
+    if declared == "auto":
+        inp = _input(f, "auto", spec)
+        if inp is None:
+            return None, "other_format", f"suffix {shown} is not a known format; set the source's format to read it"
+        return inp, "", ""
+    if suffix not in SUFFIXES.get(declared, ()):
+        return None, "other_format", f"not a {declared} file (suffix {shown})"
+    kind = sniff_xml(f)[0] if suffix == ".xml" else None
+    if kind not in (None, declared):  # an .xml file of the other kind (JATS in a MEDLINE folder)
+        return None, "other_xml", f"{kind} XML, not {declared}"
+    return InputFile(f, declared, spec), "", ""
 
 
 def _bad(source: str, path: Path, line: int | None, error: str, detail: str) -> Document:
@@ -321,9 +355,9 @@ def read_file(inp: InputFile, source: str, text_field: str = "text", split_parag
 
         yield from read_medline(inp.path, source, events)
     elif inp.format == "s2orc":
-        from pmcllama.data.s2orc import read_s2orc
+        from pmcllama.data.s2orc import read_s2orc_input
 
-        yield from read_s2orc(inp.path, source, require_pmcid, events)
+        yield from read_s2orc_input(inp, source, require_pmcid, events)
     elif inp.format == "text":
         yield from read_text(inp.path, source, split_paragraphs)
     elif inp.format == "jsonl":
