@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
+import pmcllama
 import pmcllama.data.executor as executor
 from pmcllama.corpus import CorpusConfig, run
 from pmcllama.data.shards import read_corpus
@@ -133,3 +140,100 @@ def test_bad_input_stop_in_a_task_then_fixed(tmp_path):
     (folder / "b.jsonl").write_text(json.dumps({"text": good[::-1]}) + "\n", encoding="utf-8")
     out = run(c)  # the input changed: the interrupted parts are discarded, and the run succeeds
     assert read_corpus(out)[1]["s"].num_docs == 2
+
+
+MARK = "PMCLLAMA_TEST_RUN"  # environment variable naming the run; every process it starts inherits it
+
+
+def marked(run_id: str) -> list[psutil.Process]:
+    """The live processes of the run `run_id`: the CLI and all it started (found by their environment)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(MARK) == run_id:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def wait_for(condition, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def start(args: list[str], run_id: str, log: Path) -> subprocess.Popen:
+    """`python args...` with this checkout's package, marked as `run_id`, its output written to `log`."""
+    env = {**os.environ, MARK: run_id, "PYTHONPATH": str(Path(pmcllama.__file__).parents[1])}
+    with open(log, "wb") as fh:
+        return subprocess.Popen([sys.executable, *args], env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def start_cli(config: Path, run_id: str) -> subprocess.Popen:
+    return start(["-m", "pmcllama", "corpus", "--config", str(config)], run_id, config.parent / f"{run_id}.log")
+
+
+def assert_all_gone(run_id: str) -> None:
+    """Within a few seconds no process of the run is left (those that are get killed, then reported)."""
+    if not wait_for(lambda: not marked(run_id), 10):
+        left = marked(run_id)
+        described = [f"{p.pid} (parent {p.ppid()}): {' '.join(p.cmdline())[:120]}" for p in left]
+        for p in left:
+            p.kill()
+        pytest.fail(f"processes of the {run_id} run left behind: {described}")
+
+
+def test_sigkill_leaves_no_process_behind_and_the_rerun_finishes(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):  # well under a second of work each: the run's start (imports) is most of its time
+        (folder / f"f{k}.txt").write_text("\n\n".join(" ".join(rng.choice(WORDS, 80)) for _ in range(300)))
+    config = tmp_path / "corpus.yaml"
+    config.write_text(json.dumps({"out": str(tmp_path / "out"), "tokenizer": "tiny-llama", "workers": 2,
+                                  "sources": [{"name": "s", "paths": [str(folder)], "split_paragraphs": True}]}))
+    parts = tmp_path / "out.partial" / "parts" / "s"
+    killed = start_cli(config, "killed")
+    try:
+        assert wait_for(lambda: any(parts.glob("*/stats.json")) or killed.poll() is not None, 120)
+        assert killed.poll() is None, (tmp_path / "killed.log").read_text()
+    finally:
+        killed.send_signal(signal.SIGKILL)  # in the middle of the work: a part is done, the others are not
+        killed.wait()
+    assert_all_gone("killed")
+    rerun = start_cli(config, "rerun")
+    assert rerun.wait(120) == 0, (tmp_path / "rerun.log").read_text()
+    assert_all_gone("rerun")  # a normal exit leaves nothing either
+    report = json.loads((tmp_path / "out" / "corpus_report.json").read_text())
+    assert 1 <= report["executor"]["resumed_parts"] < 6
+    assert report["total"]["documents_in"] == 6 * 300
+
+
+HOLD = """
+import os, sys, time
+from pmcllama.data.local_executor import LocalExecutor
+
+def hold(data, rank, world_size):
+    open(os.path.join(sys.argv[1], str(rank)), "w").write(str(os.getpid()))
+    time.sleep(600)
+
+if __name__ == "__main__":
+    LocalExecutor(pipeline=[hold], tasks=2, workers=2, logging_dir=sys.argv[1] + "/logs").run()
+"""
+
+
+def test_executor_workers_die_in_the_middle_of_a_task_with_the_run(tmp_path):
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD)
+    proc = start([str(script), str(tmp_path)], "hold", tmp_path / "hold.log")
+    try:
+        assert wait_for(lambda: all((tmp_path / n).is_file() for n in "01") or proc.poll() is not None, 60)
+        assert proc.poll() is None, (tmp_path / "hold.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGKILL)  # both workers are in the middle of a ten-minute task
+        proc.wait()
+    assert_all_gone("hold")

@@ -5,7 +5,8 @@ is a single callable step that runs `process_job` for its rank. A part that is a
 complete is skipped (the part folder is the completion marker), so a killed run resumes
 where it stopped, whatever executor ran it.
 
-- `local`: `LocalPipelineExecutor` with `workers` processes on this machine;
+- `local`: `LocalPipelineExecutor` with `workers` processes on this machine, its processes tied
+  to this one (`pmcllama.data.local_executor`: a killed run leaves none behind);
 - `slurm`: `SlurmPipelineExecutor`, one array task per job, plus a dependent one-task job
   that reruns the stage locally: all parts are done by then, so it only merges and publishes;
 - `ray`: `RayPipelineExecutor` (needs `ray` installed), then the merge here.
@@ -136,11 +137,11 @@ def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str) -> bool:
     task = CorpusTask(cfg, todo, parts, dtype)
     logs = str(parts / "logs" / cfg.executor)
     if cfg.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
+        from pmcllama.data.local_executor import LocalExecutor
 
         _quiet_task_logs()
-        LocalPipelineExecutor(pipeline=[task], tasks=len(todo), workers=min(cfg.workers, len(todo)),
-                              logging_dir=logs, skip_completed=False).run()
+        LocalExecutor(pipeline=[task], tasks=len(todo), workers=min(cfg.workers, len(todo)),
+                      logging_dir=logs, skip_completed=False).run()
         raise_job_errors(todo, parts)
         return True
     if cfg.executor == "ray":
