@@ -107,7 +107,7 @@ def test_skip_policy_writes_rejected(tmp_path):
     out = run(cfg)
     rejected = read_jsonl(out / "rejected.jsonl")
     assert [(r["line"], r["item"], r["reason"]) for r in rejected] == [
-        (2, None, "not valid JSON: Expecting property name enclosed in double quotes at column 2"),
+        (2, None, "not valid JSON: Expecting property name enclosed in double quotes (column 2)"),
         (3, None, "missing 'output'"), (None, 0, "empty output")]
     assert rejected[0]["record"] == "{oops" and rejected[0]["path"] == jl
     counts = json.loads((out / "manifest.json").read_text())["counts"]

@@ -57,6 +57,8 @@ def guarded(fn: Callable[[], object]) -> object:
         return fn()
     except UserError as e:
         fail(e)
+    except OSError as e:  # the file system said no: unwritable, full, not a folder, ...
+        fail(UserError(e.strerror or str(e), e.filename))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
@@ -78,6 +80,9 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
             cfg_path = config
             if name == "run" and overs and "=" not in overs[0]:
                 cfg_path = Path(overs.pop(0))  # `pmcllama run RECIPE.yaml`
+            if name == "run" and cfg_path is None:
+                raise UserError("pmcllama run needs a recipe: pmcllama run RECIPE.yaml [key=value ...] "
+                                "(recipes/quickstart.yaml is one)")
             prompts = []
             if name == "generate":  # bare arguments are prompts
                 prompts = [o for o in overs if not _OVERRIDE.match(o)]
@@ -141,7 +146,7 @@ def plot_cmd(
     \b
     pmcllama plot runs/finetune_base runs/finetune_pmc --out compare.png
     """
-    from pmcllama.plots import plot_losses
+    from pmcllama.plots import loss_series, plot_losses
 
     def go():
         if x not in ("tokens", "step"):
@@ -151,8 +156,11 @@ def plot_cmd(
             metrics = run / "metrics.jsonl" if run.is_dir() else run
             if not metrics.is_file():
                 raise UserError("no metrics.jsonl: not a pretrain/finetune output folder", run)
+            if not loss_series(metrics, x)["x"]:
+                raise UserError("no training-loss rows (the run has not logged a step yet)", metrics)
             label = (run if run.is_dir() else run.parent).name
             curves[label if label not in curves else str(run)] = metrics
+        out.parent.mkdir(parents=True, exist_ok=True)
         plot_losses(curves, out, title=title, x=x)
         typer.echo(f"[plot] wrote {out} ({len(curves)} runs)")
 

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pmcllama.errors import ConfigError, UserError
+from pmcllama.inputs import read_text
 
 C = TypeVar("C", bound="Config")
 
@@ -96,7 +97,9 @@ def _format_validation_error(err: ValidationError, data: dict) -> str:
         loc = loc.replace(".[", "[")
         value = e.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
-        if e["type"] == "missing":
+        if not loc:  # a check across fields (model validator)
+            lines.append(str(e["msg"]).removeprefix("Value error, "))
+        elif e["type"] == "missing":
             lines.append(f"config key '{loc}' is required")
         else:
             lines.append(f"config key '{loc}' = {shown}: {e['msg']}")
@@ -146,16 +149,15 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise UserError("config file not found", path)
+    text = read_text(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", path, line) from None
     if data is None:
-        return {}
+        raise UserError("config file is empty (no key: value in it)", path)
     if not isinstance(data, dict):
         raise UserError("a config file must be a YAML mapping of key: value", path)
     return data
@@ -165,11 +167,14 @@ def build_config(cls: type[C], data: dict, overrides: list[str] | None = None, s
     data = dict(data)
     for key, value in parse_overrides(overrides):
         set_key(data, key, value)
-    _check_keys(cls, data, "", cls)
+    where = f"{source}: " if source else ""
     try:
+        _check_keys(cls, data, "", cls)
         return cls.model_validate(data)
+    except ConfigError as e:
+        raise ConfigError(where + str(e)) from None
     except ValidationError as e:
-        raise ConfigError((f"{source}: " if source else "") + _format_validation_error(e, data)) from None
+        raise ConfigError(where + _format_validation_error(e, data)) from None
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,

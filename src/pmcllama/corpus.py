@@ -46,7 +46,7 @@ from pmcllama.data.filters import quality_steps
 from pmcllama.data.readers import InputFile, resolve_paths
 from pmcllama.data.shards import TokenShards, dtype_for
 from pmcllama.errors import UserError
-from pmcllama.stage import StageResult, run_stage, write_json
+from pmcllama.stage import StageResult, check_output, output_folder, prepare_partial, run_stage, write_json
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -281,12 +281,10 @@ def run(cfg: CorpusConfig, force: bool = False) -> Path:
 
 def submit(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], paths: list[str], force: bool) -> Path:
     """executor=slurm: submit the per-file work and the merge; the merge job publishes `out`."""
-    out = Path(cfg.out)
-    tmp = out.with_name(out.name + ".partial")
-    if force and tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
+    out = output_folder(cfg.out)
+    check_output(out, cfg.out, force)
+    tmp = prepare_partial(out, cfg.out, fresh=force)
     if build(cfg, inputs, tmp) is not None:  # nothing left to submit: finish here
         return run(cfg.model_copy(update={"executor": "local"}), force=False)
-    print(f"[corpus] submitted to Slurm; the merge job will write {out}")
+    print(f"[corpus] submitted to Slurm; the merge job will write {cfg.out}")
     return out

@@ -192,7 +192,7 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
         if entry["truncated"]:
             print(f"warning: {spec.name}: {entry['truncated']} of {entry['n']} prompts were longer "
                   f"than max_length={entry['max_length']} tokens and were cut from the left")
-        results[spec.name] = {**entry, **model_meta}
+        results[spec.name] = {**entry, "data_warnings": bench.warnings, **model_meta}
     write_json(tmp / "results.json", results)
     (tmp / "results.md").write_text(format_table(results, markdown=True) + "\n", encoding="utf-8")
     counts = {name: r["n"] for name, r in results.items() if name != "model"}

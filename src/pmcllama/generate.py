@@ -15,6 +15,7 @@ from pydantic import Field
 from pmcllama import models
 from pmcllama.config import Config
 from pmcllama.errors import UserError
+from pmcllama.inputs import iter_jsonl, read_text
 from pmcllama.stage import StageResult, run_stage
 
 
@@ -36,21 +37,17 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
     prompts = list(cfg.prompts)
     if cfg.prompts_file:
         path = Path(cfg.prompts_file)
-        if not path.is_file():
-            raise UserError("prompts file not found", path)
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"line is not JSON: {e.msg}", path, lineno) from None
+        if path.suffix == ".jsonl":
+            found = []
+            for lineno, rec in iter_jsonl(path, "prompts file"):
                 if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
                     raise UserError("record has no string 'prompt' field", path, lineno)
-                prompts.append(rec["prompt"])
-            else:
-                prompts.append(line)
+                found.append(rec["prompt"])
+        else:
+            found = [line for line in read_text(path, "prompts file").splitlines() if line.strip()]
+        if not found:
+            raise UserError("prompts file has no prompts", path)
+        prompts += found
     if not prompts:
         raise UserError("no prompts: pass them as arguments, prompts=[...], or prompts_file=FILE")
     return prompts

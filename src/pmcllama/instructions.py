@@ -245,7 +245,8 @@ def collect(cfg: InstructionsConfig) -> tuple[list[dict], list[dict], Rejects, d
             if not rows and src.probe_terms:
                 raise UserError(f"kg source '{src.name}': no probe item could be built from {src.probe_terms} terms")
         if not recs:
-            raise UserError(f"source '{src.name}' produced no records"
+            files = ", ".join(src.paths) if src.format != "kg" else ""
+            raise UserError(f"source '{src.name}' produced no records" + (f" from {files}" if files else "")
                             + (f" ({rejects.counts[src.name]} rejected)" if rejects.counts[src.name] else ""))
         per_source[src.name] = {"format": src.format, "records": len(recs),
                                 "tasks": dict(Counter(r["task"] for r in recs)),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pmcllama.errors import UserError
+from pmcllama.inputs import read_json
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_VERSION = 1  # bump when the tiny-llama recipe changes, so caches rebuild
@@ -152,6 +153,7 @@ def resolve(name: str | Path) -> Path:
                 raise UserError("only safetensors weights are loaded (found pickle .bin/.pt files); "
                                 "convert them with save_pretrained(safe_serialization=True)", path)
             raise UserError("no *.safetensors weights in the model folder", path)
+        check_folder(path)
         return path
     if path.exists():
         raise UserError("a model must be a Hugging Face folder or a .gguf file", path)
@@ -159,6 +161,34 @@ def resolve(name: str | Path) -> Path:
         f"model '{key}' not found: not a local folder, a .gguf file, or a built-in "
         f"({', '.join(BUILTINS)}); pmcllama never downloads from a model hub"
     )
+
+
+def check_folder(path: Path) -> None:
+    """A model folder's config.json is a JSON object asking for no custom code, and each
+    safetensors file is whole (header readable, every tensor inside the file)."""
+    config = read_json(path / "config.json", "config.json")
+    if not isinstance(config, dict):
+        raise UserError("config.json must be a JSON object", path / "config.json")
+    if "auto_map" in config:
+        raise UserError("the model asks for custom code (auto_map in config.json); pmcllama keeps "
+                        "trust_remote_code off and does not run it", path / "config.json")
+    for f in sorted(path.glob("*.safetensors")):
+        _check_safetensors(f)
+
+
+def _check_safetensors(f: Path) -> None:
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = fh.read(n) if 0 < n <= size - 8 else b""
+    try:
+        meta = json.loads(header)
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError):
+        raise UserError("not a readable safetensors file (bad header)", f) from None
+    if 8 + n + end > size:
+        raise UserError(f"safetensors file is truncated ({size:,} bytes, its header needs {8 + n + end:,})", f)
 
 
 def load_tokenizer(name: str | Path):
@@ -205,7 +235,7 @@ def model_info(name: str | Path) -> dict:
     from safetensors import safe_open
 
     folder = resolve(name)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "config.json", "config.json")
     params = 0
     dtypes = set()
     for f in sorted(folder.glob("*.safetensors")):

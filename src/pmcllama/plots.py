@@ -1,8 +1,9 @@
 """Plots written into run folders: loss curves (like the paper's Fig. 2) and result bars."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from pmcllama.inputs import iter_jsonl
 
 
 def _pyplot():
@@ -15,13 +16,13 @@ def _pyplot():
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a metrics.jsonl; the half-written last line of a killed run is left out."""
+    return [row for _, row in iter_jsonl(path, "metrics file", torn_tail_ok=True) if isinstance(row, dict)]
 
 
 def loss_series(path: str | Path, x: str = "tokens") -> dict[str, list[float]]:
     """A run's training and validation loss curves from its metrics.jsonl: x, loss, val_x, val_loss."""
-    rows = [r for r in read_metrics(path) if "loss" in r and x in r]
+    rows = [r for r in read_metrics(path) if isinstance(r.get("loss"), (int, float)) and isinstance(r.get(x), (int, float))]
     val = [r for r in rows if r.get("val_loss") is not None]
     return {"x": [r[x] for r in rows], "loss": [r["loss"] for r in rows],
             "val_x": [r[x] for r in val], "val_loss": [r["val_loss"] for r in val]}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmcllama.errors import UserError
+from pmcllama.inputs import iter_jsonl, read_json
 from pmcllama.stage import write_json
 
 
@@ -40,10 +41,7 @@ def _read_results(folder: Path) -> dict | None:
     path = folder / "results.json"
     if not path.is_file() or not (folder / "predictions").is_dir():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"corrupt results.json: {e.msg}", path, e.lineno) from None
+    data = read_json(path, "results.json")
     return data if isinstance(data, dict) and "model" in data else None
 
 
@@ -57,7 +55,7 @@ def _recipe_states(folder: Path) -> list[Path]:
     try:
         states = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("states") or {}
         order = [s for s in states if s in found]
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # ValueError: not JSON, not UTF-8
         pass
     return [found[s] for s in order + sorted(set(found) - set(order))]
 
@@ -84,18 +82,27 @@ def discover(paths: list[str | Path]) -> list[Run]:
     return [Run(label, folder, results) for label, (_, folder, results) in zip(labels, runs)]
 
 
+def check_results(run: Run, metric: str) -> None:
+    """Every benchmark entry has the numbers the table and chart need."""
+    path = run.folder / "results.json"
+    for bench, v in run.benchmarks.items():
+        value, ci = v.get(metric), v.get(f"{metric}_ci95")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise UserError(f"benchmark '{bench}' has no numeric '{metric}'", path)
+        if ci is not None and not (isinstance(ci, list) and len(ci) == 2
+                                   and all(isinstance(c, (int, float)) for c in ci)):
+            raise UserError(f"benchmark '{bench}': '{metric}_ci95' must be [low, high]", path)
+
+
 def read_predictions(run: Run, bench: str) -> list[dict]:
     path = run.folder / "predictions" / f"{bench}.jsonl"
     if not path.is_file():
         raise UserError(f"predictions of benchmark '{bench}' are missing", path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"not valid JSON: {e.msg}", path, lineno) from None
+    for lineno, row in iter_jsonl(path, "predictions file"):
+        if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)):
+            raise UserError("a prediction must be a JSON object with an 'id'", path, lineno)
+        rows.append(row)
     return rows
 
 
@@ -172,6 +179,8 @@ def make_report(paths: list[str | Path], out: str | Path, metric: str = "acc",
     if metric not in ("acc", "acc_norm"):
         raise UserError(f"metric must be acc or acc_norm, not {metric!r}")
     runs = discover(paths)
+    for r in runs:
+        check_results(r, metric)
     benches = list(dict.fromkeys(b for r in runs for b in r.benchmarks))
     cmps = comparisons(runs, metric, n_boot, seed)
     text = markdown(runs, benches, cmps, metric)

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from pmcllama.config import Config
 from pmcllama.corpus import CorpusConfig
-from pmcllama.errors import ConfigError
+from pmcllama.errors import ConfigError, UserError
 from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
 from pmcllama.generate import GenerateConfig
 from pmcllama.instructions import InstructionsConfig
@@ -53,6 +53,30 @@ class RecipeConfig(Config):
     finetune: Optional[FinetuneConfig] = Field(None, description="instruction tuning")
     evaluate: RecipeEvaluate = Field(RecipeEvaluate(), description="evaluation of every model state")
     generate: RecipeGenerate = Field(RecipeGenerate(), description="completion case studies")
+
+
+RUN_MARK = ".pmcllama-run"
+RUN_FILES = ("results.md", "results.json", "results.png", "report.md", "report.json", "report.png",
+             "loss_curves.png")
+STAGE_DIRS = ("corpus", "pretrain", "instructions", "finetune", "eval", "generate")
+
+
+def claim_run_folder(out: Path, force: bool) -> None:
+    """Make `out` the run folder, unless it is a file or a folder of the user's: pmcllama writes
+    only into a new or empty folder, or one a run made (marked, or holding stage outputs)."""
+    if out.exists() and not out.is_dir():
+        raise UserError("out_dir is an existing file, not a folder; choose another out_dir", out)
+    ours = (out / RUN_MARK).exists() or any((out / d).is_dir() for d in STAGE_DIRS)
+    if out.is_dir() and not ours and any(out.iterdir()):
+        if not force:
+            raise UserError("out_dir is an existing folder that pmcllama did not write; choose a new "
+                            "folder, or --force to add the run beside its files (none of yours is "
+                            "removed or overwritten)", out)
+        clash = [n for n in RUN_FILES + STAGE_DIRS if (out / n).exists()]
+        if clash:
+            raise UserError(f"out_dir holds {clash[0]}, which pmcllama did not write and would replace", out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MARK).touch()
 
 
 def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict[str, Path]]:
@@ -121,7 +145,12 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
     from pmcllama.report import make_report
 
     t0 = time.perf_counter()
+    if cfg.corpus is cfg.pretrain is cfg.instructions is cfg.finetune is None \
+            and not cfg.evaluate.benchmarks and not cfg.generate.prompts:
+        raise ConfigError("the recipe has nothing to do: give at least one of corpus+pretrain, "
+                          "instructions+finetune, evaluate.benchmarks or generate.prompts")
     out = Path(cfg.out_dir)
+    claim_run_folder(out, force)
     states, folders = _stages(cfg, force)
     benches = _benchmarks(cfg, folders)
     rows: dict[str, dict] = {}

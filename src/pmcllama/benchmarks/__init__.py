@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from pmcllama.benchmarks import mcq, medmcqa, medqa, mmlu, pubmedqa
-from pmcllama.benchmarks.base import Item, Loaded
+from pmcllama.benchmarks.base import Item, Loaded, duplicate_warning
 from pmcllama.errors import UserError
 
 FORMATS: dict[str, Callable[..., Loaded]] = {
@@ -61,9 +61,14 @@ def load_benchmark(
     if subject is not None and format != "mmlu":
         raise UserError("subject applies to format mmlu only", path)
     if format == "pubmedqa":
-        return pubmedqa.load(path, limit=limit, ids=ids)
-    if format == "mmlu":
-        return mmlu.load(path, limit=limit, subject=subject)
-    if format == "medmcqa":
-        return medmcqa.load(path, limit=limit)
-    return FORMATS[format](path, choices=choices, limit=limit)
+        loaded = pubmedqa.load(path, limit=limit, ids=ids)
+    elif format == "mmlu":
+        loaded = mmlu.load(path, limit=limit, subject=subject)
+    elif format == "medmcqa":
+        loaded = medmcqa.load(path, limit=limit)
+    else:
+        loaded = FORMATS[format](path, choices=choices, limit=limit)
+    warning = duplicate_warning(loaded.items, path)
+    if warning:
+        loaded.warnings.append(warning)
+    return loaded

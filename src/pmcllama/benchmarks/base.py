@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pmcllama.errors import UserError
+from pmcllama.inputs import load_json
 
 
 @dataclass
@@ -41,16 +42,6 @@ class Loaded:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_text(path: str | Path) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("file not found" if not path.exists() else "not a file", path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"not UTF-8 text (byte {e.start})", path) from None
-
-
 def line_of(text: str, needle: str, occurrence: int = 1) -> int | None:
     """1-based line of the n-th occurrence of `needle` in `text` (None if absent)."""
     pos = -1
@@ -59,14 +50,6 @@ def line_of(text: str, needle: str, occurrence: int = 1) -> int | None:
         if pos < 0:
             return None
     return text.count("\n", 0, pos) + 1
-
-
-def load_json(text: str, path: str | Path, **kwargs) -> Any:
-    """`json.loads` of a whole file; a syntax error names the file, line and column."""
-    try:
-        return json.loads(text, **kwargs)
-    except json.JSONDecodeError as e:
-        raise UserError(f"not valid JSON: {e.msg} (column {e.colno})", path, e.lineno) from None
 
 
 def parse_json_document(path: str | Path, text: str) -> tuple[Any, list[str]]:
@@ -105,6 +88,21 @@ def looks_like_jsonl(text: str) -> bool:
             except json.JSONDecodeError:
                 return False
     return False
+
+
+def duplicate_warning(items: list[Item], path: str | Path) -> str | None:
+    """A warning naming the questions that occur more than once (same prompt and choices)."""
+    groups: dict[tuple, list[str]] = {}
+    for item in items:
+        groups.setdefault((item.prompt, tuple(item.choices)), []).append(
+            item.id.replace("line-", "line ", 1) if item.id.startswith("line-") else f"id {item.id}")
+    repeated = [g for g in groups.values() if len(g) > 1]
+    if not repeated:
+        return None
+    extra = sum(len(g) - 1 for g in repeated)
+    shown = "; ".join(" = ".join(g) for g in repeated[:5]) + ("; ..." if len(repeated) > 5 else "")
+    return (f"{path}: {len(repeated)} question(s) occur more than once ({extra} extra cop"
+            f"{'y' if extra == 1 else 'ies'}, each scored as a separate item): {shown}")
 
 
 def apply_limit(items: list[Item], limit: int | None, path: str | Path) -> list[Item]:

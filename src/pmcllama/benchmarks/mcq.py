@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit, read_text
+from pmcllama.benchmarks.base import Item, Loaded, apply_limit
+from pmcllama.inputs import read_text, json_error
 from pmcllama.errors import UserError
 
 TEMPLATES = {"letters": "mcq-letters-v1", "text": "mcq-text-cloze-v1"}
@@ -61,7 +62,7 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
             if not rows and text.lstrip()[:1] in "[{" and _is_document(text):
                 raise UserError(f"this is one JSON document, not JSON Lines (one {what} record "
                                 "per line)", path) from None
-            raise UserError(f"line is not valid JSON: {e.msg} (column {e.colno})", path, lineno) from None
+            raise UserError(f"line is not valid JSON: {json_error(e)}", path, lineno) from None
         if not isinstance(rec, dict):
             raise UserError(f"expected a JSON object, got a {type(rec).__name__}", path, lineno)
         rows.append((lineno, rec))

@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pmcllama.benchmarks.base import Loaded, apply_limit, line_of, load_json, read_text
+from pmcllama.benchmarks.base import Loaded, apply_limit, line_of
+from pmcllama.inputs import load_json, read_text
 from pmcllama.benchmarks.mcq import SubjectItem, check_unique, nonempty, read_jsonl
 from pmcllama.errors import UserError
 

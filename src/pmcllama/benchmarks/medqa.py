@@ -30,7 +30,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit, looks_like_pubmedqa, read_text
+from pmcllama.benchmarks.base import Item, Loaded, apply_limit, looks_like_pubmedqa
+from pmcllama.inputs import read_text, json_error
 from pmcllama.errors import UserError
 
 TEMPLATES = {"letters": "medqa-letters-lmeval-v1", "text": "medqa-text-cloze-v1"}
@@ -91,7 +92,7 @@ def _parse_line(path: str | Path, text: str, line: str, lineno: int) -> dict:
     except json.JSONDecodeError as e:
         if not items_started(text, lineno):
             _wrong_format(path, text)
-        raise UserError(f"line is not valid JSON: {e.msg} (column {e.colno})", path, lineno) from None
+        raise UserError(f"line is not valid JSON: {json_error(e)}", path, lineno) from None
     if not isinstance(rec, dict):
         raise UserError(f"expected a JSON object, got a {type(rec).__name__}", path, lineno)
     if "question" not in rec and looks_like_pubmedqa(rec):

@@ -29,7 +29,8 @@ import io
 import re
 from pathlib import Path
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit, read_text
+from pmcllama.benchmarks.base import Item, Loaded, apply_limit
+from pmcllama.inputs import read_text
 from pmcllama.benchmarks.mcq import SubjectItem, letters_prompt
 from pmcllama.errors import UserError
 

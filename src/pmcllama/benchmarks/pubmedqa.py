@@ -26,9 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pmcllama.benchmarks.base import (
-    Item, Loaded, apply_limit, line_of, looks_like_jsonl, parse_json_document, read_text,
-)
+from pmcllama.benchmarks.base import Item, Loaded, apply_limit, line_of, looks_like_jsonl, parse_json_document
+from pmcllama.inputs import read_text
 from pmcllama.errors import UserError
 
 TEMPLATE = "pubmedqa-lmeval-v1"

@@ -171,7 +171,7 @@ def pair_records(first: Sequence[dict], second: Sequence[dict], key: str = "corr
                  where: str = "") -> tuple[list[float], list[float]]:
     """Correctness of two runs' records matched by item id (error when the id sets differ)."""
     for rows in (first, second):
-        if rows and key not in rows[0]:
+        if any(not isinstance(r.get(key), (bool, int, float)) for r in rows):
             raise UserError(f"{where}the records have no '{key}' (runs of mode generate or cot "
                             "have acc only; compare them with --metric acc)")
     a = {str(r["id"]): float(r[key]) for r in first}

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from pmcllama.data.qa import Converted, Row, csv_rows, json_records, need_str
 from pmcllama.errors import UserError
+from pmcllama.inputs import bad_utf8, json_error, printable, read_text
 
 MTS_COLUMNS = ("ID", "section_header", "section_text", "dialogue")
 MTS_SECTIONS = {
@@ -47,29 +48,30 @@ def alpaca_items(path: Path) -> Iterator[tuple[int | None, int | None, Any, str 
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):
         raise UserError("an alpaca source file must be .json (an array) or .jsonl", path)
+    text = read_text(path, lenient=True)
+    if suffix == ".jsonl":
+        for n, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            if bad := bad_utf8(line):
+                yield n, None, printable(line[:1000]), bad
+                continue
+            try:
+                yield n, None, json.loads(line), None
+            except json.JSONDecodeError as e:
+                yield n, None, printable(line[:1000]), f"not valid JSON: {json_error(e)}"
+        return
     try:
-        if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield n, None, json.loads(line), None
-                    except json.JSONDecodeError as e:
-                        yield n, None, line.rstrip("\n")[:1000], f"not valid JSON: {e.msg} at column {e.colno}"
-            return
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            yield e.lineno, None, None, f"not valid JSON: {e.msg} at column {e.colno}"
-            return
-    except UnicodeDecodeError as e:
-        raise UserError(f"not valid UTF-8: {e.reason}", path) from None
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        yield e.lineno, None, None, f"not valid JSON: {json_error(e)}"
+        return
     if not isinstance(data, list):
         yield None, None, None, f"a .json source must be an array of records, not a {type(data).__name__}"
         return
     for i, obj in enumerate(data):
-        yield None, i, obj, None
+        bad = bad_utf8(obj)
+        yield None, i, obj if bad is None else printable(json.dumps(obj, ensure_ascii=False)), bad
 
 
 def check_alpaca(obj: Any) -> tuple[str, str, str]:
@@ -107,15 +109,19 @@ def read_mtsdialog(path: str | Path) -> Iterator[Row]:
     first = next(rows, None)
     if first is None:
         raise UserError("empty CSV file", path)
+    if first[2]:
+        raise UserError(f"header: {first[2]}", path, first[0])
     columns = [c.strip().lstrip("\ufeff") for c in first[1]]
     missing = [c for c in MTS_COLUMNS[1:] if c not in columns]
     if missing:
         raise UserError(f"not an MTS-Dialog CSV: header lacks {', '.join(missing)} "
                         f"(expected {','.join(MTS_COLUMNS)})", path, first[0])
-    for line, fields in rows:
+    for line, fields, error in rows:
         rec = dict(zip(columns, fields))
         row = Row(line, None, rec)
-        if len(fields) != len(columns):
+        if error:
+            yield row._replace(error=error)
+        elif len(fields) != len(columns):
             yield row._replace(error=f"{len(fields)} columns, the header has {len(columns)}")
             continue
         try:

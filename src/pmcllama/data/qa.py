@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from pmcllama.benchmarks.base import (
-    line_of, load_json, looks_like_jsonl, looks_like_pubmedqa, parse_json_document, read_text,
-)
+from pmcllama.benchmarks.base import line_of, looks_like_jsonl, looks_like_pubmedqa, parse_json_document
+from pmcllama.inputs import bad_utf8, json_error, load_json, printable, read_text
 from pmcllama.errors import UserError
 
 QA_FORMATS = ("medqa", "medmcqa", "pubmedqa", "mmlu")
@@ -101,10 +100,11 @@ class QAItem:
 
 def json_records(path: Path) -> Iterator[Row]:
     """Rows of a JSON array (file starting with '[') or of JSON Lines (any other file)."""
-    text = read_text(path)
+    text = read_text(path, lenient=True)
     if text.lstrip().startswith("["):
         for i, obj in enumerate(load_json(text, path)):
-            yield Row(None, i, obj)
+            bad = bad_utf8(obj)
+            yield Row(None, i, obj if bad is None else printable(json.dumps(obj, ensure_ascii=False)), error=bad)
         return
     whole = _whole_json(text) if text.lstrip().startswith("{") else None
     if whole is not None:
@@ -116,10 +116,13 @@ def json_records(path: Path) -> Iterator[Row]:
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may occur inside strings
         if not line.strip():
             continue
+        if bad := bad_utf8(line):
+            yield Row(n, None, printable(line[:1000]), error=bad)
+            continue
         try:
             yield Row(n, None, json.loads(line))
         except json.JSONDecodeError as e:
-            yield Row(n, None, line[:1000], error=f"not valid JSON: {e.msg} at column {e.colno}")
+            yield Row(n, None, line[:1000], error=f"not valid JSON: {json_error(e)}")
 
 
 def _whole_json(text: str) -> Any:
@@ -129,18 +132,30 @@ def _whole_json(text: str) -> Any:
         return None
 
 
-def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(first line, fields) of every CSV record (quoted fields may span lines)."""
-    text = read_text(path)
+def csv_rows(path: Path) -> Iterator[tuple[int, list[str], str | None]]:
+    """(first line, fields, error) of every CSV record (quoted fields may span lines). The error
+    is None, or says the record holds bytes that are not UTF-8, or that it is cut off (the
+    file ends inside a quoted field: a truncated file)."""
+    text = read_text(path, lenient=True)
     reader = csv.reader(io.StringIO(text, newline=""))
-    start = 1
+    start, last = 1, None
     try:
         for fields in reader:
             if fields and any(f.strip() for f in fields):
-                yield start, fields
+                if last is not None:
+                    yield _csv_record(*last)
+                last = (start, fields, bad_utf8(fields))
             start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"not valid CSV: {e}", path, reader.line_num) from None
+    if last is not None:
+        cut = text.split("\n", last[0] - 1)[-1].count('"') % 2 == 1
+        yield _csv_record(last[0], last[1], "the record is cut off: the file ends inside a quoted "
+                          "field (truncated file?)" if cut else last[2])
+
+
+def _csv_record(start: int, fields: list[str], error: str | None) -> tuple[int, list[str], str | None]:
+    return start, fields if error is None else [printable(f) for f in fields], error
 
 
 def need_str(obj: dict, key: str, allow_empty: bool = False) -> str:
@@ -252,9 +267,11 @@ def read_pubmedqa(path: Path) -> Iterator[Row]:
 
 
 def read_mmlu(path: Path) -> Iterator[Row]:
-    for line, fields in csv_rows(path):
-        row = Row(line, None, fields)
-        if len(fields) != 6:
+    for line, fields, error in csv_rows(path):
+        row = Row(line, None, fields, error=error)
+        if error:
+            yield row
+        elif len(fields) != 6:
             yield row._replace(error=f"{len(fields)} columns, expected 6 (question,A,B,C,D,answer)")
             continue
         question, *options, answer = (f.strip() for f in fields)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pmcllama.errors import UserError
+from pmcllama.inputs import utf8_error, json_error
 
 SUFFIXES = {"text": (".txt", ".md"), "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"), "obo": (".obo",),
             "textbook": (".txt", ".md", ".pdf"), "parquet": (".parquet",),
@@ -214,8 +215,8 @@ def _decode(path: Path, source: str, data: bytes) -> str | Document:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        return _bad(source, path, line, "not_utf8", f"not UTF-8 text (byte {e.start}: {e.reason})")
+        line, what = utf8_error(data, e)
+        return _bad(source, path, line, "not_utf8", what)
 
 
 def read_text(path: Path, source: str, split_paragraphs: bool = False) -> Iterator[Document]:
@@ -296,7 +297,7 @@ def _json_line(raw: bytes, path: Path, source: str, lineno: int, text_field: str
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        return _bad(source, path, lineno, "bad_json", f"line is not JSON: {e.msg} at column {e.colno}")
+        return _bad(source, path, lineno, "bad_json", f"line is not JSON: {json_error(e)}")
     return _record(obj, path, source, lineno, f"{path}:{lineno}", text_field)
 
 
@@ -314,7 +315,7 @@ def _read_json_array(path: Path, source: str, text_field: str) -> Iterator[Docum
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
-        yield _bad(source, path, e.lineno, "bad_json", f"file is not JSON: {e.msg} at column {e.colno}")
+        yield _bad(source, path, e.lineno, "bad_json", f"file is not JSON: {json_error(e)}")
         return
     if not items:
         yield _bad(source, path, None, "empty_file", "file has no records")

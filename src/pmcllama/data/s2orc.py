@@ -54,6 +54,7 @@ from typing import Iterator
 
 from pmcllama.data.readers import Document, InputFile, suffix_of
 from pmcllama.errors import UserError
+from pmcllama.inputs import json_error
 
 SHARD_KINDS = ("metadata", "pdf_parses")
 
@@ -174,7 +175,7 @@ def _records(path: Path, source: str) -> Iterator[tuple[int, object] | Document]
                                    f"line is not UTF-8 text ({e.reason})")
                 except json.JSONDecodeError as e:
                     yield Document("", source, f"{path}:{lineno}", str(path), lineno, "bad_json",
-                                   f"line is not JSON: {e.msg} at column {e.colno}")
+                                   f"line is not JSON: {json_error(e)}")
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         yield Document("", source, f"{path}:{lineno + 1}", str(path), lineno + 1, "bad_gzip",
                        f"truncated or corrupt gzip after line {lineno}: {e}")

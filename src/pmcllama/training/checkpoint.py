@@ -192,8 +192,12 @@ def _load_file(path: Path, loader):
     try:
         return loader(path)
     except Exception as e:  # safetensors, pickle and zip errors have many types
-        raise UserError(f"cannot read checkpoint file ({type(e).__name__}: {e}); use --force to start over",
-                        path) from None
+        text = str(e)
+        if "weights_only" in text or "Unpickl" in type(e).__name__:  # never pass on torch's advice
+            why = "it holds pickled objects other than tensors and plain data, which are never loaded"
+        else:
+            why = f"{type(e).__name__}: {text.splitlines()[0] if text else 'unreadable'}"
+        raise UserError(f"cannot read checkpoint file ({why}); use --force to start over", path) from None
 
 
 def load(folder: Path, model, opt, sched, data, ident: dict, trainable: set[str], d: Dist = Dist()) -> TrainProgress:

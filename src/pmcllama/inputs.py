@@ -1,0 +1,106 @@
+"""Reading a user's text files: one wording of errors (file, line, column, what is wrong).
+
+Every whole-file read of a user's text or JSON goes through here, so a file that is missing,
+a folder, not UTF-8, or not valid JSON is one `UserError` naming the file and line, never a
+traceback.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from pmcllama.errors import UserError
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def utf8_error(data: bytes, err: UnicodeDecodeError) -> tuple[int, str]:
+    """(1-based line, description) of a decoding error in `data`."""
+    line = data.count(b"\n", 0, err.start) + 1
+    if data[:2] == GZIP_MAGIC:
+        return line, "not UTF-8 text: this is a gzip file (decompress it first)"
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    return line, f"not UTF-8 text (column {column}: byte 0x{data[err.start]:02x}, {err.reason})"
+
+
+def decode(data: bytes, path: str | Path) -> str:
+    """`data` as UTF-8 text, or a UserError naming the line of the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, what = utf8_error(data, e)
+        raise UserError(what, path, line) from None
+
+
+def read_text(path: str | Path, what: str = "file", lenient: bool = False) -> str:
+    """The whole of a UTF-8 text file (a leading BOM removed). `lenient` keeps bytes that are
+    not UTF-8 as escapes, for readers that set the records holding them aside (`bad_utf8`)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found", path)
+    if path.is_dir():
+        raise UserError(f"is a folder; expected a {what}", path)
+    data = path.read_bytes()
+    if lenient and data[:2] == GZIP_MAGIC:
+        raise UserError("not UTF-8 text: this is a gzip file (decompress it first)", path)
+    text = data.decode("utf-8", "surrogateescape") if lenient else decode(data, path)
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
+def bad_utf8(value: Any) -> str | None:
+    """What is wrong with a string (or the strings inside a parsed record) read `lenient`ly."""
+    if isinstance(value, str):
+        m = _ESCAPED.search(value)
+        return None if m is None else \
+            f"not UTF-8 text (column {m.start() + 1}: byte 0x{ord(m.group()) - 0xdc00:02x})"
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        found = bad_utf8(item) if not isinstance(item, tuple) else bad_utf8(item[0]) or bad_utf8(item[1])
+        if found:
+            return found
+    return None
+
+
+def printable(text: str) -> str:
+    """A leniently read string with its undecodable bytes shown as U+FFFD, safe to write out."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    return f"{e.msg.removesuffix(' at')} (column {e.colno})"
+
+
+def load_json(text: str, path: str | Path, **kwargs) -> Any:
+    """`json.loads` of a whole file; a syntax error names the file, line and column."""
+    try:
+        return json.loads(text, **kwargs)
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON: {json_error(e)}", path, e.lineno) from None
+    except RecursionError:
+        raise UserError("not valid JSON: nested too deeply", path) from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    return load_json(read_text(path, what), path)
+
+
+def iter_jsonl(path: str | Path, what: str = "JSON Lines file",
+               torn_tail_ok: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-empty line. With `torn_tail_ok`, a last line without
+    its newline that is not JSON (a writer killed mid-line) is left out instead of an error."""
+    text = read_text(path, what)
+    lines = text.split("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_tail_ok and lineno == len(lines):
+                return
+            raise UserError(f"line is not valid JSON: {json_error(e)}", path, lineno) from None
