@@ -26,12 +26,14 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "finetune": ("pmcllama.finetune", "FinetuneConfig", "STAGE 3b instruction tuning, full or LoRA"),
     "evaluate": ("pmcllama.evaluate", "EvaluateConfig", "STAGE 4  medical QA accuracy (log-likelihood, generation, chain-of-thought)"),
     "generate": ("pmcllama.generate", "GenerateConfig", "STAGE 5  complete prompts, streamed"),
+    "serve": ("pmcllama.serve", "ServeConfig", "STAGE 5  OpenAI-compatible API server with a web chat page"),
+    "chat": ("pmcllama.serve.chat", "ChatConfig", "STAGE 5  chat with a model in the terminal"),
     "run": ("pmcllama.run", "RecipeConfig", "RECIPE   every stage in order, then the results table"),
 }
 
 app = typer.Typer(
     help="pmcllama: build medical language models the PMC-LLaMA way.\n\n"
-    "Pipeline: corpus -> pretrain -> instructions -> finetune -> evaluate -> generate; "
+    "Pipeline: corpus -> pretrain -> instructions -> finetune -> evaluate -> generate, serve, chat; "
     "`run RECIPE.yaml` does them all.",
     no_args_is_help=True,
     add_completion=False,
@@ -83,6 +85,8 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
             if name == "run" and cfg_path is None:
                 raise UserError("pmcllama run needs a recipe: pmcllama run RECIPE.yaml [key=value ...] "
                                 "(recipes/quickstart.yaml is one)")
+            if name in ("serve", "chat") and overs and not _OVERRIDE.match(overs[0]):
+                overs[0] = f"model={overs[0]}"  # `pmcllama serve MODEL`
             prompts = []
             if name == "generate":  # bare arguments are prompts
                 prompts = [o for o in overs if not _OVERRIDE.match(o)]
@@ -102,6 +106,8 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
         f"pmcllama {name} [--config FILE.yaml] [key.sub=value ...]"
     if name == "generate":
         usage += ' ["prompt" ...]'
+    if name in ("serve", "chat"):
+        usage = f"pmcllama {name} MODEL [key=value ...]"
     command.__doc__ = f"{(mod.__doc__ or summary).strip()}\n\n\b\n{usage}"
     app.command(name=name, help=command.__doc__, short_help=summary, epilog=fields)(command)
 

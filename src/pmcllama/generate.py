@@ -54,33 +54,30 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
 
 
 def complete(model, tokenizer, prompts: list[str], cfg: GenerateConfig, echo=print) -> list[dict]:
-    """Complete each prompt; stream to `echo` when cfg.stream."""
-    import torch
-    from transformers import TextStreamer
+    """Complete each prompt with the shared engine; stream to `echo` when cfg.stream (one prompt
+    at a time, so the text reads in order), else all prompts in one batch."""
+    from pmcllama.serve.engine import Engine, Request
 
-    torch.manual_seed(cfg.seed)
-    results = []
+    engine = Engine(model, tokenizer)
+    reqs = []
     for prompt in prompts:
-        text = prompt
         if cfg.chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
-        enc = tokenizer(text, return_tensors="pt", add_special_tokens=not cfg.chat).to(model.device)
-        streamer = None
-        if cfg.stream:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                                add_generation_prompt=True, return_dict=True)["input_ids"]
+        else:
+            ids = tokenizer(prompt)["input_ids"]
+        reqs.append(Request(list(ids), max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            top_p=cfg.top_p, seed=cfg.seed, repetition_penalty=cfg.repetition_penalty))
+    if cfg.stream:
+        for prompt, req in zip(prompts, reqs):
             echo(f"\n>>> {prompt}", end="" if not cfg.chat else "\n")
-            streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sample = cfg.temperature > 0
-        with torch.no_grad():
-            ids = model.generate(
-                **enc, max_new_tokens=cfg.max_new_tokens, do_sample=sample,
-                temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
-                top_k=None, repetition_penalty=cfg.repetition_penalty, streamer=streamer,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new = ids[0, enc["input_ids"].shape[1]:]
-        results.append({"prompt": prompt, "completion": tokenizer.decode(new, skip_special_tokens=True),
-                        "new_tokens": int(new.numel())})
-    return results
+            req.on_delta = lambda _, text: echo(text, end="", flush=True)
+            engine.generate([req])
+        echo("")
+    else:
+        engine.generate(reqs)
+    return [{"prompt": p, "completion": r.texts[0], "new_tokens": len(r.token_ids[0])}
+            for p, r in zip(prompts, reqs)]
 
 
 def run(cfg: GenerateConfig, force: bool = False) -> list[dict] | Path:

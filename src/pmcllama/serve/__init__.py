@@ -1,0 +1,77 @@
+"""STAGE 5, use: the trained model behind an OpenAI-compatible API with a web chat, or in a
+terminal chat. One batched generation engine (`engine.py`) serves `pmcllama generate`, the
+server and the chat.
+
+    pmcllama serve runs/quickstart/finetune            http://127.0.0.1:8000 (chat page at /)
+    pmcllama serve MODEL port=8080 api_key=SECRET      or PMCLLAMA_API_KEY=SECRET
+    pmcllama chat runs/quickstart/finetune             /reset, /system TEXT, /exit
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+
+from pmcllama.config import Config
+from pmcllama.errors import UserError
+
+
+class ServeConfig(Config):
+    model: str = Field("smollm2-135m", description="model: HF folder, .gguf file, built-in name, or a stage output")
+    name: Optional[str] = Field(None, description="model id the API reports and accepts (default: the model's folder name)")
+    host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 exposes the server to the network)")
+    port: int = Field(8000, ge=0, le=65535, description="port (0: any free port, printed at start)")
+    api_key: Optional[str] = Field(None, description="require 'Authorization: Bearer KEY' (default: $PMCLLAMA_API_KEY, else none)")
+    max_batch: int = Field(32, ge=1, description="sequences decoded together in one step")
+    max_queue: int = Field(64, ge=1, description="requests waiting or running before new ones get 503 + Retry-After")
+    max_body_mb: float = Field(4.0, gt=0, description="largest request body accepted (MB); larger: 413")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
+
+
+def model_name(cfg: ServeConfig) -> str:
+    return cfg.name or Path(str(cfg.model)).name.removesuffix(".gguf")
+
+
+def load_backend(cfg: ServeConfig):
+    import torch
+
+    from pmcllama import models
+    from pmcllama.serve.backend import Backend
+
+    folder = models.resolve(cfg.model)
+    model, tok = models.load_model(folder, device="cuda" if torch.cuda.is_available() else None)
+    return Backend(model, tok, max_batch=cfg.max_batch, default_max_tokens=cfg.default_max_tokens)
+
+
+def run(cfg: ServeConfig, force: bool = False) -> None:
+    """Serve until interrupted."""
+    import uvicorn
+
+    from pmcllama.serve.server import create_app
+
+    key = cfg.api_key or os.environ.get("PMCLLAMA_API_KEY") or None
+    backend = load_backend(cfg)
+    name = model_name(cfg)
+    app = create_app(backend, name, api_key=key, max_body=int(cfg.max_body_mb * (1 << 20)),
+                     max_queue=cfg.max_queue)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    backend.start()
+    try:
+        server.run(sockets=[_bind(config, name, key)])
+    finally:
+        backend.stop()
+
+
+def _bind(config, name: str, key: str | None):
+    """Bind first, so the port (also with port=0) is printed before any request can come."""
+    try:
+        sock = config.bind_socket()
+    except SystemExit:
+        raise UserError(f"cannot listen on {config.host}:{config.port} (in use, or not allowed)") from None
+    host, port = sock.getsockname()[:2]
+    print(f"[serve] {name} on http://{host}:{port}  (chat page: /, API: /v1; "
+          f"{'API key required' if key else 'no API key'}; Ctrl-C stops)", flush=True)
+    return sock

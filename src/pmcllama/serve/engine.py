@@ -1,0 +1,341 @@
+"""One batched generation engine: `generate`, evaluation by generation, the server and chat.
+
+Requests join and leave between decoding steps (step-wise continuous batching). Each step
+first admits waiting requests -- their prompts are prefilled together, left-padded, and their
+KV caches are laid beside the running batch's (padding on the left, so every row's next token
+sits in the last column) -- then decodes one token for every running row in one forward.
+Rows that finish (EOS, a stop string, `max_tokens`, a cancel) leave the batch at once and
+columns that only pad every remaining row are cut.
+
+A request with `n > 1` (self-consistency samples) is prefilled once and its cache copied to
+`n` rows. Sampling is per row: greedy when `temperature` is 0, else temperature and top-p
+with the request's own generator, seeded from `seed` (sample i uses `seed + i`), so the same
+seed gives the same text whatever else is in the batch (up to float rounding of padding).
+
+Text is decoded from all tokens of a row each step; a suffix that could still grow into a
+stop string, or ends in an incomplete UTF-8 character, is held back until it is decided, so
+streamed deltas concatenate to the final text and a stop string is never shown.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+FINISH_STOP, FINISH_LENGTH, FINISH_CANCEL, FINISH_ERROR = "stop", "length", "cancelled", "error"
+
+
+@dataclass
+class Request:
+    """What to generate. `on_delta(index, text)` receives streamed text of sample `index`,
+    `on_finish(index, reason)` its end; `on_done(request)` is called once when every sample
+    has finished. The callbacks run on the engine's thread: keep them short."""
+
+    prompt_ids: list[int]
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: Sequence[str] = ()
+    n: int = 1
+    repetition_penalty: float = 1.0
+    on_delta: Callable[[int, str], None] | None = None
+    on_finish: Callable[[int, str], None] | None = None
+    on_done: Callable[["Request"], None] | None = None
+    # results, one per sample
+    texts: list[str] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    cancelled: bool = False
+    created: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+
+    def cancel(self) -> None:
+        """Stop generating for this request (a client went away); its rows leave the batch."""
+        self.cancelled = True
+
+    @property
+    def done(self) -> bool:
+        return len(self.finish_reasons) == self.n and all(r is not None for r in self.finish_reasons)
+
+
+@dataclass
+class _Row:
+    req: Request
+    index: int
+    generator: torch.Generator | None
+    ids: list[int] = field(default_factory=list)
+    shown: int = 0  # characters of the decoded text already sent
+
+
+def hold_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of `text` must wait: the longest suffix that is a
+    proper prefix of a stop string, or an undecoded (U+FFFD) tail."""
+    keep = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), keep, -1):
+            if text.endswith(stop[:k]):
+                keep = k
+                break
+    if text.endswith("\ufffd"):
+        keep = max(keep, len(text) - len(text.rstrip("\ufffd")))
+    return keep
+
+
+class Engine:
+    """Batched generation over a Hugging Face causal LM (CPU or CUDA)."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 32, context: int | None = None):
+        self.model, self.tok, self.max_batch = model, tokenizer, max_batch
+        self.device = next(model.parameters()).device
+        self.context = context or getattr(model.config, "max_position_embeddings", None) or 2048
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos = {e for e in eos + [tokenizer.eos_token_id] if e is not None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos or {0})
+        # transformers 5.2x names the KV cache `cache`; earlier versions `past_key_values`
+        self.cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.pending: list[Request] = []
+        self.rows: list[_Row] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # (rows, columns) 1 where a real token is cached
+        self.cond = threading.Condition()
+        self.model_lock = threading.Lock()  # one forward at a time (steps, log-prob scoring)
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+
+    # ------------------------------------------------------------------ the public API
+
+    def submit(self, req: Request) -> Request:
+        if not req.prompt_ids:
+            raise ValueError("the prompt has no tokens")
+        if len(req.prompt_ids) + req.max_tokens > self.context:
+            raise ValueError(f"prompt ({len(req.prompt_ids)} tokens) + max_tokens ({req.max_tokens}) "
+                             f"exceeds the model's context of {self.context} tokens")
+        req.texts, req.token_ids = [""] * req.n, [[] for _ in range(req.n)]
+        req.finish_reasons = [None] * req.n
+        with self.cond:
+            self.pending.append(req)
+            self.cond.notify()
+        return req
+
+    def generate(self, reqs: Sequence[Request]) -> list[Request]:
+        """Run `reqs` to the end in this thread (no background thread needed)."""
+        for r in reqs:
+            self.submit(r)
+        while self.step():
+            pass
+        return list(reqs)
+
+    def start(self) -> None:
+        """Serve submitted requests from a background thread until `stop()`."""
+        self.thread = threading.Thread(target=self._loop, name="pmcllama-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+    @property
+    def load(self) -> int:
+        """Requests waiting or running."""
+        return len(self.pending) + len({id(r.req) for r in self.rows})
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopping and not self.pending and not self.rows:
+                    self.cond.wait()
+                if self.stopping:
+                    return
+            try:
+                with self.model_lock:
+                    self.step()
+            except Exception as e:  # a bug or an out-of-memory: fail what runs, keep serving
+                self.fail_all(f"{type(e).__name__}: {e}")
+
+    def fail_all(self, why: str) -> None:
+        """End every running and waiting request with finish reason `error` (logged once)."""
+
+        print(f"[engine] generation failed, {self.load} request(s) ended: {why}", file=sys.stderr)
+        with self.cond:
+            reqs = list({id(r.req): r.req for r in self.rows}.values()) + self.pending
+            self.pending, self.rows, self.cache, self.mask = [], [], None, None
+        for req in reqs:
+            self._finish_all(req, FINISH_ERROR)
+
+    # ------------------------------------------------------------------ one step
+
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """Admit waiting requests, decode one token for every row; False when idle."""
+        self._drop_finished()
+        with self.cond:
+            room = self.max_batch - len(self.rows)
+            admit, taken = [], 0
+            for r in list(self.pending):
+                if r.cancelled:
+                    self.pending.remove(r)
+                    self._finish_all(r, FINISH_CANCEL)
+                elif taken + r.n <= room or (not self.rows and not admit):
+                    admit.append(r)
+                    taken += r.n
+                    self.pending.remove(r)
+        if admit:
+            self._prefill(admit)
+        elif self.rows:
+            self._decode()
+        self._drop_finished()
+        return bool(self.rows or self.pending)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1,
+                         **{self.cache_kw: cache})
+        return out.logits[:, -1, :].float(), getattr(out, self.cache_kw)
+
+    def _prefill(self, reqs: list[Request]) -> None:
+        from transformers import DynamicCache
+
+        width = max(len(r.prompt_ids) for r in reqs)
+        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(reqs), width), dtype=torch.long)
+        for i, r in enumerate(reqs):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.model.config))
+        copies = torch.tensor([i for i, r in enumerate(reqs) for _ in range(r.n)])
+        cache.batch_select_indices(copies.to(self.device))
+        rows = [_Row(r, k, self._generator(r, k)) for r in reqs for k in range(r.n)]
+        self._join(rows, cache, mask[copies])
+        self._sample(rows, logits[copies])
+
+    def _decode(self) -> None:
+        last = torch.tensor([[row.ids[-1]] for row in self.rows], dtype=torch.long)
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
+        positions = self.mask.sum(-1, keepdim=True) - 1
+        logits, self.cache = self._forward(last, self.mask, positions, self.cache)
+        self._sample(self.rows, logits)
+
+    # ------------------------------------------------------------------ batch bookkeeping
+
+    def _join(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
+        """Lay a prefilled group's cache beside the running batch's, padded on the left."""
+        if not self.rows:
+            self.rows, self.cache, self.mask = rows, cache, mask
+            return
+        width = max(mask.shape[1], self.mask.shape[1])
+        for layer_new, layer_old in zip(cache.layers, self.cache.layers):
+            for name in ("keys", "values"):
+                a, b = _pad_left(getattr(layer_old, name), width), _pad_left(getattr(layer_new, name), width)
+                setattr(layer_old, name, torch.cat([a, b], dim=0))
+        self.mask = torch.cat([_pad_left(self.mask, width, dim=1), _pad_left(mask, width, dim=1)], dim=0)
+        self.rows = self.rows + rows
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, row in enumerate(self.rows)
+                if row.req.finish_reasons[row.index] is None and not row.req.cancelled]
+        for row in self.rows:
+            if row.req.cancelled and row.req.finish_reasons[row.index] is None:
+                self._finish(row, FINISH_CANCEL)
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(keep)
+        self.cache.batch_select_indices(index.to(self.device))
+        self.mask = self.mask[index]
+        pad = int((self.mask.cumsum(-1) == 0).sum(-1).min())  # columns that only pad
+        if pad:
+            self.mask = self.mask[:, pad:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, pad:], layer.values[:, :, pad:]
+
+    # ------------------------------------------------------------------ tokens and text
+
+    def _generator(self, req: Request, k: int) -> torch.Generator | None:
+        if req.temperature <= 0:
+            return None
+        return torch.Generator().manual_seed(int(req.seed) + k)
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        logits = logits.cpu()
+        for row, scores in zip(rows, logits):
+            req = row.req
+            if req.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted(set(req.prompt_ids) | set(row.ids)))
+                vals = scores[seen]
+                scores[seen] = torch.where(vals > 0, vals / req.repetition_penalty, vals * req.repetition_penalty)
+            token = int(scores.argmax()) if row.generator is None else _sample_top_p(
+                scores, req.temperature, req.top_p, row.generator)
+            if req.first_token_at is None:
+                req.first_token_at = time.monotonic()
+            row.ids.append(token)
+            self._advance(row, token)
+
+    def _advance(self, row: _Row, token: int) -> None:
+        req = row.req
+        done = token in self.eos
+        ids = row.ids[:-1] if done else row.ids
+        text = self.tok.decode(ids, skip_special_tokens=True)
+        reason = FINISH_STOP if done else None
+        for stop in req.stop:
+            at = text.find(stop, max(0, row.shown - len(stop)))
+            if stop and at >= 0:
+                text, reason = text[:at], FINISH_STOP
+        if reason is None and len(row.ids) >= req.max_tokens:
+            reason = FINISH_LENGTH
+        upto = len(text) if reason else len(text) - hold_back(text, req.stop)
+        if upto > row.shown:
+            if req.on_delta is not None:
+                req.on_delta(row.index, text[row.shown:upto])
+            row.shown = upto
+        req.texts[row.index], req.token_ids[row.index] = text[:upto], list(row.ids)
+        if reason:
+            self._finish(row, reason)
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        req = row.req
+        req.finish_reasons[row.index] = reason
+        if req.on_finish is not None:
+            req.on_finish(row.index, reason)
+        if req.done and req.on_done is not None:
+            req.on_done(req)
+
+    def _finish_all(self, req: Request, reason: str) -> None:
+        for i, r in enumerate(req.finish_reasons):
+            if r is None:
+                req.finish_reasons[i] = reason
+                if req.on_finish is not None:
+                    req.on_finish(i, reason)
+        if req.on_done is not None:
+            req.on_done(req)
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def _sample_top_p(scores: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
+    probs = torch.softmax(scores / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # the smallest set whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))

@@ -1,0 +1,213 @@
+"""The OpenAI-compatible HTTP API over the generation engine, and the web chat page.
+
+Routes: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`
+(with `echo` and `logprobs`, so lm-evaluation-harness's `local-completions` model can score
+log-likelihood tasks), `GET /` (the chat page). Every error is OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`: 400 bad body, 401 wrong key, 404 unknown
+model or route, 413 body too large, 503 with `Retry-After` when the queue is full.
+"""
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import secrets
+import time
+import uuid
+from importlib import resources
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from pmcllama.serve.api import ApiError, ChatRequest, CompletionRequest, validation_error
+from pmcllama.serve.backend import Backend, Job
+from pmcllama.serve.engine import FINISH_ERROR
+
+
+def create_app(backend: Backend, model_name: str, api_key: str | None = None,
+               max_body: int = 4 << 20, max_queue: int = 64) -> FastAPI:
+    app = FastAPI(title="pmcllama", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.backend = backend
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_, e: HTTPException):
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(ApiError(e.status_code, str(e.detail), type=kind).body(), status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_, e: RequestValidationError):
+        return JSONResponse(ApiError(400, str(e.errors()[0].get("msg"))).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _internal(_, e: Exception):  # a bug: still OpenAI's shape, and the server lives on
+        return JSONResponse(ApiError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
+                            status_code=500)
+
+    async def body_of(request: HttpRequest, cls):
+        if api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                raise ApiError(401, "invalid API key (send Authorization: Bearer KEY)",
+                               type="authentication_error", code="invalid_api_key")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > max_body:
+                raise ApiError(413, f"request body larger than {max_body} bytes", code="body_too_large")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ApiError(400, "request body is not UTF-8 text") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ApiError(400, f"request body is not valid JSON: {getattr(e, 'msg', 'nested too deeply')}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        try:
+            req = cls.model_validate(data)
+        except ValidationError as e:
+            raise validation_error(e) from None
+        if req.model not in (None, model_name):
+            raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{model_name}'",
+                           "model", "model_not_found", type="not_found_error")
+        req.unsupported()
+        if backend.load >= max_queue:
+            raise ApiError(503, "the server is busy: the request queue is full; retry shortly",
+                           code="queue_full", type="server_error", headers={"Retry-After": "1"})
+        return req
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return chat_page(model_name)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "load": backend.load}
+
+    @app.get("/v1/models")
+    async def models(request: HttpRequest):
+        if api_key is not None and not secrets.compare_digest(
+                request.headers.get("authorization", "").encode(), f"Bearer {api_key}".encode()):
+            raise ApiError(401, "invalid API key", type="authentication_error", code="invalid_api_key")
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(time.time()),
+                                            "owned_by": "pmcllama"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HttpRequest):
+        req = await body_of(request, ChatRequest)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
+                    for i, m in enumerate(req.messages)]
+        ids = backend.chat_ids(messages)
+        return await respond(request, req, [ids], chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest):
+        req = await body_of(request, CompletionRequest)
+        prompts = [backend.text_ids(p) if isinstance(p, str) else p for p in req.prompts()]
+        if any(not p or not all(isinstance(t, int) and 0 <= t < backend.vocab for t in p) for p in prompts):
+            raise ApiError(400, f"prompt token ids must be in [0, {backend.vocab})", "prompt")
+        if req.stream and (req.echo or req.logprobs is not None):
+            raise ApiError(400, "echo and logprobs are not supported with stream", "stream")
+        return await respond(request, req, prompts, chat=False)
+
+    async def respond(request: HttpRequest, req, prompts: list[list[int]], chat: bool):
+        jobs = [backend.job(ids, req) for ids in prompts]
+        meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
+                "model": model_name, "object": "chat.completion" if chat else "text_completion"}
+        if req.stream:
+            return StreamingResponse(stream(request, jobs, req, meta, chat), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            await asyncio.gather(*(j.wait() for j in jobs))
+        except asyncio.CancelledError:
+            for j in jobs:
+                j.cancel()
+            raise
+        if any(FINISH_ERROR in j.request.finish_reasons for j in jobs):
+            raise ApiError(503, "generation failed on the server; retry", type="server_error",
+                           code="generation_failed", headers={"Retry-After": "1"})
+        choices = []
+        for k, job in enumerate(jobs):
+            for i in range(req.n):
+                c = {"index": k * req.n + i, "finish_reason": job.finish_reason(i), "logprobs": None}
+                if chat:
+                    c["message"] = {"role": "assistant", "content": job.text(i)}
+                else:
+                    c["text"] = (backend.decode(job.prompt_ids) if req.echo else "") + job.text(i)
+                    if req.logprobs is not None:
+                        c["logprobs"] = await asyncio.to_thread(backend.logprobs, job, i, req.logprobs, req.echo)
+                choices.append(c)
+        return {**meta, "choices": choices, "usage": usage(jobs)}
+
+    async def stream(request: HttpRequest, jobs: list[Job], req, meta: dict, chat: bool) -> AsyncIterator[str]:
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        base = {**meta, "object": obj}
+        try:
+            if chat:
+                for i in range(req.n):
+                    yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                    "finish_reason": None}]})
+            async for index, text, reason in merged(jobs, req.n):
+                if reason == FINISH_ERROR:
+                    yield sse(ApiError(503, "generation failed on the server", type="server_error",
+                                       code="generation_failed").body())
+                    break
+                if chat:
+                    delta = {"content": text} if text else {}
+                    c = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
+                else:
+                    c = {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+                yield sse({**base, "choices": [c]})
+            if req.stream_options and req.stream_options.include_usage:
+                yield sse({**base, "choices": [], "usage": usage(jobs)})
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or we are done): stop generating
+            for j in jobs:
+                j.cancel()
+
+    return app
+
+
+async def merged(jobs: list[Job], n: int) -> AsyncIterator[tuple[int, str, str | None]]:
+    """(choice index, text delta, finish reason or None) of every job as they come."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(k: int, job: Job):
+        async for i, text, reason in job.events():
+            await queue.put((k * n + i, text, reason))
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(k, j)) for k, j in enumerate(jobs)]
+    try:
+        left = len(tasks)
+        while left:
+            item = await queue.get()
+            if item is None:
+                left -= 1
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def usage(jobs: list[Job]) -> dict[str, Any]:
+    prompt = sum(len(j.prompt_ids) for j in jobs)
+    completion = sum(j.completion_tokens for j in jobs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def chat_page(model_name: str) -> str:
+    page = resources.files("pmcllama.serve").joinpath("chat.html").read_text(encoding="utf-8")
+    return page.replace("{{MODEL}}", html.escape(model_name))

@@ -1,0 +1,311 @@
+"""`pmcllama serve`, as real clients use it: the official openai client and raw HTTP against a
+live server on 127.0.0.1 (tiny-llama), the engine behind it, and the terminal chat."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A live `pmcllama serve tiny-llama` on a free port, with an API key."""
+    proc = subprocess.Popen([sys.executable, "-m", "pmcllama", "serve", "tiny-llama", "port=0",
+                             f"api_key={KEY}", "max_batch=8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, deadline, seen = None, time.time() + 120, []
+    while url is None and time.time() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        if m:
+            url = m.group(1)
+        elif not line and proc.poll() is not None:
+            break
+    assert url, "".join(seen)
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def chat(client, text="Hello", **kw):
+    kw = {"temperature": 0, "max_tokens": 12, **kw}
+    return client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": text}], **kw)
+
+
+def test_models_and_page(client, server):
+    assert [m.id for m in client.models.list().data] == ["tiny-llama"]
+    page = httpx.get(server + "/", timeout=30).text
+    assert "not medical advice" in page and ">tiny-llama<" in page and "/v1/chat/completions" in page
+    assert "http://" not in page and "https://" not in page  # no CDN: the page is self-contained
+    assert httpx.get(server + "/health", timeout=30).json()["status"] == "ok"
+
+
+def test_stream_deltas_equal_the_non_stream_answer(client):
+    whole = chat(client, "The heart")
+    assert whole.object == "chat.completion" and whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == 12 and whole.usage.prompt_tokens > 3
+    parts, finishes, usage = [], [], None
+    for chunk in chat(client, "The heart", stream=True, stream_options={"include_usage": True}):
+        if chunk.usage:
+            usage = chunk.usage
+        for c in chunk.choices:
+            parts.append(c.delta.content or "")
+            finishes.append(c.finish_reason)
+    assert "".join(parts) == whole.choices[0].message.content
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    assert usage.total_tokens == whole.usage.total_tokens
+
+
+def test_sse_framing(server):
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+            "max_tokens": 4, "temperature": 0}
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert all(ln.startswith("data: ") for ln in lines) and lines[-1] == "data: [DONE]"
+    first = json.loads(lines[0][6:])
+    assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_completions_stop_and_echo_logprobs(client):
+    plain = client.completions.create(model="tiny-llama", prompt="The aorta is a large", max_tokens=10, temperature=0)
+    text = plain.choices[0].text
+    assert len(text) > 6 and plain.choices[0].finish_reason == "length"
+    stop = text[3:6]
+    cut = client.completions.create(model="tiny-llama", prompt="The aorta is a large", max_tokens=10,
+                                    temperature=0, stop=[stop])
+    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    scored = client.completions.create(model="tiny-llama", prompt="Insulin is", max_tokens=1, temperature=0,
+                                       echo=True, logprobs=1)
+    lp = scored.choices[0].logprobs
+    assert scored.choices[0].text.startswith("Insulin is")
+    assert lp.token_logprobs[0] is None and all(x < 0 for x in lp.token_logprobs[1:])
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert all(max(top.values()) >= x for top, x in zip(lp.top_logprobs[1:], lp.token_logprobs[1:]))
+
+
+def test_sampling_n_seed_and_refused_fields(client):
+    a = chat(client, "Fever", temperature=1.0, n=2, seed=7, max_tokens=16)
+    b = chat(client, "Fever", temperature=1.0, n=2, seed=7, max_tokens=16)
+    assert [c.index for c in a.choices] == [0, 1]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert e.value.body["param"] == "tools"
+    with pytest.raises(openai.BadRequestError):
+        chat(client, n=99)
+
+
+def test_wrong_key_and_unknown_model(server, client):
+    bad = openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    with pytest.raises(openai.AuthenticationError):
+        chat(bad)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+
+
+def test_sixteen_concurrent_requests_equal_their_sequential_answers(client):
+    prompts = [f"Question {i}: what does the {w} do?" for i, w in
+               enumerate("heart liver kidney lung brain skin bone blood nerve gut eye ear vein aorta spleen gland".split())]
+    alone = [chat(client, p).choices[0].message.content for p in prompts]
+    together: list = [None] * len(prompts)
+
+    def ask(i):
+        together[i] = chat(client, prompts[i]).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert together == alone
+
+
+HOSTILE = [
+    (b"{not json", 400), (b"[1, 2]", 400), (b"\xff\xfe{}", 400),
+    (b'{"messages": "hello"}', 400), (b'{"messages": []}', 400),
+    (b'{"messages": [{"role": "wizard", "content": "x"}]}', 400),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000000000}', 400),
+    (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', 400),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}', 400),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400),
+    (b"[" * 100000 + b"]" * 100000, 400),
+]
+
+
+def test_hostile_bodies_get_openai_shaped_4xx_and_the_server_lives(server):
+    h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    url = server + "/v1/chat/completions"
+    for body, status in HOSTILE:
+        r = httpx.post(url, content=body, headers=h, timeout=60)
+        assert r.status_code == status, (body[:60], r.status_code, r.text[:200])
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text[:200]
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * (10 << 20)}]}).encode()
+    r = httpx.post(url, content=big, headers=h, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    long = {"messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 4}
+    r = httpx.post(url, json=long, headers=h, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    many = {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(199)],
+            "max_tokens": 2}
+    r = httpx.post(url, json=many, headers=h, timeout=120)
+    assert r.status_code in (200, 400) and ("choices" in r.json() or "error" in r.json())
+    r = httpx.get(server + "/nowhere", timeout=30)
+    assert r.status_code == 404 and "error" in r.json()
+    assert httpx.get(server + "/health", timeout=30).json()["status"] == "ok"
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_rows(server, client):
+    stream = chat(client, "Tell me everything", max_tokens=400, stream=True)
+    for _, _chunk in zip(range(3), stream):
+        pass
+    stream.close()
+    deadline = time.time() + 30
+    while time.time() < deadline and httpx.get(server + "/health", timeout=30).json()["load"]:
+        time.sleep(0.2)
+    assert httpx.get(server + "/health", timeout=30).json()["load"] == 0
+    assert chat(client).choices[0].message.content is not None
+
+
+def test_a_full_queue_answers_503_with_retry_after(tiny_model):
+    from fastapi.testclient import TestClient
+
+    from pmcllama.serve.backend import Backend
+    from pmcllama.serve.server import create_app
+
+    app = create_app(Backend(*tiny_model), "tiny-llama", max_queue=0)
+    r = TestClient(app).post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "queue_full"
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def test_engine_batches_give_the_same_greedy_tokens_as_generate(tiny_model):
+    import torch
+
+    from pmcllama.serve.engine import Engine, Request
+
+    model, tok = tiny_model
+    prompts = ["Heart", "The aorta is a large", "x y z w v u t s r q p o n m"]
+    ref = []
+    for p in prompts:
+        enc = tok(p, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=9, do_sample=False, pad_token_id=tok.pad_token_id)
+        ref.append(out[0, enc["input_ids"].shape[1]:].tolist())
+    engine = Engine(model, tok)
+    reqs = [Request(tok(p)["input_ids"], max_tokens=9) for p in prompts]
+    engine.submit(reqs[0])
+    engine.step()
+    engine.step()  # the others join a running batch
+    engine.submit(reqs[1])
+    engine.step()
+    engine.submit(reqs[2])
+    while engine.step():
+        pass
+    assert [r.token_ids[0] for r in reqs] == ref
+    assert engine.rows == [] and engine.cache is None
+
+
+def test_stop_strings_are_held_back_across_tokens(tiny_model):
+    from pmcllama.serve.engine import Engine, Request, hold_back
+
+    assert hold_back("abc Ques", ["Question:"]) == 4 and hold_back("abc", ["xyz"]) == 0
+    assert hold_back("caf\ufffd", []) == 1
+    model, tok = tiny_model
+    engine = Engine(model, tok)
+    [free] = engine.generate([Request(tok("Heart")["input_ids"], max_tokens=10)])
+    text = free.texts[0]
+    stop = text[4:8]  # spans token boundaries of the repeated piece
+    seen: list[str] = []
+    [cut] = engine.generate([Request(tok("Heart")["input_ids"], max_tokens=10, stop=[stop],
+                                     on_delta=lambda _, d: seen.append(d))])
+    assert cut.texts[0] == text[: text.index(stop)] and "".join(seen) == cut.texts[0]
+    assert cut.finish_reasons == ["stop"]
+
+
+def test_generate_keeps_its_greedy_outputs(tiny_model):
+    """Pinned from `pmcllama generate` before it moved onto the engine."""
+    from pmcllama.generate import GenerateConfig, complete
+
+    model, tok = tiny_model
+    out = complete(model, tok, ["Heart", "The aorta is a large", "Insulin"],
+                   GenerateConfig(max_new_tokens=10, stream=False))
+    assert [r["completion"] for r in out] == ["art" * 10, "ge" * 10, "in" * 10]
+    assert [r["new_tokens"] for r in out] == [10, 10, 10]
+    chat_out = complete(model, tok, ["Heart failure"], GenerateConfig(max_new_tokens=8, stream=False, chat=True))
+    assert chat_out[0]["completion"] == "\n" * 8
+
+
+# ----------------------------------------------------------------------------- terminal chat
+
+
+def test_chat_session_commands(tiny_model):
+    from pmcllama.serve.chat import ChatConfig, Session
+    from pmcllama.serve.engine import Engine
+
+    model, tok = tiny_model
+    out = io.StringIO()
+    s = Session(Engine(model, tok), tok, ChatConfig(model="tiny-llama", temperature=0, max_tokens=5), out.write)
+    assert s.handle("/system Be brief.") and s.system == "Be brief."
+    assert s.handle("Hello") and len(s.history) == 2 and s.history[1]["content"] in out.getvalue()
+    assert s.handle("/reset") and s.history == []
+    assert s.handle("/help") and "commands:" in out.getvalue()
+    assert not s.handle("/exit")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_chat_in_a_real_terminal(tmp_path):
+    name = f"pmcllama-test-{os.getpid()}"
+    cmd = f"{sys.executable} -m pmcllama chat tiny-llama temperature=0 max_tokens=6"
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "30", cmd], check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
+
+        def wait_for(pattern: str, after: int = 0) -> str:
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                text = screen()
+                if len(re.findall(pattern, text)) > after:
+                    return text
+                time.sleep(0.3)
+            raise AssertionError(screen())
+
+        wait_for(r"not medical advice")
+        wait_for(r"(?m)^>")
+        subprocess.run(["tmux", "send-keys", "-t", name, "What is a fever?", "Enter"], check=True)
+        wait_for(r"(?m)^>", after=1)
+        subprocess.run(["tmux", "send-keys", "-t", name, "/reset", "Enter"], check=True)
+        assert "(new conversation)" in wait_for(r"new conversation")
+        subprocess.run(["tmux", "send-keys", "-t", name, "/exit", "Enter"], check=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and subprocess.run(["tmux", "has-session", "-t", name]).returncode == 0:
+            time.sleep(0.3)
+        assert subprocess.run(["tmux", "has-session", "-t", name], capture_output=True).returncode != 0
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
