@@ -110,3 +110,48 @@ def test_section_via_the_cli_names_the_section_in_errors(tmp_path):
     assert res.exit_code == 2 and "did you mean 'lr'" in res.output
     res = CliRunner().invoke(app, ["finetune", "--config", str(recipe), "--section", "finetune"])
     assert res.exit_code == 2 and f"{recipe} [finetune]" in res.output and "'lr' = 'fast'" in res.output
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_section_is_its_stage_config(recipe):
+    import importlib
+
+    import yaml
+
+    from pmcllama.cli import STAGES
+    from pmcllama.run import LINKS
+
+    whole = load_config(RecipeConfig, recipe)
+    sections = [k for k, v in yaml.safe_load(recipe.read_text()).items() if isinstance(v, dict)]
+    assert set(sections) <= set(LINKS) | {"probe"}, sections
+    for name in sections:
+        if name == "probe":
+            continue
+        module, cls_name, _ = STAGES[name]
+        cls = getattr(importlib.import_module(module), cls_name)
+        alone = load_config(cls, recipe, section=name)
+        assert type(alone) is type(getattr(whole, name)) and alone == getattr(whole, name)
+
+
+def test_a_recipe_section_may_not_set_what_the_runner_links(tmp_path):
+    with pytest.raises(ConfigError, match=r"pretrain.out is filled in by the recipe runner"):
+        load_config(RecipeConfig, None, ["pretrain.out=elsewhere"])
+    with pytest.raises(ConfigError, match=r"evaluate.model is filled in by the recipe runner"):
+        load_config(RecipeConfig, None, ["evaluate.model=tiny-llama"])
+    cfg = load_config(RecipeConfig, None, ["evaluate.temperature=0.7", "evaluate.mode=cot",
+                                           "evaluate.self_consistency=5", "probe=null"])
+    assert (cfg.evaluate.temperature, cfg.evaluate.self_consistency, cfg.probe) == (0.7, 5, None)
+    assert cfg.generate.max_new_tokens == 64  # the generate stage's own default
+
+
+def test_the_quickstart_evaluate_section_runs_alone_until_it_needs_benchmarks():
+    from typer.testing import CliRunner
+
+    from pmcllama.cli import app
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    res = CliRunner().invoke(app, ["evaluate", "--config", str(recipe), "--section", "evaluate"])
+    assert res.exit_code == 2 and "no benchmarks to score" in res.output
