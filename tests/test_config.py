@@ -155,3 +155,29 @@ def test_the_quickstart_evaluate_section_runs_alone_until_it_needs_benchmarks():
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     res = CliRunner().invoke(app, ["evaluate", "--config", str(recipe), "--section", "evaluate"])
     assert res.exit_code == 2 and "no benchmarks to score" in res.output
+
+
+def test_the_readme_slurm_job_passes_the_batch_check_for_its_world_size():
+    import importlib
+    import re
+    import shlex
+
+    from pmcllama.cli import STAGES
+    from pmcllama.training.distributed import Dist
+    from pmcllama.training.loop import check_batch
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    job = next(b for b in readme.split("```") if "#SBATCH" in b)
+    nodes = int(re.search(r"#SBATCH .*--nodes=(\d+)", job).group(1))
+    per_node = int(re.search(r"--nproc_per_node (\d+)", job).group(1))
+    words = shlex.split(job[job.index("-m pmcllama"):].replace("\\\n", " "))
+    stage, config, section, overrides = words[2], words[4], words[6], words[7:]
+    assert (words[3], words[5]) == ("--config", "--section")
+    module, cls_name, _ = STAGES[stage]
+    cfg = load_config(getattr(importlib.import_module(module), cls_name), root / config, overrides, section=section)
+    world = Dist(world=nodes * per_node)
+    assert world.world == 32
+    check_batch(cfg, world)  # raises a UserError when global_batch is not micro_batch x processes x k
+    with pytest.raises(UserError, match="not a multiple of micro_batch 4 x 32 processes"):
+        check_batch(cfg.model_copy(update={"micro_batch": 4}), world)
