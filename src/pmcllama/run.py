@@ -19,12 +19,15 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
+from pmcllama import corpus, evaluate, finetune, generate, instructions, pretrain
 from pmcllama.config import C, Config
 from pmcllama.corpus import CorpusConfig
 from pmcllama.errors import ConfigError, UserError
 from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
 from pmcllama.generate import GenerateConfig
 from pmcllama.instructions import InstructionsConfig
+from pmcllama.plots import plot_accuracy_bars, plot_losses
+from pmcllama.report import make_report
 from pmcllama.stage import read_manifest, write_json
 from pmcllama.training.config import FinetuneConfig, PretrainConfig
 
@@ -100,8 +103,6 @@ def claim_run_folder(out: Path, force: bool) -> None:
 
 def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict[str, Path]]:
     """Run the building stages; return model states [(label, model)] and stage folders."""
-    from pmcllama import corpus, finetune, instructions, pretrain
-
     out = Path(cfg.out_dir)
     states = [("base", cfg.base_model)]
     folders: dict[str, Path] = {}
@@ -159,10 +160,6 @@ def results_table(rows: dict[str, dict], name: str) -> str:
 
 
 def run(cfg: RecipeConfig, force: bool = False) -> Path:
-    from pmcllama import evaluate, generate
-    from pmcllama.plots import plot_accuracy_bars, plot_losses
-    from pmcllama.report import make_report
-
     t0 = time.perf_counter()
     if cfg.corpus is cfg.pretrain is cfg.instructions is cfg.finetune is None \
             and not cfg.evaluate.benchmarks and not cfg.generate.prompts:

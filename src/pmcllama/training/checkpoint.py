@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pmcllama.errors import UserError
-from pmcllama.stage import write_json
+from pmcllama.stage import MANIFEST, describe_input, write_json
 from pmcllama.training import distributed
 from pmcllama.training.distributed import Dist
 
@@ -243,8 +243,6 @@ def kill_hook(step: int) -> None:
 def inputs_identity(data: str | Path, model_dir: str | Path) -> dict:
     """Cheap identity of a training run's inputs: stage outputs by their manifest, a model
     folder without one by its file names and sizes."""
-    from pmcllama.stage import MANIFEST, describe_input
-
     model_dir = Path(model_dir)
     if (model_dir / MANIFEST).is_file():
         model = describe_input(model_dir)

@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pmcllama.errors import UserError
+from pmcllama.models import save_model
+from pmcllama.plots import plot_losses
+from pmcllama.progress import progress
 from pmcllama.training import checkpoint as ckpt
 from pmcllama.training import distributed, varlen
 from pmcllama.training.distributed import Dist
 from pmcllama.training.config import TrainConfig
-from pmcllama.training.data import Example, collate, label_tokens
-from pmcllama.training.metrics import Metrics, check_loggers, memory
+from pmcllama.training.data import collate, label_tokens
+from pmcllama.training.example import Example
+from pmcllama.training.metrics import Metrics, check_loggers, matmul_peak, memory
 
 
 def cpu_has_native_bf16() -> bool:
@@ -237,8 +241,6 @@ def resume_or_start(run: Run, steps, out: Path, ident: dict) -> ckpt.TrainProgre
 
 
 def open_metrics(run: Run, out: Path, step: int) -> Metrics:
-    from pmcllama.training.metrics import matmul_peak
-
     peak = run.cfg.peak_flops or matmul_peak(run.device, run.precision)
     n_params = sum(p.numel() for p in run.raw.parameters())
     return Metrics(out, run.cfg, step, n_params, peak * run.dist.world, run.dist.main, stage_name(out))
@@ -252,8 +254,6 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
     `state_dict()`/`load_state_dict()`, like `Batches`); with `resume`, the newest one of the
     same config and `inputs` is continued exactly. Under torchrun every rank calls this.
     """
-    from pmcllama.progress import progress
-
     if cfg.save_every and not hasattr(steps, "state_dict"):
         raise TypeError("save_every needs a batch stream whose position can be saved (training.data.Batches)")
     check_loggers(cfg.loggers)
@@ -310,8 +310,6 @@ def finish(run: Run, tokenizer, val, out: Path, prog: ckpt.TrainProgress) -> dic
     elif run.dist.main:
         save_trained(run.raw, tokenizer, run.cfg, out)
     if run.dist.main:
-        from pmcllama.plots import plot_losses
-
         plot_losses({stage_name(out): out / "metrics.jsonl"}, out / "loss.png",
                     title=f"{stage_name(out)}: training loss")
         shutil.rmtree(out / ckpt.CHECKPOINTS, ignore_errors=True)
@@ -339,8 +337,6 @@ def checkpointing_off(model) -> None:
 
 def save_trained(model, tokenizer, cfg: TrainConfig, out: Path) -> None:
     """Save a Hugging Face folder; with LoRA also the adapter (adapter/) and the merged model."""
-    from pmcllama.models import save_model
-
     model = model.to("cpu")
     if cfg.lora is not None:
         model.save_pretrained(str(out / "adapter"))
