@@ -15,7 +15,6 @@ import torch
 
 from pmcllama import finetune, pretrain
 from pmcllama.errors import UserError
-from pmcllama.training.checkpoint import KILL_AFTER_STEP
 from pmcllama.training.config import FinetuneConfig, LoraConfig, PretrainConfig
 from pmcllama.training.data import EpochStream, MixtureSampler
 
@@ -46,10 +45,29 @@ def _cli_args(settings: dict) -> list[str]:
     return args
 
 
+KILLED_RUN = str(Path(__file__).resolve())  # python KILLED_RUN STEPS STAGE key=value ... (see the end)
+
+
+def kill_after(steps: int) -> None:
+    """Make this process SIGKILL itself as it starts optimizer step `steps` + 1, that is once
+    step `steps` is logged and checkpointed: the training loop itself knows nothing of it."""
+    from pmcllama.training import loop
+
+    real, started = loop.train_step, []
+
+    def step(run, examples):
+        started.append(1)
+        if len(started) > steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(run, examples)
+
+    loop.train_step = step
+
+
 def _killed_run(stage: str, settings: dict, after_step: int) -> None:
     """Run the stage through the CLI in a subprocess that SIGKILLs itself after `after_step`."""
-    env = {**os.environ, KILL_AFTER_STEP: str(after_step), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pmcllama", stage, *_cli_args(settings)],
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, KILLED_RUN, str(after_step), stage, *_cli_args(settings)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
@@ -224,3 +242,11 @@ def test_truncate_metrics_keeps_rows_up_to_the_checkpoint(tmp_path):
 def test_eval_every_needs_validation_data(tmp_path, corpus):
     with pytest.raises(UserError, match="val_sequences"):
         pretrain.run(PretrainConfig(data=str(corpus), out=str(tmp_path / "p"), **{**PRETRAIN, "val_sequences": 0}))
+
+
+if __name__ == "__main__":  # the `pmcllama` CLI in a process killed after argv[1] optimizer steps
+    kill_after(int(sys.argv[1]))
+    from pmcllama.cli import main
+
+    sys.argv = ["pmcllama", *sys.argv[2:]]
+    main()

@@ -26,7 +26,6 @@ import os
 import random
 import re
 import shutil
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +41,6 @@ STATE = "state.json"
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
 RUN_ONLY = frozenset({"out", "resume", "save_every", "keep_last", "log_every", "eval_every", "threads",
                       "distributed", "loggers", "peak_flops"})
-KILL_AFTER_STEP = "PMCLLAMA_TEST_KILL_AFTER_STEP"  # test hook: SIGKILL this process after that step
 _NAME = re.compile(r"^step-(\d{6,})$")
 
 
@@ -232,12 +230,6 @@ def load(folder: Path, model, opt, sched, data, ident: dict, trainable: set[str]
     _set_rng_states(rngs["ranks"][k], others[k])
     return TrainProgress(step=int(state["step"]), tokens=int(state["tokens"]),
                          tokens_by_source=dict(state["tokens_by_source"]), elapsed_s=float(state["elapsed_s"]))
-
-
-def kill_hook(step: int) -> None:
-    """For tests of resume: SIGKILL this process after the step named by $PMCLLAMA_TEST_KILL_AFTER_STEP."""
-    if os.environ.get(KILL_AFTER_STEP) == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def inputs_identity(data: str | Path, model_dir: str | Path) -> dict:

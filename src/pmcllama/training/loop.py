@@ -287,7 +287,6 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
         if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
             ckpt.save(out / ckpt.CHECKPOINTS, run.model, run.opt, run.sched, steps, prog, ident, cfg.keep_last,
                       run.trainable, run.dist)
-        ckpt.kill_hook(step)
     bar.close()
     metrics.close()
     summary = finish(run, tokenizer, val, out, prog)
