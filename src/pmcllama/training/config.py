@@ -10,7 +10,7 @@ from pmcllama.config import Config
 
 
 class LoraConfig(Config):
-    """LoRA as a model transform (PEFT); merged into the base weights on save."""
+    """LoRA as a model transform (models.attach_lora); merged into the base weights on save (models.merge_lora)."""
 
     rank: int = Field(8, ge=1, description="LoRA rank r")
     alpha: int = Field(16, ge=1, description="LoRA scaling alpha")

@@ -3,10 +3,11 @@
 AdamW (fused, on CPU and CUDA) with warmup + cosine decay, gradient accumulation to a global
 batch (the loss is normalised by the label tokens of the whole optimizer step, so accumulation
 does not change it), gradient clipping, bf16 autocast where the hardware runs bf16 natively,
-optional activation checkpointing, torch.compile and LoRA (PEFT) merged on save; DDP/FSDP2
-under torchrun (training/distributed.py); validation loss every `eval_every` steps; resumable
-checkpoints every `save_every` steps (training/checkpoint.py). Writes metrics.jsonl (and
-TensorBoard/W&B, training/metrics.py), loss.png and a Hugging Face model folder.
+optional activation checkpointing, torch.compile and the LoRA transform (models.attach_lora,
+merged on save by models.merge_lora); DDP/FSDP2 under torchrun (training/distributed.py);
+validation loss every `eval_every` steps; resumable checkpoints every `save_every` steps
+(training/checkpoint.py). Writes metrics.jsonl (and TensorBoard/W&B, training/metrics.py),
+loss.png and a Hugging Face model folder.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pmcllama.errors import UserError
-from pmcllama.models import save_model
+from pmcllama.models import attach_lora, merge_lora, save_model
 from pmcllama.plots import plot_losses
 from pmcllama.progress import progress
 from pmcllama.training import checkpoint as ckpt
@@ -77,7 +78,7 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
 
 
 def prepare_model(model, cfg: TrainConfig):
-    """Apply LoRA and activation checkpointing as configured."""
+    """Apply activation checkpointing and the LoRA transform (models.attach_lora) as configured."""
     if cfg.grad_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -85,13 +86,7 @@ def prepare_model(model, cfg: TrainConfig):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        if cfg.grad_checkpointing:
-            model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(
-            r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM"))
+        model = attach_lora(model, cfg.lora, input_grads=cfg.grad_checkpointing)
     return model
 
 
@@ -335,11 +330,10 @@ def checkpointing_off(model) -> None:
 
 
 def save_trained(model, tokenizer, cfg: TrainConfig, out: Path) -> None:
-    """Save a Hugging Face folder; with LoRA also the adapter (adapter/) and the merged model."""
+    """Save a Hugging Face folder; with LoRA the merged model and the adapter (adapter/)."""
     model = model.to("cpu")
     if cfg.lora is not None:
-        model.save_pretrained(str(out / "adapter"))
-        model = model.merge_and_unload()
+        model = merge_lora(model, out / "adapter")
     if cfg.grad_checkpointing:
         checkpointing_off(model)
         model.config.use_cache = True
