@@ -31,6 +31,15 @@ def test_unknown_key_names_the_nearest_valid_key():
         load_config(RecipeConfig, None, ["pretrain.seq_lenn=5", "pretrain.data=x"])
 
 
+def test_a_key_that_lives_in_a_section_is_named_with_it():
+    with pytest.raises(ConfigError, match=r"'warmup_steps'; did you mean 'optimizer.warmup_steps'"):
+        load_config(FinetuneConfig, None, ["warmup_steps=5"])
+    with pytest.raises(ConfigError, match=r"'finetune.weight_decay'; did you mean 'finetune.optimizer.weight_decay'"):
+        load_config(RecipeConfig, None, ["finetune.weight_decay=0.1"])
+    with pytest.raises(ConfigError, match=r"optimizer.betas' = \[0.9, 1.5\]: .*betas must each be in \[0, 1\)"):
+        load_config(FinetuneConfig, None, ["optimizer.betas=[0.9, 1.5]"])
+
+
 def test_wrong_type_names_field_and_value():
     with pytest.raises(ConfigError, match=r"config key 'lr' = 'fast'"):
         load_config(PretrainConfig, None, ["lr=fast"])
@@ -66,6 +75,8 @@ def test_cli_help_lists_the_pipeline_in_order():
     assert order == sorted(order)
     stage_help = _cli("pretrain", "--help").stdout
     assert "seq_len (int = 512): tokens per training sequence" in stage_help
+    assert "optimizer.betas (tuple[float, float] = (0.9, 0.95)): AdamW beta1, beta2" in stage_help
+    assert "optimizer.decay (cosine|linear|constant = 'cosine'): after warmup" in stage_help
     assert "--config" in stage_help and "--force" in stage_help
 
 

@@ -17,9 +17,9 @@ from pmcllama import pretrain
 from pmcllama.training.config import PretrainConfig
 
 # 2 processes x 1 micro-batch of 2 = the global batch of 4 the single process does in 2 micro-batches
-SETTINGS = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3, warmup_steps=2,
-                max_steps=6, precision="fp32", threads=1, mode="packed", doc_mask=True, save_every=2,
-                eval_every=3, val_sequences=3)
+SETTINGS = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3,
+                optimizer={"warmup_steps": 2}, max_steps=6, precision="fp32", threads=1, mode="packed",
+                doc_mask=True, save_every=2, eval_every=3, val_sequences=3)
 TOL = 2e-4  # losses/grad norms: the 2 processes sum gradients in another order; measured ~1e-6 after 6 steps
 
 

@@ -26,12 +26,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-PRETRAIN = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3, warmup_steps=2,
-                max_steps=12, precision="fp32", threads=1, mode="window", save_every=2, keep_last=2,
-                eval_every=4, val_sequences=3)
-FINETUNE = dict(model="tiny-llama", seq_len=128, micro_batch=2, global_batch=4, lr=1e-3, warmup_steps=1,
-                max_steps=8, precision="fp32", threads=1, save_every=2, keep_last=2, template="alpaca",
-                lora={"rank": 4, "alpha": 8, "dropout": 0.1})
+PRETRAIN = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3,
+                optimizer={"warmup_steps": 2}, max_steps=12, precision="fp32", threads=1, mode="window",
+                save_every=2, keep_last=2, eval_every=4, val_sequences=3)
+FINETUNE = dict(model="tiny-llama", seq_len=128, micro_batch=2, global_batch=4, lr=1e-3,
+                optimizer={"warmup_steps": 1}, max_steps=8, precision="fp32", threads=1, save_every=2,
+                keep_last=2, template="alpaca", lora={"rank": 4, "alpha": 8, "dropout": 0.1})
 
 
 def _cli_args(settings: dict) -> list[str]:
@@ -169,12 +169,13 @@ def test_bad_checkpoints_are_clear_errors_and_force_starts_over(tmp_path, instru
     assert "resuming from" in capsys.readouterr().out
     assert [r["step"] for r in _rows(out)] == [1, 2, 3, 4]
 
-    other_settings = {**settings, "out": str(tmp_path / "other"), "lr": 5e-4, "weight_decay": 0.1}
+    other_settings = {**settings, "out": str(tmp_path / "other"), "lr": 5e-4,
+                      "optimizer": {"warmup_steps": 1, "weight_decay": 0.1}}
     proc = subprocess.run([sys.executable, "-m", "pmcllama", "finetune", *_cli_args(other_settings)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
-    assert "checkpoint is from another training config or input (lr: 0.001 -> 0.0005; weight_decay: 0.0 -> 0.1)" \
+    assert "checkpoint is from another training config or input (lr: 0.001 -> 0.0005; optimizer.weight_decay: 0.0 -> 0.1)" \
         in proc.stderr
     other = FinetuneConfig(**other_settings)
     capsys.readouterr()

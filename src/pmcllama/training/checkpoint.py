@@ -71,11 +71,21 @@ def fingerprint(ident: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """Nested config sections as dotted keys: {"optimizer": {"eps": 1e-8}} -> {"optimizer.eps": 1e-8}."""
+    out = {}
+    for k, v in config.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v})
+    return out
+
+
 def differences(old: dict, new: dict) -> list[str]:
     """Human-readable list of what differs between two identities."""
     out = []
     for part in ("config", "inputs"):
         a, b = old.get(part) or {}, new.get(part) or {}
+        if part == "config":
+            a, b = _flat(a), _flat(b)
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
                 out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" if part == "config" else f"input '{k}' changed")

@@ -1,6 +1,6 @@
 """The one training loop, shared by knowledge injection (pretrain) and instruction tuning.
 
-AdamW (fused, on CPU and CUDA) with warmup + cosine decay, gradient accumulation to a global
+AdamW (fused, on CPU and CUDA) with warmup + cosine, linear or no decay (`optimizer:`), gradient accumulation to a global
 batch (the loss is normalised by the label tokens of the whole optimizer step, so accumulation
 does not change it), gradient clipping, bf16 autocast where the hardware runs bf16 natively,
 optional activation checkpointing, torch.compile and the LoRA transform (models.attach_lora,
@@ -26,7 +26,7 @@ from pmcllama.progress import progress
 from pmcllama.training import checkpoint as ckpt
 from pmcllama.training import distributed, varlen
 from pmcllama.training.distributed import Dist
-from pmcllama.training.config import TrainConfig
+from pmcllama.training.config import OptimizerConfig, TrainConfig
 from pmcllama.training.data import collate, label_tokens
 from pmcllama.training.example import Example
 from pmcllama.training.metrics import Metrics, check_loggers, matmul_peak, memory
@@ -68,12 +68,17 @@ def autocast(precision: str, device):
     return contextlib.nullcontext()
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
+def lr_lambda(opt: OptimizerConfig, total: int):
+    """The lr of each step as a fraction of the peak: warmup, then `opt.decay` to `opt.min_lr_ratio`."""
+    warmup, floor = opt.warmup_steps, opt.min_lr_ratio
+    shape = {"cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)), "linear": lambda t: 1 - t,
+             "constant": lambda t: 1.0}[opt.decay]
+
     def f(step: int) -> float:  # step is 0-based: the lr used for optimizer step `step + 1`
         if warmup and step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * shape(progress)
     return f
 
 
@@ -97,11 +102,12 @@ def make_optimizer(model, cfg: TrainConfig, total_steps: int, device):
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    o = cfg.optimizer
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel per step instead of ~10 per parameter; on CPU (torch >= 2.4) it is tens of
     # times faster than the default per-tensor loop, which dominates a small model's step there
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu"))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(o.betas), eps=o.eps, fused=device.type in ("cuda", "cpu"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, total_steps))
     return opt, sched
 
 
