@@ -31,13 +31,14 @@ def test_unknown_key_names_the_nearest_valid_key():
         load_config(RecipeConfig, None, ["pretrain.seq_lenn=5", "pretrain.data=x"])
 
 
-def test_a_key_that_lives_in_a_section_is_named_with_it():
-    with pytest.raises(ConfigError, match=r"'warmup_steps'; did you mean 'optimizer.warmup_steps'"):
-        load_config(FinetuneConfig, None, ["warmup_steps=5"])
-    with pytest.raises(ConfigError, match=r"'finetune.weight_decay'; did you mean 'finetune.optimizer.weight_decay'"):
-        load_config(RecipeConfig, None, ["finetune.weight_decay=0.1"])
-    with pytest.raises(ConfigError, match=r"optimizer.betas' = \[0.9, 1.5\]: .*betas must each be in \[0, 1\)"):
-        load_config(FinetuneConfig, None, ["optimizer.betas=[0.9, 1.5]"])
+@pytest.mark.parametrize("cls, override, message", [
+    (FinetuneConfig, "warmup_steps=5", r"'warmup_steps'; did you mean 'optimizer.warmup_steps'"),
+    (RecipeConfig, "finetune.weight_decay=0.1", r"'finetune.weight_decay'; did you mean 'finetune.optimizer.weight_decay'"),
+    (FinetuneConfig, "optimizer.betas=[0.9, 1.5]", r"optimizer.betas' = \[0.9, 1.5\]: .*betas must each be in \[0, 1\)"),
+])
+def test_a_key_that_lives_in_a_section_is_named_with_it(cls, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cls, None, [override])
 
 
 def test_wrong_type_names_field_and_value():
