@@ -157,6 +157,11 @@ def test_a_recipe_section_may_not_set_what_the_runner_links(tmp_path):
                                            "evaluate.self_consistency=5", "probe=null"])
     assert (cfg.evaluate.temperature, cfg.evaluate.self_consistency, cfg.probe) == (0.7, 5, None)
     assert cfg.generate.max_new_tokens == 64  # the generate stage's own default
+    from pmcllama.run import LINKED_KEYS
+
+    keys = {line.split(" ", 1)[0] for line in describe(RecipeConfig, omit=LINKED_KEYS)}  # run --help
+    assert {"pretrain.seq_len", "evaluate.temperature", "probe.choices", "instructions.tokenizer"} <= keys
+    assert not keys & {"pretrain.out", "pretrain.data", "corpus.tokenizer", "evaluate.model", "generate.stream"}
 
 
 def test_the_quickstart_evaluate_section_runs_alone_until_it_needs_benchmarks():

@@ -203,10 +203,13 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     return build_config(cls, data, overrides, source=source)
 
 
-def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per config key: `key (type, default): description`, for --help."""
+def describe(cls: type[BaseModel], prefix: str = "", omit: frozenset[str] = frozenset()) -> list[str]:
+    """One line per config key: `key (type, default): description`, for --help; the dotted
+    keys in `omit` (and below them) are left out."""
     lines = []
     for name, field in cls.model_fields.items():
+        if prefix + name in omit:
+            continue
         inner, is_list = _model_in(field.annotation)
         tname = _type_name(field.annotation)
         default = "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
@@ -214,7 +217,7 @@ def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
             default = ""
         lines.append(f"{prefix}{name} ({tname}{default}): {field.description or ''}".rstrip())
         if inner is not None:
-            lines.extend(describe(inner, prefix + name + ("[]." if is_list else ".")))
+            lines.extend(describe(inner, prefix + name + ("[]." if is_list else "."), omit))
     return lines
 
 

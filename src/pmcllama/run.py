@@ -45,6 +45,8 @@ LINKS: dict[str, tuple[str, ...]] = {
     "finetune": ("data", "model", "out"), "evaluate": ("model", "out"), "generate": ("model", "out", "stream"),
 }
 
+LINKED_KEYS = frozenset(f"{section}.{key}" for section, keys in LINKS.items() for key in keys)  # not in --help
+
 
 class RecipeConfig(Config):
     name: str = Field("recipe", description="recipe name, shown in the table")
