@@ -73,7 +73,7 @@ def run_pmcllama(a, work: Path) -> dict:
     (folder / "manifest.json").write_text(json.dumps({"stage": "instructions", "files": {"train": "train.jsonl"}}))
     out = finetune.run(FinetuneConfig(
         model=a.model, data=str(folder), out=str(work / "pmcllama"), seq_len=a.seq_len, micro_batch=a.micro_batch,
-        global_batch=a.global_batch, epochs=1, lr=2e-5, warmup_steps=1, precision=a.precision, threads=a.threads,
+        global_batch=a.global_batch, epochs=1, lr=2e-5, optimizer={"warmup_steps": 1}, precision=a.precision, threads=a.threads,
         template="alpaca", packing=True, eval_val=False), force=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"steps": len(rows), "tokens": rows[-1]["tokens"] - rows[0]["tokens"],

@@ -48,7 +48,7 @@ def point(a) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pretrain.run(PretrainConfig(
             model=a.model, data=corpus, out=str(Path(tmp) / "out"), seq_len=seq, micro_batch=batch,
-            global_batch=batch, max_steps=1, warmup_steps=0, precision="fp32", threads=a.threads,
+            global_batch=batch, max_steps=1, optimizer={"warmup_steps": 0}, precision="fp32", threads=a.threads,
             grad_checkpointing=ckpt, peak_flops=1e12), force=True)
 
 

@@ -81,7 +81,7 @@ def run_pmcllama(a, work: Path) -> dict:
 
     out = pretrain.run(PretrainConfig(
         model=a.model, data=str(work / "corpus"), out=str(work / "pmcllama"), seq_len=a.seq_len,
-        micro_batch=a.micro_batch, global_batch=a.global_batch, max_steps=a.steps, lr=2e-5, warmup_steps=1,
+        micro_batch=a.micro_batch, global_batch=a.global_batch, max_steps=a.steps, lr=2e-5, optimizer={"warmup_steps": 1},
         precision=a.precision, threads=a.threads, mode="packed"), force=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"tokens": rows[-1]["tokens"] - rows[0]["tokens"], "seconds": rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]}

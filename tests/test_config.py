@@ -31,6 +31,16 @@ def test_unknown_key_names_the_nearest_valid_key():
         load_config(RecipeConfig, None, ["pretrain.seq_lenn=5", "pretrain.data=x"])
 
 
+@pytest.mark.parametrize("cls, override, message", [
+    (FinetuneConfig, "warmup_steps=5", r"'warmup_steps'; did you mean 'optimizer.warmup_steps'"),
+    (RecipeConfig, "finetune.weight_decay=0.1", r"'finetune.weight_decay'; did you mean 'finetune.optimizer.weight_decay'"),
+    (FinetuneConfig, "optimizer.betas=[0.9, 1.5]", r"optimizer.betas' = \[0.9, 1.5\]: .*betas must each be in \[0, 1\)"),
+])
+def test_a_key_that_lives_in_a_section_is_named_with_it(cls, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cls, None, [override])
+
+
 def test_wrong_type_names_field_and_value():
     with pytest.raises(ConfigError, match=r"config key 'lr' = 'fast'"):
         load_config(PretrainConfig, None, ["lr=fast"])
@@ -66,6 +76,8 @@ def test_cli_help_lists_the_pipeline_in_order():
     assert order == sorted(order)
     stage_help = _cli("pretrain", "--help").stdout
     assert "seq_len (int = 512): tokens per training sequence" in stage_help
+    assert "optimizer.betas (tuple[float, float] = (0.9, 0.95)): AdamW beta1, beta2" in stage_help
+    assert "optimizer.decay (cosine|linear|constant = 'cosine'): after warmup" in stage_help
     assert "--config" in stage_help and "--force" in stage_help
 
 
@@ -110,3 +122,79 @@ def test_section_via_the_cli_names_the_section_in_errors(tmp_path):
     assert res.exit_code == 2 and "did you mean 'lr'" in res.output
     res = CliRunner().invoke(app, ["finetune", "--config", str(recipe), "--section", "finetune"])
     assert res.exit_code == 2 and f"{recipe} [finetune]" in res.output and "'lr' = 'fast'" in res.output
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_section_is_its_stage_config(recipe):
+    import importlib
+
+    import yaml
+
+    from pmcllama.cli import STAGES
+    from pmcllama.run import LINKS
+
+    whole = load_config(RecipeConfig, recipe)
+    sections = [k for k, v in yaml.safe_load(recipe.read_text()).items() if isinstance(v, dict)]
+    assert set(sections) <= set(LINKS) | {"probe"}, sections
+    for name in sections:
+        if name == "probe":
+            continue
+        module, cls_name, _ = STAGES[name]
+        cls = getattr(importlib.import_module(module), cls_name)
+        alone = load_config(cls, recipe, section=name)
+        assert type(alone) is type(getattr(whole, name)) and alone == getattr(whole, name)
+
+
+def test_a_recipe_section_may_not_set_what_the_runner_links(tmp_path):
+    with pytest.raises(ConfigError, match=r"pretrain.out is filled in by the recipe runner"):
+        load_config(RecipeConfig, None, ["pretrain.out=elsewhere"])
+    with pytest.raises(ConfigError, match=r"evaluate.model is filled in by the recipe runner"):
+        load_config(RecipeConfig, None, ["evaluate.model=tiny-llama"])
+    cfg = load_config(RecipeConfig, None, ["evaluate.temperature=0.7", "evaluate.mode=cot",
+                                           "evaluate.self_consistency=5", "probe=null"])
+    assert (cfg.evaluate.temperature, cfg.evaluate.self_consistency, cfg.probe) == (0.7, 5, None)
+    assert cfg.generate.max_new_tokens == 64  # the generate stage's own default
+    from pmcllama.run import LINKED_KEYS
+
+    keys = {line.split(" ", 1)[0] for line in describe(RecipeConfig, omit=LINKED_KEYS)}  # run --help
+    assert {"pretrain.seq_len", "evaluate.temperature", "probe.choices", "instructions.tokenizer"} <= keys
+    assert not keys & {"pretrain.out", "pretrain.data", "corpus.tokenizer", "evaluate.model", "generate.stream"}
+
+
+def test_the_quickstart_evaluate_section_runs_alone_until_it_needs_benchmarks():
+    from typer.testing import CliRunner
+
+    from pmcllama.cli import app
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    res = CliRunner().invoke(app, ["evaluate", "--config", str(recipe), "--section", "evaluate"])
+    assert res.exit_code == 2 and "no benchmarks to score" in res.output
+
+
+def test_the_readme_slurm_job_passes_the_batch_check_for_its_world_size():
+    import importlib
+    import re
+    import shlex
+
+    from pmcllama.cli import STAGES
+    from pmcllama.training.distributed import Dist
+    from pmcllama.training.loop import check_batch
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    job = next(b for b in readme.split("```") if "#SBATCH" in b)
+    nodes = int(re.search(r"#SBATCH .*--nodes=(\d+)", job).group(1))
+    per_node = int(re.search(r"--nproc_per_node (\d+)", job).group(1))
+    words = shlex.split(job[job.index("-m pmcllama"):].replace("\\\n", " "))
+    stage, config, section, overrides = words[2], words[4], words[6], words[7:]
+    assert (words[3], words[5]) == ("--config", "--section")
+    module, cls_name, _ = STAGES[stage]
+    cfg = load_config(getattr(importlib.import_module(module), cls_name), root / config, overrides, section=section)
+    world = Dist(world=nodes * per_node)
+    assert world.world == 32
+    check_batch(cfg, world)  # raises a UserError when global_batch is not micro_batch x processes x k
+    with pytest.raises(UserError, match="not a multiple of micro_batch 4 x 32 processes"):
+        check_batch(cfg.model_copy(update={"micro_batch": 4}), world)

@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_resume import _cli_args, _rows
+from test_resume import KILLED_RUN, _cli_args, _rows
 
 from pmcllama import pretrain
-from pmcllama.training.checkpoint import KILL_AFTER_STEP
 from pmcllama.training.config import PretrainConfig
 
 # 2 processes x 1 micro-batch of 2 = the global batch of 4 the single process does in 2 micro-batches
-SETTINGS = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3, warmup_steps=2,
-                max_steps=6, precision="fp32", threads=1, mode="packed", doc_mask=True, save_every=2,
-                eval_every=3, val_sequences=3)
+SETTINGS = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3,
+                optimizer={"warmup_steps": 2}, max_steps=6, precision="fp32", threads=1, mode="packed",
+                doc_mask=True, save_every=2, eval_every=3, val_sequences=3)
 TOL = 2e-4  # losses/grad norms: the 2 processes sum gradients in another order; measured ~1e-6 after 6 steps
 
 
@@ -33,10 +32,9 @@ def one_thread():
 
 def _torchrun(settings: dict, kill_after: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    if kill_after:
-        env[KILL_AFTER_STEP] = str(kill_after)
+    program = [KILLED_RUN, str(kill_after)] if kill_after else ["-m", "pmcllama"]  # every rank kills itself
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pmcllama", "pretrain", *_cli_args(settings)]
+           *program, "pretrain", *_cli_args(settings)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 

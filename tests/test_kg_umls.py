@@ -12,7 +12,7 @@ from pmcllama.config import build_config
 from pmcllama.errors import UserError
 from pmcllama.instructions import InstructionsConfig, run
 from pmcllama.knowledge import prompts as P
-from pmcllama.knowledge.ontology import relation_phrase
+from pmcllama.knowledge.graph import relation_phrase
 from pmcllama.knowledge.umls import COLUMNS, load_umls
 
 DM, T2, T1, GDM, MET, INS, DIS, PREG = ("C0011849", "C0011860", "C0011854", "C0085207", "C0025598",

@@ -10,7 +10,8 @@ import pytest
 from pmcllama.config import build_config
 from pmcllama.instructions import InstructionsConfig, run
 from pmcllama.knowledge import prompts as P
-from pmcllama.knowledge.ontology import load_ontology, lower_first, term_document
+from pmcllama.knowledge.graph import lower_first
+from pmcllama.knowledge.ontology import load_ontology, term_document
 
 OBO = """format-version: 1.2
 ontology: tiny
@@ -230,7 +231,7 @@ def test_hpo_probe_and_counts(tmp_path):
 
 def test_sentence_helpers():
     from pmcllama.knowledge.obo import Term
-    from pmcllama.knowledge.ontology import clean_synonyms, plain, upper_first
+    from pmcllama.knowledge.graph import clean_synonyms, plain, upper_first
 
     assert upper_first("urofacial syndrome") == "Urofacial syndrome"
     assert [upper_first(x) for x in ("mRNA decay", "pH", "ALCAPA", "Asthma")] == ["mRNA decay", "pH", "ALCAPA", "Asthma"]

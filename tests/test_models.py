@@ -84,3 +84,29 @@ def test_smollm2_converts_from_gguf_and_reopens_identically(smollm2):
         assert torch.equal(model(x).logits, plain(x).logits)
         nxt = tok.decode(model.generate(x, max_new_tokens=3, do_sample=False)[0, x.shape[1]:])
     assert nxt.strip()  # a real model continues the text
+
+
+def test_lora_is_a_transform_attached_then_merged_into_plain_weights(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from pmcllama.training.config import LoraConfig
+
+    model, _ = models.load_model("tiny-llama")  # its own copy: the adapters wrap it in place
+    wrapped = models.attach_lora(model, LoraConfig(rank=2, alpha=4, dropout=0.0, targets=["q_proj"]))
+    trained = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n and "q_proj" in n for n in trained)
+    assert len(trained) == 2 * model.config.num_hidden_layers  # lora_A and lora_B per layer
+    with torch.no_grad():
+        for n, p in wrapped.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)  # B starts at zero; make the adapters change the output
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        adapted = wrapped(input_ids=ids).logits
+    merged = models.merge_lora(wrapped, tmp_path / "adapter")
+    assert type(merged) is LlamaForCausalLM and not any("lora_" in n for n, _ in merged.named_parameters())
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
+    merged.save_pretrained(str(tmp_path / "m"))
+    assert type(AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))) is LlamaForCausalLM

@@ -15,7 +15,6 @@ import torch
 
 from pmcllama import finetune, pretrain
 from pmcllama.errors import UserError
-from pmcllama.training.checkpoint import KILL_AFTER_STEP
 from pmcllama.training.config import FinetuneConfig, LoraConfig, PretrainConfig
 from pmcllama.training.data import EpochStream, MixtureSampler
 
@@ -27,12 +26,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-PRETRAIN = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3, warmup_steps=2,
-                max_steps=12, precision="fp32", threads=1, mode="window", save_every=2, keep_last=2,
-                eval_every=4, val_sequences=3)
-FINETUNE = dict(model="tiny-llama", seq_len=128, micro_batch=2, global_batch=4, lr=1e-3, warmup_steps=1,
-                max_steps=8, precision="fp32", threads=1, save_every=2, keep_last=2, template="alpaca",
-                lora={"rank": 4, "alpha": 8, "dropout": 0.1})
+PRETRAIN = dict(model="tiny-llama", seq_len=32, micro_batch=2, global_batch=4, lr=1e-3,
+                optimizer={"warmup_steps": 2}, max_steps=12, precision="fp32", threads=1, mode="window",
+                save_every=2, keep_last=2, eval_every=4, val_sequences=3)
+FINETUNE = dict(model="tiny-llama", seq_len=128, micro_batch=2, global_batch=4, lr=1e-3,
+                optimizer={"warmup_steps": 1}, max_steps=8, precision="fp32", threads=1, save_every=2,
+                keep_last=2, template="alpaca", lora={"rank": 4, "alpha": 8, "dropout": 0.1})
 
 
 def _cli_args(settings: dict) -> list[str]:
@@ -46,10 +45,29 @@ def _cli_args(settings: dict) -> list[str]:
     return args
 
 
+KILLED_RUN = str(Path(__file__).resolve())  # python KILLED_RUN STEPS STAGE key=value ... (see the end)
+
+
+def kill_after(steps: int) -> None:
+    """Make this process SIGKILL itself as it starts optimizer step `steps` + 1, that is once
+    step `steps` is logged and checkpointed: the training loop itself knows nothing of it."""
+    from pmcllama.training import loop
+
+    real, started = loop.train_step, []
+
+    def step(run, examples):
+        started.append(1)
+        if len(started) > steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(run, examples)
+
+    loop.train_step = step
+
+
 def _killed_run(stage: str, settings: dict, after_step: int) -> None:
     """Run the stage through the CLI in a subprocess that SIGKILLs itself after `after_step`."""
-    env = {**os.environ, KILL_AFTER_STEP: str(after_step), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pmcllama", stage, *_cli_args(settings)],
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, KILLED_RUN, str(after_step), stage, *_cli_args(settings)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
@@ -151,12 +169,13 @@ def test_bad_checkpoints_are_clear_errors_and_force_starts_over(tmp_path, instru
     assert "resuming from" in capsys.readouterr().out
     assert [r["step"] for r in _rows(out)] == [1, 2, 3, 4]
 
-    other_settings = {**settings, "out": str(tmp_path / "other"), "lr": 5e-4, "weight_decay": 0.1}
+    other_settings = {**settings, "out": str(tmp_path / "other"), "lr": 5e-4,
+                      "optimizer": {"warmup_steps": 1, "weight_decay": 0.1}}
     proc = subprocess.run([sys.executable, "-m", "pmcllama", "finetune", *_cli_args(other_settings)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
-    assert "checkpoint is from another training config or input (lr: 0.001 -> 0.0005; weight_decay: 0.0 -> 0.1)" \
+    assert "checkpoint is from another training config or input (lr: 0.001 -> 0.0005; optimizer.weight_decay: 0.0 -> 0.1)" \
         in proc.stderr
     other = FinetuneConfig(**other_settings)
     capsys.readouterr()
@@ -224,3 +243,11 @@ def test_truncate_metrics_keeps_rows_up_to_the_checkpoint(tmp_path):
 def test_eval_every_needs_validation_data(tmp_path, corpus):
     with pytest.raises(UserError, match="val_sequences"):
         pretrain.run(PretrainConfig(data=str(corpus), out=str(tmp_path / "p"), **{**PRETRAIN, "val_sequences": 0}))
+
+
+if __name__ == "__main__":  # the `pmcllama` CLI in a process killed after argv[1] optimizer steps
+    kill_after(int(sys.argv[1]))
+    from pmcllama.cli import main
+
+    sys.argv = ["pmcllama", *sys.argv[2:]]
+    main()

@@ -11,6 +11,7 @@ import torch
 from pmcllama.errors import UserError
 from pmcllama.training.config import FinetuneConfig, LoraConfig
 from pmcllama.training.data import IGNORE, Example, MixtureSampler, collate, encode_chat, label_tokens, read_chat_jsonl
+from pmcllama.training.config import OptimizerConfig
 from pmcllama.training.loop import lr_lambda, train
 
 CHAT = [
@@ -52,11 +53,35 @@ def test_read_chat_jsonl_errors_name_file_and_line(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():
-    f = lr_lambda(warmup=4, total=20, min_ratio=0.1)
+    f = lr_lambda(OptimizerConfig(warmup_steps=4, min_lr_ratio=0.1), total=20)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == pytest.approx(1.0)
     assert f(19) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 15 / 16)))
     assert f(100) == pytest.approx(0.1)
+
+
+def test_lr_schedule_linear_and_constant_decay():
+    linear = lr_lambda(OptimizerConfig(warmup_steps=2, decay="linear", min_lr_ratio=0.2), total=12)
+    assert [linear(s) for s in (0, 1)] == [0.5, 1.0]
+    assert [linear(s) for s in (2, 7, 12, 50)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    constant = lr_lambda(OptimizerConfig(warmup_steps=0, decay="constant", min_lr_ratio=0.2), total=12)
+    assert {constant(s) for s in range(20)} == {1.0}
+
+
+def test_the_optimizer_section_sets_adamw(tiny_model):
+    import copy
+
+    from pmcllama.training.loop import make_optimizer
+
+    model = copy.deepcopy(tiny_model[0])
+    cfg = FinetuneConfig(data="x", out="y", lr=3e-4, optimizer={"betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.1})
+    opt, sched = make_optimizer(model, cfg, 10, torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert (decay["betas"], decay["eps"], decay["weight_decay"], no_decay["weight_decay"]) == ((0.8, 0.99), 1e-6, 0.1, 0.0)
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    default = FinetuneConfig(data="x", out="y").optimizer  # today's values: results do not move
+    assert (default.betas, default.eps, default.weight_decay, default.warmup_steps, default.decay,
+            default.min_lr_ratio) == ((0.9, 0.95), 1e-8, 0.0, 10, "cosine", 0.1)
 
 
 class FakeShard:
@@ -131,7 +156,7 @@ def _run_steps(tmp_path, name, micro, global_batch, examples, **extra):
 
     model, tok = load_model("tiny-llama")
     cfg = FinetuneConfig(model="tiny-llama", data="x", out=str(tmp_path / name), micro_batch=micro,
-                         global_batch=global_batch, lr=1e-3, warmup_steps=0, precision="fp32", **extra)
+                         global_batch=global_batch, lr=1e-3, optimizer={"warmup_steps": 0}, precision="fp32", **extra)
     out = tmp_path / name
     out.mkdir()
     steps = iter([examples] * 3)

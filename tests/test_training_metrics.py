@@ -34,7 +34,7 @@ def _train(tmp_path, **extra):
     out = tmp_path / "run"
     out.mkdir()
     cfg = FinetuneConfig(model="tiny-llama", data="x", out=str(out), micro_batch=4, global_batch=8, lr=1e-3,
-                         warmup_steps=0, precision="fp32", **extra)
+                         optimizer={"warmup_steps": 0}, precision="fp32", **extra)
     val = _examples(3)
     summary = train(model, tok, cfg, iter([_examples()] * 4), 4, out, val=val)
     return summary, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], out

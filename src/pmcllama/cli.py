@@ -100,7 +100,7 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
 
     # stage modules keep torch/transformers imports inside functions, so --help stays fast
     mod = importlib.import_module(module)
-    lines = describe(getattr(mod, cls_name))
+    lines = describe(getattr(mod, cls_name), omit=getattr(mod, "LINKED_KEYS", frozenset()))
     fields = "\b\nConfig keys (YAML or key.sub=value):\n" + "\n".join("  " + ln for ln in lines)
     usage = "pmcllama run RECIPE.yaml [key=value ...]" if name == "run" else \
         f"pmcllama {name} [--config FILE.yaml] [key.sub=value ...]"

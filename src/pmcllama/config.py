@@ -67,16 +67,27 @@ def field_paths(cls: type[BaseModel], prefix: str = "") -> list[str]:
     return paths
 
 
+def _nearest(cls: type[BaseModel], key: str, prefix: str, root: type[BaseModel]) -> str | None:
+    """The valid key an unknown one most likely meant: the same name inside a section here
+    (`warmup_steps` -> `optimizer.warmup_steps`), a similar name here, or a similar path anywhere."""
+    below = [p for p in field_paths(cls) if p.endswith("." + key)]
+    if below:
+        return prefix + below[0]
+    near = difflib.get_close_matches(key, list(cls.model_fields), n=1, cutoff=0.5)
+    if near:
+        return prefix + near[0]
+    near = difflib.get_close_matches(prefix + key, field_paths(root), n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
 def _check_keys(cls: type[BaseModel], data: Any, prefix: str, root: type[BaseModel]) -> None:
     if not isinstance(data, dict):
         return
     for key, value in data.items():
         if key not in cls.model_fields:
             valid = list(cls.model_fields)
-            near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
-            if not near:  # maybe the key belongs elsewhere in the tree
-                near = difflib.get_close_matches(prefix + str(key), field_paths(root), n=1, cutoff=0.6)
-            hint = f"; did you mean '{near[0] if '.' in near[0] else prefix + near[0]}'?" if near else ""
+            near = _nearest(cls, str(key), prefix, root)
+            hint = f"; did you mean '{near}'?" if near else ""
             raise ConfigError(
                 f"unknown config key '{prefix}{key}'{hint} (valid here: {', '.join(valid)})"
             )
@@ -192,10 +203,13 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     return build_config(cls, data, overrides, source=source)
 
 
-def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per config key: `key (type, default): description`, for --help."""
+def describe(cls: type[BaseModel], prefix: str = "", omit: frozenset[str] = frozenset()) -> list[str]:
+    """One line per config key: `key (type, default): description`, for --help; the dotted
+    keys in `omit` (and below them) are left out."""
     lines = []
     for name, field in cls.model_fields.items():
+        if prefix + name in omit:
+            continue
         inner, is_list = _model_in(field.annotation)
         tname = _type_name(field.annotation)
         default = "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
@@ -203,7 +217,7 @@ def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
             default = ""
         lines.append(f"{prefix}{name} ({tname}{default}): {field.description or ''}".rstrip())
         if inner is not None:
-            lines.extend(describe(inner, prefix + name + ("[]." if is_list else ".")))
+            lines.extend(describe(inner, prefix + name + ("[]." if is_list else "."), omit))
     return lines
 
 

@@ -92,9 +92,9 @@ class BenchmarkSpec(Config):
 class EvaluateConfig(Config):
     """STAGE 4: multiple-choice accuracy by log-likelihood, generation or chain-of-thought."""
 
-    model: str = Field(description="model to score: HF folder, .gguf file, stage output, or built-in name")
+    model: str = Field("smollm2-135m", description="model to score: HF folder, .gguf file, stage output, or built-in name")
     out: str = Field("runs/eval", description="output folder (results.json, predictions/)")
-    benchmarks: list[BenchmarkSpec] = Field(min_length=1, description="benchmarks to score")
+    benchmarks: list[BenchmarkSpec] = Field([], description="benchmarks to score (at least one)")
     batch_size: int = Field(8, ge=1, description="questions per forward batch")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="fp32, or bf16 autocast (about 2x faster on CPUs with AMX; log-probs move)")
@@ -144,6 +144,8 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Path:
     from pmcllama import models
     from pmcllama.benchmarks.prompting import check_fewshot_file
 
+    if not cfg.benchmarks:
+        raise UserError("no benchmarks to score: give benchmarks=[{name: ..., format: ..., path: ...}]")
     for i, b in enumerate(cfg.benchmarks):
         for key in ("path", "ids", "fewshot_path"):
             value = getattr(b, key)

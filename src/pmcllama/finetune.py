@@ -16,15 +16,17 @@ from pmcllama import models
 from pmcllama.errors import UserError
 from pmcllama.stage import StageResult, read_manifest
 from pmcllama.training import distributed
+from pmcllama.training.checkpoint import inputs_identity
 from pmcllama.training.config import FinetuneConfig, LoraConfig
+from pmcllama.training.data import Batches, EpochStream, encode_chat, read_chat_jsonl
+from pmcllama.training.loop import train
+from pmcllama.training.packing import PackedBatches, steps_per_epoch
 
 __all__ = ["FinetuneConfig", "LoraConfig", "run"]
 
 
 def encode_records(tokenizer, records: list[dict], cfg: FinetuneConfig):
     """Encoded examples and the number of records dropped because truncation left no answer."""
-    from pmcllama.training.data import encode_chat
-
     examples = [encode_chat(tokenizer, r["messages"], cfg.template, cfg.seq_len) for r in records]
     kept = [e for e in examples if e is not None]
     for e, r in zip(examples, records):
@@ -35,9 +37,6 @@ def encode_records(tokenizer, records: list[dict], cfg: FinetuneConfig):
 
 def batch_stream(examples: list, cfg: FinetuneConfig):
     """(global batches, number of steps): examples one per row, or packed `seq_len` rows."""
-    from pmcllama.training.data import Batches, EpochStream
-    from pmcllama.training.packing import PackedBatches, steps_per_epoch
-
     if not cfg.packing:
         total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.global_batch))
         return Batches(EpochStream(examples, cfg.seed), cfg.global_batch), total
@@ -47,9 +46,6 @@ def batch_stream(examples: list, cfg: FinetuneConfig):
 
 
 def run(cfg: FinetuneConfig, force: bool = False) -> Path:
-    from pmcllama.training.checkpoint import inputs_identity
-    from pmcllama.training.data import read_chat_jsonl
-
     manifest = read_manifest(cfg.data)
     files = manifest.get("files") or {}
     if not files.get("train"):
@@ -59,8 +55,6 @@ def run(cfg: FinetuneConfig, force: bool = False) -> Path:
     model_dir = models.resolve(cfg.model)
 
     def work(tmp: Path) -> StageResult:
-        from pmcllama.training.loop import train
-
         model, tokenizer = models.load_model(model_dir)
         examples, dropped = encode_records(tokenizer, read_chat_jsonl(train_path), cfg)
         if not examples:

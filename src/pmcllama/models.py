@@ -8,6 +8,10 @@ A model is named by
 Nothing is ever downloaded: weights load from safetensors with `local_files_only=True` and
 `trust_remote_code=False`. Every model the toolkit saves is a Hugging Face folder that plain
 `transformers.AutoModelForCausalLM.from_pretrained(folder)` opens.
+
+LoRA is a model transform: `attach_lora` wraps a model so only low-rank adapters train (the
+training loop calls it when the config has a `lora:` section), `merge_lora` folds them back
+into the weights before saving, keeping the adapter beside the model.
 """
 from __future__ import annotations
 
@@ -17,10 +21,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pmcllama.errors import UserError
 from pmcllama.inputs import read_json
+
+if TYPE_CHECKING:
+    from pmcllama.training.config import LoraConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_VERSION = 1  # bump when the tiny-llama recipe changes, so caches rebuild
@@ -228,6 +235,25 @@ def save_model(model, tokenizer, folder: str | Path) -> Path:
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def attach_lora(model, lora: "LoraConfig", input_grads: bool = False):
+    """`model` with PEFT LoRA adapters on the `lora.targets` modules: only they train. With
+    `input_grads` (activation checkpointing), the embeddings' outputs require grad so the
+    recomputed blocks reach the adapters."""
+    from peft import LoraConfig as PeftLora, get_peft_model
+
+    if input_grads:
+        model.enable_input_require_grads()
+    return get_peft_model(model, PeftLora(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                          target_modules=list(lora.targets), task_type="CAUSAL_LM"))
+
+
+def merge_lora(model, adapter_dir: str | Path):
+    """A LoRA-wrapped model's adapter written to `adapter_dir` (PEFT layout), then the plain
+    model with the adapters folded into its weights."""
+    model.save_pretrained(str(adapter_dir))
+    return model.merge_and_unload()
 
 
 def model_info(name: str | Path) -> dict:

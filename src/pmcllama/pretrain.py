@@ -17,8 +17,12 @@ from pathlib import Path
 from pmcllama import models
 from pmcllama.errors import UserError
 from pmcllama.stage import StageResult
+from pmcllama.data.shards import read_corpus
 from pmcllama.training import distributed
+from pmcllama.training.checkpoint import inputs_identity
 from pmcllama.training.config import PretrainConfig
+from pmcllama.training.data import Batches, MixtureSampler
+from pmcllama.training.loop import train
 
 __all__ = ["PretrainConfig", "run"]
 
@@ -75,8 +79,6 @@ VAL_SEED_OFFSET = 1_000_003  # validation sequences come from the mixture under 
 def validation_split(shards, weights: dict, cfg: PretrainConfig) -> tuple[list, dict[str, list[int]]]:
     """`val_sequences` sequences drawn from the mixture with a seed of their own, and the units
     (chunks in packed mode, documents in window mode) they came from, held out of training."""
-    from pmcllama.training.data import MixtureSampler
-
     if not cfg.val_sequences:
         return [], {}
     sampler = MixtureSampler(shards, weights, cfg.seq_len, cfg.mode, cfg.seed + VAL_SEED_OFFSET, doc_mask=cfg.doc_mask)
@@ -84,10 +86,6 @@ def validation_split(shards, weights: dict, cfg: PretrainConfig) -> tuple[list, 
 
 
 def run(cfg: PretrainConfig, force: bool = False) -> Path:
-    from pmcllama.data.shards import read_corpus
-    from pmcllama.training.checkpoint import inputs_identity
-    from pmcllama.training.data import Batches, MixtureSampler
-
     if cfg.eval_every and not cfg.val_sequences:
         raise UserError("eval_every needs validation sequences: set val_sequences > 0")
     manifest, shards = read_corpus(cfg.data)
@@ -98,8 +96,6 @@ def run(cfg: PretrainConfig, force: bool = False) -> Path:
     check_sources(shards, weights, cfg.data)
 
     def work(tmp: Path) -> StageResult:
-        from pmcllama.training.loop import train
-
         model, _ = models.load_model(model_dir)
         val, held_out = validation_split(shards, weights, cfg)
         sampler = MixtureSampler(shards, weights, cfg.seq_len, cfg.mode, cfg.seed, exclude=held_out,

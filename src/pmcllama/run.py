@@ -4,8 +4,11 @@ corpus -> pretrain (knowledge injection) -> instructions -> finetune (instructio
 -> evaluate every model state (base, after knowledge injection, after instruction tuning)
 -> table (markdown + JSON + bar chart), paired comparisons of every state against the base
 model (report.md/json/png, as `pmcllama report`) and loss curves in the run folder.
-The runner fills in the paths that link stages (`out`, `data`, `model`, `tokenizer`);
-everything else in each section is that stage's own config.
+Each section (corpus, pretrain, instructions, finetune, evaluate, generate) is that stage's own
+config, so `pmcllama STAGE --config RECIPE.yaml --section STAGE` runs it alone. The runner fills
+in the fields that link stages (`out`, `data`, `model`, `tokenizer`; see `LINKS`), which a
+section may not set. `probe` (recipe only) adds the knowledge probe of the instructions stage
+to the evaluate section's benchmarks.
 """
 from __future__ import annotations
 
@@ -14,33 +17,35 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from pmcllama.config import Config
+from pmcllama import corpus, evaluate, finetune, generate, instructions, pretrain
+from pmcllama.config import C, Config
 from pmcllama.corpus import CorpusConfig
 from pmcllama.errors import ConfigError, UserError
 from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
 from pmcllama.generate import GenerateConfig
 from pmcllama.instructions import InstructionsConfig
+from pmcllama.plots import plot_accuracy_bars, plot_losses
+from pmcllama.report import make_report
 from pmcllama.stage import read_manifest, write_json
 from pmcllama.training.config import FinetuneConfig, PretrainConfig
 
 
-class RecipeEvaluate(Config):
-    benchmarks: list[BenchmarkSpec] = Field([], description="benchmarks scored for every model state")
-    probe: bool = Field(True, description="also score the knowledge probe written by the instructions stage")
-    probe_choices: Literal["letters", "text"] = Field("text", description="score the probe's option letters or texts")
-    probe_limit: Optional[int] = Field(None, description="score only the first N probe items")
-    batch_size: int = Field(8, ge=1, description="questions per forward batch")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="scoring precision")
-    mode: Literal["loglik", "generate", "cot"] = Field("loglik", description="scoring mode (see pmcllama evaluate --help)")
-    shots: int = Field(0, ge=0, description="few-shot examples per question, from each benchmark's fewshot_path")
-    chat_template: bool = Field(False, description="wrap each prompt in the model's chat template")
+class ProbeConfig(Config):
+    """The knowledge probe the instructions stage writes (held-out KG terms), scored for every model state."""
+
+    choices: Literal["letters", "text"] = Field("text", description="score the probe's option letters or texts")
+    limit: Optional[int] = Field(None, ge=1, description="score only the first N probe items")
 
 
-class RecipeGenerate(Config):
-    prompts: list[str] = Field([], description="zero-shot completion case studies, run on the first and last model")
-    max_new_tokens: int = Field(48, ge=1, description="tokens per completion")
+# recipe section -> the fields of its stage config that the runner fills (the links between stages)
+LINKS: dict[str, tuple[str, ...]] = {
+    "corpus": ("out", "tokenizer"), "pretrain": ("data", "model", "out"), "instructions": ("out",),
+    "finetune": ("data", "model", "out"), "evaluate": ("model", "out"), "generate": ("model", "out", "stream"),
+}
+
+LINKED_KEYS = frozenset(f"{section}.{key}" for section, keys in LINKS.items() for key in keys)  # not in --help
 
 
 class RecipeConfig(Config):
@@ -51,8 +56,27 @@ class RecipeConfig(Config):
     pretrain: Optional[PretrainConfig] = Field(None, description="knowledge injection training")
     instructions: Optional[InstructionsConfig] = Field(None, description="instruction set")
     finetune: Optional[FinetuneConfig] = Field(None, description="instruction tuning")
-    evaluate: RecipeEvaluate = Field(RecipeEvaluate(), description="evaluation of every model state")
-    generate: RecipeGenerate = Field(RecipeGenerate(), description="completion case studies")
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description="evaluation of every model state")
+    probe: Optional[ProbeConfig] = Field(
+        ProbeConfig(), description="also score the instructions stage's knowledge probe (null: do not)")
+    generate: GenerateConfig = Field(GenerateConfig(), description="completion case studies on the first and last model")
+
+    @model_validator(mode="after")
+    def _no_links(self) -> "RecipeConfig":
+        for name, links in LINKS.items():
+            section = getattr(self, name)
+            given = [k for k in links if section is not None and k in section.model_fields_set]
+            if given:
+                raise ValueError(f"{name}.{given[0]} is filled in by the recipe runner (the stages' links: "
+                                 f"{', '.join(links)}); remove it from the recipe")
+        return self
+
+
+def linked(section: C, name: str, **links) -> C:
+    """Recipe section `name` as its stage's config: the section with the runner's links filled in."""
+    if set(links) != set(LINKS[name]):
+        raise ValueError(f"the runner links {name} by {', '.join(LINKS[name])}, not {', '.join(links)}")
+    return section.model_copy(update=links)
 
 
 RUN_MARK = ".pmcllama-run"
@@ -81,8 +105,6 @@ def claim_run_folder(out: Path, force: bool) -> None:
 
 def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict[str, Path]]:
     """Run the building stages; return model states [(label, model)] and stage folders."""
-    from pmcllama import corpus, finetune, instructions, pretrain
-
     out = Path(cfg.out_dir)
     states = [("base", cfg.base_model)]
     folders: dict[str, Path] = {}
@@ -90,18 +112,18 @@ def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict
     if cfg.pretrain is not None:
         if cfg.corpus is None:
             raise ConfigError("a recipe with a pretrain section needs a corpus section")
-        c = cfg.corpus.model_copy(update={"out": str(out / "corpus"), "tokenizer": cfg.base_model})
+        c = linked(cfg.corpus, "corpus", out=str(out / "corpus"), tokenizer=cfg.base_model)
         folders["corpus"] = corpus.run(c, force=force)
-        p = cfg.pretrain.model_copy(update={"data": str(folders["corpus"]), "model": model, "out": str(out / "pretrain")})
+        p = linked(cfg.pretrain, "pretrain", data=str(folders["corpus"]), model=model, out=str(out / "pretrain"))
         folders["pretrain"] = pretrain.run(p, force=force)
         model = str(folders["pretrain"])
         states.append(("knowledge-injected", model))
     if cfg.finetune is not None:
         if cfg.instructions is None:
             raise ConfigError("a recipe with a finetune section needs an instructions section")
-        i = cfg.instructions.model_copy(update={"out": str(out / "instructions")})
+        i = linked(cfg.instructions, "instructions", out=str(out / "instructions"))
         folders["instructions"] = instructions.run(i, force=force)
-        f = cfg.finetune.model_copy(update={"data": str(folders["instructions"]), "model": model, "out": str(out / "finetune")})
+        f = linked(cfg.finetune, "finetune", data=str(folders["instructions"]), model=model, out=str(out / "finetune"))
         folders["finetune"] = finetune.run(f, force=force)
         states.append(("instruction-tuned", str(folders["finetune"])))
     return states, folders
@@ -109,11 +131,11 @@ def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict
 
 def _benchmarks(cfg: RecipeConfig, folders: dict[str, Path]) -> list[BenchmarkSpec]:
     benches = list(cfg.evaluate.benchmarks)
-    if cfg.evaluate.probe and "instructions" in folders:
+    if cfg.probe is not None and "instructions" in folders:
         probe = (read_manifest(folders["instructions"]).get("files") or {}).get("probe")
         if probe:
             benches.append(BenchmarkSpec(name="kg-probe", format="medqa", path=str(folders["instructions"] / probe),
-                                         choices=cfg.evaluate.probe_choices, limit=cfg.evaluate.probe_limit))
+                                         choices=cfg.probe.choices, limit=cfg.probe.limit))
     return benches
 
 
@@ -140,10 +162,6 @@ def results_table(rows: dict[str, dict], name: str) -> str:
 
 
 def run(cfg: RecipeConfig, force: bool = False) -> Path:
-    from pmcllama import evaluate, generate
-    from pmcllama.plots import plot_accuracy_bars, plot_losses
-    from pmcllama.report import make_report
-
     t0 = time.perf_counter()
     if cfg.corpus is cfg.pretrain is cfg.instructions is cfg.finetune is None \
             and not cfg.evaluate.benchmarks and not cfg.generate.prompts:
@@ -154,17 +172,15 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
     states, folders = _stages(cfg, force)
     benches = _benchmarks(cfg, folders)
     rows: dict[str, dict] = {}
+    scored = cfg.evaluate.model_copy(update={"benchmarks": benches})
     for label, model in states if benches else []:
-        ev = cfg.evaluate
-        e = EvaluateConfig(model=model, out=str(out / "eval" / label), benchmarks=benches, batch_size=ev.batch_size,
-                           precision=ev.precision, mode=ev.mode, shots=ev.shots, chat_template=ev.chat_template)
+        e = linked(scored, "evaluate", model=model, out=str(out / "eval" / label))
         folder = evaluate.run(e, force=force)
         results = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
         rows[label] = {b.name: results[b.name] for b in benches}
     if cfg.generate.prompts:
         for label, model in (states[0], states[-1]) if len(states) > 1 else states[:1]:
-            g = GenerateConfig(model=model, prompts=cfg.generate.prompts, max_new_tokens=cfg.generate.max_new_tokens,
-                               out=str(out / "generate" / label), stream=False)
+            g = linked(cfg.generate, "generate", model=model, out=str(out / "generate" / label), stream=False)
             generate.run(g, force=force)
     curves = {k: folders[k] / "metrics.jsonl" for k in ("pretrain", "finetune") if k in folders}
     if curves:

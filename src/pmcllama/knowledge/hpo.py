@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pmcllama.errors import UserError
 from pmcllama.knowledge.obo import Term, hpo_path, read_obo
-from pmcllama.knowledge.ontology import Ontology, link, lower_first
+from pmcllama.knowledge.graph import Ontology, link, lower_first
 
 MAX_DISEASES = 2
 FREQUENCY_TERMS = {"HP:0040280": 1.0, "HP:0040281": 0.9, "HP:0040282": 0.55, "HP:0040283": 0.17,

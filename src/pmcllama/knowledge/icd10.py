@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pmcllama.errors import UserError
 from pmcllama.knowledge.obo import Term
-from pmcllama.knowledge.ontology import Ontology, link, lower_first
+from pmcllama.knowledge.graph import Ontology, link, lower_first
 
 ASKED = ("category", "subcategory")
 TEMPLATES = {

@@ -9,7 +9,7 @@ Four tasks, each with a few paraphrased question templates:
                     terms that are not ancestors of the term.
 Distractors come from the terms nearest in the hierarchy (siblings, then cousins), then from
 terms of the same kind. The generator reads an ontology only through the small interface of
-`pmcllama.knowledge.ontology.Ontology` (`describe`, `clue`, `edges`, `near`, `templates`, ...),
+`pmcllama.knowledge.graph.Ontology` (`describe`, `clue`, `edges`, `near`, `templates`, ...),
 so OBO files, HPO, ICD-10 and UMLS all feed it; a source may replace the templates (ICD-10
 asks "What is the ICD-10 code for <term>?").
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from pmcllama.knowledge.obo import Term
-from pmcllama.knowledge.ontology import Ontology, upper_first
+from pmcllama.knowledge.graph import Ontology, upper_first
 
 TASKS = ("description", "relation", "mcq_definition", "mcq_parent")
 LETTERS = "ABCD"

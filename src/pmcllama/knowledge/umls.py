@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 from pmcllama.errors import UserError
 from pmcllama.knowledge.obo import Term
-from pmcllama.knowledge.ontology import Ontology, link
+from pmcllama.knowledge.graph import Ontology, link
 from pmcllama.progress import progress
 
 COLUMNS = {

@@ -26,14 +26,13 @@ import os
 import random
 import re
 import shutil
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pmcllama.errors import UserError
-from pmcllama.stage import write_json
+from pmcllama.stage import MANIFEST, describe_input, write_json
 from pmcllama.training import distributed
 from pmcllama.training.distributed import Dist
 
@@ -42,7 +41,6 @@ STATE = "state.json"
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
 RUN_ONLY = frozenset({"out", "resume", "save_every", "keep_last", "log_every", "eval_every", "threads",
                       "distributed", "loggers", "peak_flops"})
-KILL_AFTER_STEP = "PMCLLAMA_TEST_KILL_AFTER_STEP"  # test hook: SIGKILL this process after that step
 _NAME = re.compile(r"^step-(\d{6,})$")
 
 
@@ -73,11 +71,21 @@ def fingerprint(ident: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """Nested config sections as dotted keys: {"optimizer": {"eps": 1e-8}} -> {"optimizer.eps": 1e-8}."""
+    out = {}
+    for k, v in config.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v})
+    return out
+
+
 def differences(old: dict, new: dict) -> list[str]:
     """Human-readable list of what differs between two identities."""
     out = []
     for part in ("config", "inputs"):
         a, b = old.get(part) or {}, new.get(part) or {}
+        if part == "config":
+            a, b = _flat(a), _flat(b)
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
                 out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" if part == "config" else f"input '{k}' changed")
@@ -234,17 +242,9 @@ def load(folder: Path, model, opt, sched, data, ident: dict, trainable: set[str]
                          tokens_by_source=dict(state["tokens_by_source"]), elapsed_s=float(state["elapsed_s"]))
 
 
-def kill_hook(step: int) -> None:
-    """For tests of resume: SIGKILL this process after the step named by $PMCLLAMA_TEST_KILL_AFTER_STEP."""
-    if os.environ.get(KILL_AFTER_STEP) == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def inputs_identity(data: str | Path, model_dir: str | Path) -> dict:
     """Cheap identity of a training run's inputs: stage outputs by their manifest, a model
     folder without one by its file names and sizes."""
-    from pmcllama.stage import MANIFEST, describe_input
-
     model_dir = Path(model_dir)
     if (model_dir / MANIFEST).is_file():
         model = describe_input(model_dir)

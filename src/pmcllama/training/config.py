@@ -10,12 +10,34 @@ from pmcllama.config import Config
 
 
 class LoraConfig(Config):
-    """LoRA as a model transform (PEFT); merged into the base weights on save."""
+    """LoRA as a model transform (models.attach_lora); merged into the base weights on save (models.merge_lora)."""
 
     rank: int = Field(8, ge=1, description="LoRA rank r")
     alpha: int = Field(16, ge=1, description="LoRA scaling alpha")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA path")
     targets: list[str] = Field(["q_proj", "v_proj"], description="module names to adapt")
+
+
+class OptimizerConfig(Config):
+    """AdamW and the learning-rate schedule: linear warmup to `lr`, then a decay to a floor."""
+
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW beta1, beta2: decay rates of the "
+                                       "gradient's running mean and of its square")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon, added to the denominator")
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW decoupled weight decay (not applied to norms and biases)")
+    warmup_steps: int = Field(10, ge=0, description="linear warmup steps from 0 to lr")
+    decay: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="after warmup: cosine or linear decay to min_lr_ratio x lr at the last step, "
+        "or a constant lr")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr (cosine and linear decay)")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must each be in [0, 1), got {list(v)}")
+        return v
 
 
 class TrainConfig(Config):
@@ -25,12 +47,11 @@ class TrainConfig(Config):
     seq_len: int = Field(512, ge=8, description="tokens per training sequence")
     micro_batch: int = Field(8, ge=1, description="sequences per forward/backward pass")
     global_batch: int = Field(32, ge=1, description="sequences per optimizer step over all processes (gradient accumulation fills the gap)")
-    lr: float = Field(2e-5, gt=0, description="peak learning rate (AdamW)")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of the peak (cosine decay)")
-    warmup_steps: int = Field(10, ge=0, description="linear warmup steps")
+    lr: float = Field(2e-5, gt=0, description="peak learning rate (AdamW; its schedule under optimizer)")
+    optimizer: OptimizerConfig = Field(
+        default_factory=OptimizerConfig, description="AdamW settings and the lr schedule")
     epochs: float = Field(1.0, gt=0, description="passes over the data (ignored when max_steps is set)")
     max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps to run; overrides epochs")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to norms and biases)")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = no clipping)")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="bf16 autocast or fp32; auto = bf16 where the GPU/CPU runs it natively")

@@ -8,28 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from pmcllama.errors import UserError
-
-IGNORE = -100
-
-
-@dataclass
-class Example:
-    input_ids: np.ndarray  # int64
-    labels: np.ndarray  # int64, IGNORE where no loss
-    source: str = ""
-    position_ids: np.ndarray | None = None  # restarts at 0 at each packed segment (training/packing.py)
-    sources: dict[str, int] | None = None  # tokens per source of a packed row
-
-    def tokens_by_source(self) -> dict[str, int]:
-        return dict(self.sources) if self.sources else {self.source or "all": len(self.input_ids)}
-
+from pmcllama.training.example import IGNORE, Example
+from pmcllama.training.packing import doc_segments
 
 class MixtureSampler:
     """Sequences drawn from several token-shard sources with given weights.
@@ -109,8 +95,6 @@ class MixtureSampler:
         self.last_unit = (name, unit)
         ids = self._tokens(name, unit)
         if self.doc_mask:
-            from pmcllama.training.packing import doc_segments
-
             return doc_segments(Example(ids, ids.copy(), name), self._doc_starts(name, unit, len(ids)))
         return Example(ids, ids.copy(), name)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pmcllama.errors import UserError
+from pmcllama.stage import run_stage as stage_run
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,6 @@ def load_optimizer_state(model, opt, sd: dict) -> None:
 def run_stage(name: str, cfg, out, inputs: list, work: Callable[[Path], Any], force: bool, resumable: bool) -> Path:
     """`stage.run_stage` on rank 0; the other ranks do the same `work` (collectives, no writes)
     when rank 0 does, and nothing when its output is already current."""
-    from pmcllama.stage import run_stage as stage_run
-
     d = init()
     if not d.active:
         return stage_run(name, cfg, out, inputs, work, force=force, resumable=resumable)

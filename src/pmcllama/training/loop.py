@@ -1,12 +1,13 @@
 """The one training loop, shared by knowledge injection (pretrain) and instruction tuning.
 
-AdamW (fused, on CPU and CUDA) with warmup + cosine decay, gradient accumulation to a global
+AdamW (fused, on CPU and CUDA) with warmup + cosine, linear or no decay (`optimizer:`), gradient accumulation to a global
 batch (the loss is normalised by the label tokens of the whole optimizer step, so accumulation
 does not change it), gradient clipping, bf16 autocast where the hardware runs bf16 natively,
-optional activation checkpointing, torch.compile and LoRA (PEFT) merged on save; DDP/FSDP2
-under torchrun (training/distributed.py); validation loss every `eval_every` steps; resumable
-checkpoints every `save_every` steps (training/checkpoint.py). Writes metrics.jsonl (and
-TensorBoard/W&B, training/metrics.py), loss.png and a Hugging Face model folder.
+optional activation checkpointing, torch.compile and the LoRA transform (models.attach_lora,
+merged on save by models.merge_lora); DDP/FSDP2 under torchrun (training/distributed.py);
+validation loss every `eval_every` steps; resumable checkpoints every `save_every` steps
+(training/checkpoint.py). Writes metrics.jsonl (and TensorBoard/W&B, training/metrics.py),
+loss.png and a Hugging Face model folder.
 """
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pmcllama.errors import UserError
+from pmcllama.models import attach_lora, merge_lora, save_model
+from pmcllama.plots import plot_losses
+from pmcllama.progress import progress
 from pmcllama.training import checkpoint as ckpt
 from pmcllama.training import distributed, varlen
 from pmcllama.training.distributed import Dist
-from pmcllama.training.config import TrainConfig
-from pmcllama.training.data import Example, collate, label_tokens
-from pmcllama.training.metrics import Metrics, check_loggers, memory
+from pmcllama.training.config import OptimizerConfig, TrainConfig
+from pmcllama.training.data import collate, label_tokens
+from pmcllama.training.example import Example
+from pmcllama.training.metrics import Metrics, check_loggers, matmul_peak, memory
 
 
 def cpu_has_native_bf16() -> bool:
@@ -63,17 +68,22 @@ def autocast(precision: str, device):
     return contextlib.nullcontext()
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
+def lr_lambda(opt: OptimizerConfig, total: int):
+    """The lr of each step as a fraction of the peak: warmup, then `opt.decay` to `opt.min_lr_ratio`."""
+    warmup, floor = opt.warmup_steps, opt.min_lr_ratio
+    shape = {"cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)), "linear": lambda t: 1 - t,
+             "constant": lambda t: 1.0}[opt.decay]
+
     def f(step: int) -> float:  # step is 0-based: the lr used for optimizer step `step + 1`
         if warmup and step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * shape(progress)
     return f
 
 
 def prepare_model(model, cfg: TrainConfig):
-    """Apply LoRA and activation checkpointing as configured."""
+    """Apply activation checkpointing and the LoRA transform (models.attach_lora) as configured."""
     if cfg.grad_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -81,13 +91,7 @@ def prepare_model(model, cfg: TrainConfig):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        if cfg.grad_checkpointing:
-            model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(
-            r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM"))
+        model = attach_lora(model, cfg.lora, input_grads=cfg.grad_checkpointing)
     return model
 
 
@@ -98,11 +102,12 @@ def make_optimizer(model, cfg: TrainConfig, total_steps: int, device):
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    o = cfg.optimizer
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel per step instead of ~10 per parameter; on CPU (torch >= 2.4) it is tens of
     # times faster than the default per-tensor loop, which dominates a small model's step there
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu"))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(o.betas), eps=o.eps, fused=device.type in ("cuda", "cpu"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, total_steps))
     return opt, sched
 
 
@@ -237,8 +242,6 @@ def resume_or_start(run: Run, steps, out: Path, ident: dict) -> ckpt.TrainProgre
 
 
 def open_metrics(run: Run, out: Path, step: int) -> Metrics:
-    from pmcllama.training.metrics import matmul_peak
-
     peak = run.cfg.peak_flops or matmul_peak(run.device, run.precision)
     n_params = sum(p.numel() for p in run.raw.parameters())
     return Metrics(out, run.cfg, step, n_params, peak * run.dist.world, run.dist.main, stage_name(out))
@@ -252,8 +255,6 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
     `state_dict()`/`load_state_dict()`, like `Batches`); with `resume`, the newest one of the
     same config and `inputs` is continued exactly. Under torchrun every rank calls this.
     """
-    from pmcllama.progress import progress
-
     if cfg.save_every and not hasattr(steps, "state_dict"):
         raise TypeError("save_every needs a batch stream whose position can be saved (training.data.Batches)")
     check_loggers(cfg.loggers)
@@ -287,7 +288,6 @@ def train(model, tokenizer, cfg: TrainConfig, steps: Iterator[list[Example]], to
         if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
             ckpt.save(out / ckpt.CHECKPOINTS, run.model, run.opt, run.sched, steps, prog, ident, cfg.keep_last,
                       run.trainable, run.dist)
-        ckpt.kill_hook(step)
     bar.close()
     metrics.close()
     summary = finish(run, tokenizer, val, out, prog)
@@ -310,8 +310,6 @@ def finish(run: Run, tokenizer, val, out: Path, prog: ckpt.TrainProgress) -> dic
     elif run.dist.main:
         save_trained(run.raw, tokenizer, run.cfg, out)
     if run.dist.main:
-        from pmcllama.plots import plot_losses
-
         plot_losses({stage_name(out): out / "metrics.jsonl"}, out / "loss.png",
                     title=f"{stage_name(out)}: training loss")
         shutil.rmtree(out / ckpt.CHECKPOINTS, ignore_errors=True)
@@ -338,13 +336,10 @@ def checkpointing_off(model) -> None:
 
 
 def save_trained(model, tokenizer, cfg: TrainConfig, out: Path) -> None:
-    """Save a Hugging Face folder; with LoRA also the adapter (adapter/) and the merged model."""
-    from pmcllama.models import save_model
-
+    """Save a Hugging Face folder; with LoRA the merged model and the adapter (adapter/)."""
     model = model.to("cpu")
     if cfg.lora is not None:
-        model.save_pretrained(str(out / "adapter"))
-        model = model.merge_and_unload()
+        model = merge_lora(model, out / "adapter")
     if cfg.grad_checkpointing:
         checkpointing_off(model)
         model.config.use_cache = True

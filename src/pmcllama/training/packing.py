@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pmcllama.training.data import IGNORE, Example
+from pmcllama.training.example import IGNORE, Example
 
 
 def segment_positions(length: int, starts: Sequence[int]) -> np.ndarray:

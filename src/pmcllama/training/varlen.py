@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pmcllama.training.data import IGNORE, Example
+from pmcllama.training.example import IGNORE, Example
 
 NAME = "pmcllama_varlen"
 _registered = False
