@@ -309,3 +309,50 @@ def test_chat_in_a_real_terminal(tmp_path):
         assert subprocess.run(["tmux", "has-session", "-t", name], capture_output=True).returncode != 0
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+# ----------------------------------------------------------------------------- lm-eval against the server
+
+
+def test_lm_eval_local_completions_scores_like_pmcllama_evaluate(server, tmp_path, tiny_model):
+    """lm-evaluation-harness's `local-completions` model (log-likelihoods from echo + logprobs)
+    against the server picks the same answers as pmcllama's in-process scorer."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from pmcllama.benchmarks import load_benchmark
+    from pmcllama.benchmarks.scoring import evaluate_items
+    from pmcllama.models import resolve
+
+    rows = [{"question": f"Which organ makes {w}?", "options": dict(zip("ABCD", opts)), "answer_idx": "ABCD"[i % 4]}
+            for i, (w, opts) in enumerate([("insulin", ["liver", "pancreas", "lung", "skin"]),
+                                           ("bile", ["liver", "heart", "bone", "eye"]),
+                                           ("urine", ["kidney", "brain", "gut", "ear"]),
+                                           ("surfactant", ["lung", "skin", "vein", "nerve"]),
+                                           ("melatonin", ["pineal gland", "spleen", "aorta", "tooth"]),
+                                           ("thyroxine", ["thyroid", "knee", "hair", "nail"])])]
+    (tmp_path / "medqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with open(tmp_path / "hf.jsonl", "w") as f:
+        for k, r in enumerate(rows, 1):
+            o = r["options"]
+            f.write(json.dumps({"id": f"line-{k}", "sent1": r["question"], "ending0": o["A"], "ending1": o["B"],
+                                "ending2": o["C"], "ending3": o["D"], "label": "ABCD".index(r["answer_idx"])}) + "\n")
+    bench = os.path.join(os.path.dirname(__file__), "..", "bench", "lmeval_tasks")
+    yaml_text = open(os.path.join(bench, "medqa_4options_local.yaml")).read()
+    (tmp_path / "task.yaml").write_text(yaml_text.replace("__DATA_DIR__/medqa_4options.jsonl", str(tmp_path / "hf.jsonl")))
+    shutil.copy(os.path.join(bench, "lmeval_prompts.py"), tmp_path / "lmeval_prompts.py")
+    os.environ["OPENAI_API_KEY"] = KEY
+    out = lm_eval.simple_evaluate(
+        model="local-completions", tasks=["medqa_4options_local"], task_manager=TaskManager(include_path=str(tmp_path)),
+        model_args=f"model=tiny-llama,base_url={server}/v1/completions,tokenizer={resolve('tiny-llama')},"
+                   "tokenizer_backend=huggingface,num_concurrent=2,max_retries=1",
+        log_samples=True, bootstrap_iters=0)
+    samples = sorted(out["samples"]["medqa_4options_local"], key=lambda s: s["doc_id"])
+    theirs = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+    model, tok = tiny_model
+    ours = evaluate_items(model, tok, load_benchmark("medqa", tmp_path / "medqa.jsonl").items, batch_size=4,
+                          progress=False)
+    assert len(theirs) == len(ours) == 6
+    for mine, other in zip(ours, theirs):
+        assert mine["pred"] == max(range(4), key=other.__getitem__)
+        assert max(abs(a - b) for a, b in zip(mine["loglik"], other)) < 1e-3
