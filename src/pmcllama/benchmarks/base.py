@@ -9,13 +9,12 @@ label of each choice index for the tables.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pmcllama.errors import UserError
-from pmcllama.inputs import load_json
+from pmcllama.inputs import iter_jsonl, load_json, read_text, whole_json
 
 
 @dataclass
@@ -81,13 +80,35 @@ def looks_like_pubmedqa(obj: Any) -> bool:
 
 def looks_like_jsonl(text: str) -> bool:
     """True when the first non-empty line is a complete JSON object on its own."""
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                return isinstance(json.loads(line), dict)
-            except json.JSONDecodeError:
-                return False
-    return False
+    first = next((line for line in text.split("\n") if line.strip()), None)
+    return first is not None and isinstance(whole_json(first), dict)
+
+
+def wrong_layout(path: str | Path, data: Any, what: str) -> None:
+    """Explain a file that is one JSON document where JSON Lines of `what` records were expected."""
+    if looks_like_pubmedqa(data):
+        raise UserError(f"this is PubMedQA's ori_pqal.json layout ({{pmid: record}}), not {what} "
+                        "JSON Lines; use format: pubmedqa", path)
+    raise UserError(f"this is one JSON document, not JSON Lines (one {what} record per line)", path)
+
+
+def read_objects(path: str | Path, what: str, text: str | None = None) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-empty line of a JSON Lines benchmark file; a file
+    that is one JSON document (PubMedQA's layout, an array) is an error saying so."""
+    text = read_text(path) if text is None else text
+    rows: list[tuple[int, dict]] = []
+    try:
+        for lineno, rec in iter_jsonl(path, text=text):
+            if not isinstance(rec, dict):
+                raise UserError(f"expected a JSON object, got a {type(rec).__name__}", path, lineno)
+            if not rows and looks_like_pubmedqa(rec) and "question" not in rec:
+                wrong_layout(path, rec, what)
+            rows.append((lineno, rec))
+    except UserError as e:
+        if not rows and (data := whole_json(text)) is not None and "JSON object" not in e.reason:
+            wrong_layout(path, data, what)
+        raise
+    return rows
 
 
 def duplicate_warning(items: list[Item], path: str | Path) -> str | None:

@@ -22,14 +22,12 @@ generic loaders; the evaluate stage reports accuracy per subject when items carr
 """
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit
-from pmcllama.inputs import read_text, json_error
+from pmcllama.benchmarks.base import Item, Loaded, apply_limit, read_objects
 from pmcllama.errors import UserError
 
 TEMPLATES = {"letters": "mcq-letters-v1", "text": "mcq-text-cloze-v1"}
@@ -47,34 +45,6 @@ def letters_prompt(question: str, options: list[str], head: str = "") -> str:
     """'{head}{question}\\nA. ..\\nB. ..\\nAnswer:' (lm-eval's letter layout)."""
     listed = "".join(f"{LETTERS[k]}. {v}\n" for k, v in enumerate(options))
     return f"{head}{question}\n{listed}Answer:"
-
-
-def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-empty line; a whole JSON document is an error."""
-    text = read_text(path)
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if not rows and text.lstrip()[:1] in "[{" and _is_document(text):
-                raise UserError(f"this is one JSON document, not JSON Lines (one {what} record "
-                                "per line)", path) from None
-            raise UserError(f"line is not valid JSON: {json_error(e)}", path, lineno) from None
-        if not isinstance(rec, dict):
-            raise UserError(f"expected a JSON object, got a {type(rec).__name__}", path, lineno)
-        rows.append((lineno, rec))
-    return rows
-
-
-def _is_document(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
 
 
 def check_unique(item_id: str, seen: dict[str, int], path: str | Path, line: int | None) -> None:
@@ -137,7 +107,7 @@ def load(path: str | Path, choices: str = "letters", limit: int | None = None) -
     items: list[Item] = []
     seen: dict[str, int] = {}
     width = 0
-    for lineno, rec in read_jsonl(path, "MCQ"):
+    for lineno, rec in read_objects(path, "MCQ"):
         for key in ("question", "options", "answer"):
             if key not in rec:
                 raise UserError(f"missing field '{key}'", path, lineno)

@@ -31,9 +31,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pmcllama.benchmarks.base import Loaded, apply_limit, line_of
+from pmcllama.benchmarks.base import Loaded, apply_limit, line_of, read_objects
 from pmcllama.inputs import load_json, read_text
-from pmcllama.benchmarks.mcq import SubjectItem, check_unique, nonempty, read_jsonl
+from pmcllama.benchmarks.mcq import SubjectItem, check_unique, nonempty
 from pmcllama.errors import UserError
 
 TEMPLATE = "medmcqa-lmeval-v1"
@@ -63,7 +63,7 @@ def _records(path: str | Path) -> list[tuple[int | None, dict]]:
             line = line_of(text, json.dumps(rid), count[str(rid)]) if isinstance(rid, str) else None
             rows.append((line, rec))
         return rows
-    return read_jsonl(path, "MedMCQA")
+    return read_objects(path, "MedMCQA", text)
 
 
 def _cop_base(path: str | Path, cops: list[tuple[int | None, int]]) -> tuple[int, str | None]:

@@ -25,13 +25,11 @@ split (test 1,273, dev 1,272, train 10,178) gets a warning with both numbers.
 """
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 from typing import Any
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit, looks_like_pubmedqa
-from pmcllama.inputs import read_text, json_error
+from pmcllama.benchmarks.base import Item, Loaded, apply_limit, read_objects
 from pmcllama.errors import UserError
 
 TEMPLATES = {"letters": "medqa-letters-lmeval-v1", "text": "medqa-text-cloze-v1"}
@@ -52,15 +50,11 @@ def load(path: str | Path, choices: str = "letters", limit: int | None = None) -
     """Read a MedQA JSONL file into items (`choices`: "letters" or "text")."""
     if choices not in TEMPLATES:
         raise UserError(f"choices must be 'letters' or 'text', not {choices!r}")
-    text = read_text(path)
     items: list[Item] = []
     seen: dict[str, int] = {}
     mismatched = 0
     width = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        rec = _parse_line(path, text, line, lineno)
+    for lineno, rec in read_objects(path, "MedQA"):
         item, ok = _item(path, rec, lineno, choices)
         if item.id in seen:
             raise UserError(f"duplicate id '{item.id}' (first on line {seen[item.id]})", path, lineno)
@@ -84,37 +78,6 @@ def size_warnings(path: str | Path, n: int) -> list[str]:
         return [f"{path}: MedQA-USMLE's official {split} split has {official:,} questions; "
                 f"this file has {n:,}"]
     return []
-
-
-def _parse_line(path: str | Path, text: str, line: str, lineno: int) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        if not items_started(text, lineno):
-            _wrong_format(path, text)
-        raise UserError(f"line is not valid JSON: {json_error(e)}", path, lineno) from None
-    if not isinstance(rec, dict):
-        raise UserError(f"expected a JSON object, got a {type(rec).__name__}", path, lineno)
-    if "question" not in rec and looks_like_pubmedqa(rec):
-        _wrong_format(path, text)
-    return rec
-
-
-def items_started(text: str, lineno: int) -> bool:
-    """Whether a non-empty line precedes line `lineno` (1-based)."""
-    return any(ln.strip() for ln in text.splitlines()[: lineno - 1])
-
-
-def _wrong_format(path: str | Path, text: str) -> None:
-    """Called on a bad first record: explain when the file is a whole JSON document instead."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return
-    if looks_like_pubmedqa(data):
-        raise UserError("this is PubMedQA's ori_pqal.json layout ({pmid: record}), not MedQA "
-                        "JSON Lines; use format: pubmedqa", path)
-    raise UserError("this is one JSON document, not JSON Lines (one MedQA record per line)", path)
 
 
 def _options(path: str | Path, rec: dict, lineno: int) -> dict[str, str]:

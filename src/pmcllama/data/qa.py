@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from pmcllama.benchmarks.base import line_of, looks_like_jsonl, looks_like_pubmedqa, parse_json_document
-from pmcllama.inputs import bad_utf8, json_error, load_json, printable, read_text
+from pmcllama.inputs import array_rows, bad_utf8, jsonl_rows, load_json, printable, read_text, whole_json
 from pmcllama.errors import UserError
 
 QA_FORMATS = ("medqa", "medmcqa", "pubmedqa", "mmlu")
@@ -102,34 +101,18 @@ def json_records(path: Path) -> Iterator[Row]:
     """Rows of a JSON array (file starting with '[') or of JSON Lines (any other file)."""
     text = read_text(path, lenient=True)
     if text.lstrip().startswith("["):
-        for i, obj in enumerate(load_json(text, path)):
-            bad = bad_utf8(obj)
-            yield Row(None, i, obj if bad is None else printable(json.dumps(obj, ensure_ascii=False)), error=bad)
+        for i, obj, bad in array_rows(load_json(text, path)):
+            yield Row(None, i, obj, error=bad)
         return
-    whole = _whole_json(text) if text.lstrip().startswith("{") else None
+    whole = whole_json(text) if text.lstrip().startswith("{") else None
     if whole is not None:
         if looks_like_pubmedqa(whole):
             raise UserError("this is PubMedQA's ori_pqal.json layout ({pmid: record}); use format: pubmedqa", path)
         if len([ln for ln in text.split("\n") if ln.strip()]) > 1:
             raise UserError("one JSON object over several lines; expected JSON Lines (one record a line) "
                             "or a JSON array of records", path)
-    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may occur inside strings
-        if not line.strip():
-            continue
-        if bad := bad_utf8(line):
-            yield Row(n, None, printable(line[:1000]), error=bad)
-            continue
-        try:
-            yield Row(n, None, json.loads(line))
-        except json.JSONDecodeError as e:
-            yield Row(n, None, line[:1000], error=f"not valid JSON: {json_error(e)}")
-
-
-def _whole_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None
+    for n, value, error in jsonl_rows(path, text=text):
+        yield Row(n, None, value, error=error)
 
 
 def csv_rows(path: Path) -> Iterator[tuple[int, list[str], str | None]]:
@@ -252,7 +235,7 @@ def read_medmcqa(path: Path) -> Iterator[Row]:
 
 def read_pubmedqa(path: Path) -> Iterator[Row]:
     text = read_text(path)
-    if looks_like_jsonl(text) and _whole_json(text) is None:
+    if looks_like_jsonl(text) and whole_json(text) is None:
         raise UserError("this is JSON Lines (one record per line), not PubMedQA's ori_pqal.json layout "
                         "{pmid: {QUESTION, CONTEXTS, final_decision}}", path)
     data, _ = parse_json_document(path, text)
@@ -300,7 +283,7 @@ def detect_format(path: str | Path) -> str | None:
         first = next(csv_rows(path), None)
         return "mmlu" if first and len(first[1]) == 6 and first[1][5].strip() in ("A", "B", "C", "D") else None
     text = read_text(path)
-    if text.lstrip().startswith("{") and looks_like_pubmedqa(_whole_json(text)):
+    if text.lstrip().startswith("{") and looks_like_pubmedqa(whole_json(text)):
         return "pubmedqa"
     first = next((r.raw for r in json_records(path) if r.error is None), None)
     if isinstance(first, dict):
