@@ -51,9 +51,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pmcllama import models
+from pmcllama.benchmarks import CHOICE_FORMATS, check_options, load_benchmark
+from pmcllama.benchmarks.prompting import build, check_fewshot_file, template_name
 from pmcllama.config import Config, require_unique_names
 from pmcllama.errors import UserError
-from pmcllama.stage import StageResult, run_stage, write_json
+from pmcllama.stage import StageResult, read_manifest, run_stage, write_json
 
 
 class BenchmarkSpec(Config):
@@ -78,12 +81,7 @@ class BenchmarkSpec(Config):
 
     @model_validator(mode="after")
     def _format_options(self) -> "BenchmarkSpec":
-        if self.format not in ("medqa", "mcq") and self.choices != "letters":
-            raise ValueError("choices='text' applies to format mcq or medqa only")
-        if self.format != "pubmedqa" and self.ids is not None:
-            raise ValueError("ids applies to format pubmedqa only")
-        if self.format != "mmlu" and self.subject is not None:
-            raise ValueError("subject applies to format mmlu only")
+        check_options(self.format, self.choices, self.ids, self.subject)
         if self.name == "model":
             raise ValueError("the name 'model' is reserved in results.json")
         return self
@@ -141,9 +139,6 @@ class EvaluateConfig(Config):
 
 def run(cfg: EvaluateConfig, force: bool = False) -> Path:
     """Score `cfg.model` on every benchmark; write results.json and predictions/."""
-    from pmcllama import models
-    from pmcllama.benchmarks.prompting import check_fewshot_file
-
     for i, b in enumerate(cfg.benchmarks):
         for key in ("path", "ids", "fewshot_path"):
             value = getattr(b, key)
@@ -164,9 +159,6 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Path:
 
 
 def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
-    from pmcllama.benchmarks import load_benchmark
-    from pmcllama.benchmarks.prompting import build
-
     loaded = {b.name: load_benchmark(b.format, b.path, b.choices, b.limit, b.ids, b.subject)
               for b in cfg.benchmarks}
     pools = {b.name: load_benchmark(b.format, b.fewshot_path, b.choices, subject=b.subject).items
@@ -202,18 +194,13 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
 def _load(folder: Path):
     import torch
 
-    from pmcllama.models import load_model
-
     device = "cuda" if torch.cuda.is_available() else None
-    return load_model(folder, device=device)
+    return models.load_model(folder, device=device)
 
 
 def _model_manifest(folder: Path) -> dict:
     """Where the model came from: its folder, architecture, size, and its stage manifest if any."""
-    from pmcllama.models import model_info
-    from pmcllama.stage import read_manifest
-
-    info = model_info(folder)
+    info = models.model_info(folder)
     meta = {k: info[k] for k in ("architecture", "parameters", "vocab_size", "context_length", "dtype")}
     if (folder / "manifest.json").is_file():
         m = read_manifest(folder)
@@ -237,7 +224,6 @@ def _score(cfg: EvaluateConfig, spec: BenchmarkSpec, items, model, tok, max_leng
 
 
 def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, items, model, tok, tmp: Path) -> dict:
-    from pmcllama.benchmarks.prompting import template_name
     from pmcllama.benchmarks.scoring import context_length
     from pmcllama.benchmarks.stats import by_subject, record_calibration, summarize
 
@@ -265,7 +251,7 @@ def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, items, model,
         "mode": cfg.mode, "shots": cfg.shots, "seed": cfg.seed, "chat_template": cfg.chat_template,
         "fewshot_path": spec.fewshot_path,
         "prompt_template": template_name(bench.template, cfg.mode, cfg.shots, cfg.chat_template),
-        "choices_mode": spec.choices if spec.format in ("medqa", "mcq") else
+        "choices_mode": spec.choices if spec.format in CHOICE_FORMATS else
         ("labels" if spec.format == "pubmedqa" else "letters"),
         "format": spec.format,
         "path": spec.path,

@@ -6,10 +6,12 @@ traceback.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from pmcllama.errors import UserError
 
@@ -143,3 +145,41 @@ def array_rows(data: list) -> Iterator[tuple[int, Any, str | None]]:
     for i, value in enumerate(data):
         bad = bad_utf8(value)
         yield i, value if bad is None else printable(json.dumps(value, ensure_ascii=False)), bad
+
+
+def csv_rows(path: Path) -> Iterator[tuple[int, list[str], str | None]]:
+    """(first line, fields, error) of every CSV record (quoted fields may span lines). The error
+    is None, or says the record holds bytes that are not UTF-8, or that it is cut off (the
+    file ends inside a quoted field: a truncated file)."""
+    text = read_text(path, lenient=True)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start, last = 1, None
+    try:
+        for fields in reader:
+            if fields and any(f.strip() for f in fields):
+                if last is not None:
+                    yield _csv_record(*last)
+                last = (start, fields, bad_utf8(fields))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise UserError(f"not valid CSV: {e}", path, reader.line_num) from None
+    if last is not None:
+        cut = text.split("\n", last[0] - 1)[-1].count('"') % 2 == 1
+        yield _csv_record(last[0], last[1], "the record is cut off: the file ends inside a quoted "
+                          "field (truncated file?)" if cut else last[2])
+
+
+def _csv_record(start: int, fields: list[str], error: str | None) -> tuple[int, list[str], str | None]:
+    return start, fields if error is None else [printable(f) for f in fields], error
+
+
+def need_str(rec: Mapping, key: str, missing: str = "missing '{}'") -> str:
+    """rec[key] as it is, or ValueError: missing, not a string, or empty (blank)."""
+    if key not in rec:
+        raise ValueError(missing.format(key))
+    value = rec[key]
+    if not isinstance(value, str):
+        raise ValueError(f"'{key}' is not a string ({type(value).__name__})")
+    if not value.strip():
+        raise ValueError(f"empty '{key}'")
+    return value

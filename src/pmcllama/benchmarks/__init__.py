@@ -39,7 +39,20 @@ FORMATS: dict[str, Callable[..., Loaded]] = {
 }
 CHOICE_FORMATS = ("mcq", "medqa")  # formats that can score option texts (choices="text")
 
-__all__ = ["FORMATS", "Item", "Loaded", "load_benchmark"]
+__all__ = ["FORMATS", "Item", "Loaded", "check_options", "load_benchmark"]
+
+
+def check_options(format: str, choices: str = "letters", ids=None, subject=None) -> None:
+    """ValueError when an option does not apply to `format` (the evaluate config and
+    `load_benchmark` both ask here)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown benchmark format {format!r} (known: {', '.join(FORMATS)})")
+    if choices != "letters" and format not in CHOICE_FORMATS:
+        raise ValueError("choices='text' applies to format mcq or medqa only")
+    if ids is not None and format != "pubmedqa":
+        raise ValueError("ids applies to format pubmedqa only")
+    if subject is not None and format != "mmlu":
+        raise ValueError("subject applies to format mmlu only")
 
 
 def load_benchmark(
@@ -52,14 +65,10 @@ def load_benchmark(
 ) -> Loaded:
     """Load a benchmark file in one of `FORMATS`; `choices` is medqa's and mcq's, `ids`
     pubmedqa's, `subject` mmlu's."""
-    if format not in FORMATS:
-        raise UserError(f"unknown benchmark format {format!r} (known: {', '.join(FORMATS)})")
-    if choices != "letters" and format not in CHOICE_FORMATS:
-        raise UserError("choices='text' applies to format mcq or medqa only", path)
-    if ids is not None and format != "pubmedqa":
-        raise UserError("ids applies to format pubmedqa only", path)
-    if subject is not None and format != "mmlu":
-        raise UserError("subject applies to format mmlu only", path)
+    try:
+        check_options(format, choices, ids, subject)
+    except ValueError as e:
+        raise UserError(str(e), path if format in FORMATS else None) from None
     if format == "pubmedqa":
         loaded = pubmedqa.load(path, limit=limit, ids=ids)
     elif format == "mmlu":

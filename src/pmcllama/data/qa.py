@@ -21,21 +21,19 @@ prompts), or for PubMedQA the abstract, the question and "Answer yes, no or mayb
 """
 from __future__ import annotations
 
-import csv
-import io
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from pmcllama.benchmarks.base import line_of, looks_like_jsonl, looks_like_pubmedqa, parse_json_document
-from pmcllama.inputs import array_rows, bad_utf8, jsonl_rows, load_json, printable, read_text, whole_json
+from pmcllama import inputs
+from pmcllama.benchmarks import medmcqa, medqa, mmlu, pubmedqa
+from pmcllama.benchmarks.base import Doc, looks_like_pubmedqa
 from pmcllama.errors import UserError
+from pmcllama.inputs import array_rows, csv_rows, jsonl_rows, load_json, read_text, whole_json
 
-QA_FORMATS = ("medqa", "medmcqa", "pubmedqa", "mmlu")
+FORMATS = {"medqa": medqa, "medmcqa": medmcqa, "pubmedqa": pubmedqa, "mmlu": mmlu}
+QA_FORMATS = tuple(FORMATS)
 ANSWER_FORMATS = ("paper", "letter", "letter_rationale")
-LETTERS = string.ascii_uppercase
-PUBMEDQA_LABELS = ("yes", "no", "maybe")
 
 
 class Row(NamedTuple):
@@ -94,7 +92,7 @@ class QAItem:
                                          {"role": "assistant", "content": self.reply(answer_format)}])
 
 
-# ----------------------------------------------------------------------------- generic file readers
+# ----------------------------------------------------------------------------- generic JSON records
 
 
 def json_records(path: Path) -> Iterator[Row]:
@@ -115,165 +113,35 @@ def json_records(path: Path) -> Iterator[Row]:
         yield Row(n, None, value, error=error)
 
 
-def csv_rows(path: Path) -> Iterator[tuple[int, list[str], str | None]]:
-    """(first line, fields, error) of every CSV record (quoted fields may span lines). The error
-    is None, or says the record holds bytes that are not UTF-8, or that it is cut off (the
-    file ends inside a quoted field: a truncated file)."""
-    text = read_text(path, lenient=True)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    start, last = 1, None
-    try:
-        for fields in reader:
-            if fields and any(f.strip() for f in fields):
-                if last is not None:
-                    yield _csv_record(*last)
-                last = (start, fields, bad_utf8(fields))
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise UserError(f"not valid CSV: {e}", path, reader.line_num) from None
-    if last is not None:
-        cut = text.split("\n", last[0] - 1)[-1].count('"') % 2 == 1
-        yield _csv_record(last[0], last[1], "the record is cut off: the file ends inside a quoted "
-                          "field (truncated file?)" if cut else last[2])
-
-
-def _csv_record(start: int, fields: list[str], error: str | None) -> tuple[int, list[str], str | None]:
-    return start, fields if error is None else [printable(f) for f in fields], error
-
-
-def need_str(obj: dict, key: str, allow_empty: bool = False) -> str:
+def need_str(obj: dict, key: str) -> str:
     """obj[key] stripped, or ValueError naming what is wrong."""
-    if key not in obj:
-        raise ValueError(f"missing '{key}'")
-    value = obj[key]
-    if not isinstance(value, str):
-        raise ValueError(f"'{key}' is not a string ({type(value).__name__})")
-    if not value.strip() and not allow_empty:
-        raise ValueError(f"empty '{key}'")
-    return value.strip()
+    return inputs.need_str(obj, key).strip()
 
 
-def _object(obj: Any) -> dict:
-    if not isinstance(obj, dict):
-        raise ValueError(f"a record must be a JSON object, not {type(obj).__name__}")
-    return obj
+# ----------------------------------------------------------------------------- benchmark formats
 
 
-def _item_id(obj: dict, row: Row) -> str:
-    rid = obj.get("id")
-    if isinstance(rid, (str, int)) and str(rid):
-        return str(rid)
-    return f"line-{row.line}" if row.line is not None else f"item-{row.item}"
-
-
-# ----------------------------------------------------------------------------- per format
-
-
-def medqa_item(obj: Any, item_id: str) -> QAItem:
-    obj = _object(obj)
-    question = need_str(obj, "question")
-    options = obj.get("options")
-    if not isinstance(options, dict) or len(options) < 2:
-        raise ValueError("'options' must be an object {A: text, B: text, ...} with 2 or more options")
-    keys = sorted(options)
-    if keys != list(LETTERS[:len(keys)]):
-        raise ValueError(f"option keys {', '.join(map(str, options))} are not A, B, C, ... in sequence")
-    opts = {k: need_str(options, k) for k in keys}
-    answer = obj.get("answer_idx")
-    if answer not in opts:
-        raise ValueError(f"answer_idx {answer!r} is not one of the options {', '.join(keys)}")
-    return QAItem(item_id, question, opts, answer)
-
-
-def medmcqa_item(obj: Any, item_id: str) -> QAItem:
-    obj = _object(obj)
-    question = need_str(obj, "question")
-    opts = {k: need_str(obj, f"op{k.lower()}") for k in "ABCD"}
-    cop = obj.get("cop")
-    if isinstance(cop, str) and cop.strip().isdigit():
-        cop = int(cop)
-    if not isinstance(cop, int) or isinstance(cop, bool) or not 1 <= cop <= 4:
-        hint = " (the Hugging Face copy counts 0-3; the official files count 1-4)" if cop == 0 else ""
-        raise ValueError(f"cop {cop!r} is not an option number 1-4{hint}")
-    exp = obj.get("exp")
-    return QAItem(item_id, question, opts, "ABCD"[cop - 1], exp.strip() if isinstance(exp, str) else "")
-
-
-def pubmedqa_item(obj: Any, item_id: str) -> QAItem:
-    obj = _object(obj)
-    question = need_str(obj, "QUESTION")
-    contexts = obj.get("CONTEXTS")
-    if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
-        raise ValueError("CONTEXTS must be a list of strings")
-    label = obj.get("final_decision")
-    if label not in PUBMEDQA_LABELS:
-        raise ValueError(f"final_decision {label!r} is not one of yes, no, maybe")
-    long = obj.get("LONG_ANSWER")
-    return QAItem(item_id, question, {}, label, long.strip() if isinstance(long, str) else "",
-                  [c.strip() for c in contexts if c.strip()])
-
-
-def _json_items(path: Path, build) -> Iterator[Row]:
-    for row in json_records(path):
-        if row.error is not None:
-            yield row
-            continue
-        try:
-            item_id = _item_id(row.raw, row) if isinstance(row.raw, dict) else str(row.item)
-            yield row._replace(value=build(row.raw, item_id))
-        except ValueError as e:
-            yield row._replace(error=str(e))
-
-
-def read_medqa(path: Path) -> Iterator[Row]:
-    return _json_items(path, medqa_item)
-
-
-def read_medmcqa(path: Path) -> Iterator[Row]:
-    return _json_items(path, medmcqa_item)
-
-
-def read_pubmedqa(path: Path) -> Iterator[Row]:
-    text = read_text(path)
-    if looks_like_jsonl(text) and whole_json(text) is None:
-        raise UserError("this is JSON Lines (one record per line), not PubMedQA's ori_pqal.json layout "
-                        "{pmid: {QUESTION, CONTEXTS, final_decision}}", path)
-    data, _ = parse_json_document(path, text)
-    if not isinstance(data, dict) or not looks_like_pubmedqa(data):
-        raise UserError("not PubMedQA's ori_pqal.json layout {pmid: {QUESTION, CONTEXTS, final_decision}}", path)
-    for pmid, rec in data.items():
-        row = Row(line_of(text, f'"{pmid}"'), None, rec)
-        try:
-            yield row._replace(value=pubmedqa_item(rec, str(pmid)))
-        except ValueError as e:
-            yield row._replace(error=f"pmid {pmid}: {e}")
-
-
-def read_mmlu(path: Path) -> Iterator[Row]:
-    for line, fields, error in csv_rows(path):
-        row = Row(line, None, fields, error=error)
-        if error:
-            yield row
-        elif len(fields) != 6:
-            yield row._replace(error=f"{len(fields)} columns, expected 6 (question,A,B,C,D,answer)")
-            continue
-        question, *options, answer = (f.strip() for f in fields)
-        if not question:
-            yield row._replace(error="empty question")
-        elif not all(options):
-            yield row._replace(error="empty option")
-        elif answer not in ("A", "B", "C", "D"):
-            yield row._replace(error=f"answer {answer!r} is not one of A, B, C, D")
-        else:
-            yield row._replace(value=QAItem(f"line-{line}", question, dict(zip("ABCD", options)), answer))
-
-
-READERS = {"medqa": read_medqa, "medmcqa": read_medmcqa, "pubmedqa": read_pubmedqa, "mmlu": read_mmlu}
+def qa_item(fmt: str, doc: Doc) -> QAItem:
+    """A benchmark document as an instruction item (texts stripped), or ValueError when it
+    cannot be one: an empty option, or a MedMCQA answer counted from 0."""
+    if fmt == "medmcqa":
+        medmcqa.check_official(doc)
+    if not all(v.strip() for v in doc.options.values()):
+        raise ValueError("empty option")
+    return QAItem(doc.id, doc.question.strip(), {k: v.strip() for k, v in doc.options.items()}, doc.answer,
+                  doc.rationale.strip(), [c.strip() for c in doc.contexts if c.strip()])
 
 
 def read_items(fmt: str, path: str | Path) -> Iterator[Row]:
-    """Rows whose value is a QAItem, of a file in a benchmark format."""
-    return READERS[fmt](Path(path))
+    """Rows whose value is a QAItem, of a file in a benchmark format (its `docs`, leniently)."""
+    for doc in FORMATS[fmt].docs(Path(path), strict=False):
+        row = Row(doc.line, doc.item, doc.record, error=doc.error)
+        if doc.error is None:
+            try:
+                row = row._replace(value=qa_item(fmt, doc))
+            except ValueError as e:
+                row = row._replace(error=f"pmid {doc.id}: {e}" if fmt == "pubmedqa" else str(e))
+        yield row
 
 
 def detect_format(path: str | Path) -> str | None:
