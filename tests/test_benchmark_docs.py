@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pmcllama.benchmarks import check_options, load_benchmark, medmcqa, medqa, mmlu, pubmedqa
+from pmcllama.benchmarks.generation import option_texts
 from pmcllama.benchmarks.prompting import build, cot_prompt, fewshot_prompt
 from pmcllama.config import build_config
 from pmcllama.data.decontam import build_index
@@ -116,3 +117,10 @@ def test_format_options_checked_once(tmp_path):
     with pytest.raises(ConfigError, match="ids applies to format pubmedqa only"):
         build_config(EvaluateConfig, {"model": "tiny-llama", "benchmarks": [
             {"name": "q", "format": "medqa", "path": "q.jsonl", "ids": "x"}]})
+
+
+def test_option_texts_come_from_the_document(tmp_path):
+    csv = tmp_path / "anatomy_test.csv"
+    csv.write_text('Q?,a,"two\nlines",c,d,B\n')
+    item = load_benchmark("mmlu", csv).items[0]
+    assert option_texts(item) == ["a", "two\nlines", "c", "d"]  # the prompt's lines would cut it

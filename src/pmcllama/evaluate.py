@@ -53,9 +53,13 @@ from pydantic import Field, model_validator
 
 from pmcllama import models
 from pmcllama.benchmarks import CHOICE_FORMATS, check_options, load_benchmark
+from pmcllama.benchmarks.generation import evaluate_generated, hf_generate_fn, token_lengths
 from pmcllama.benchmarks.prompting import build, check_fewshot_file, template_name
+from pmcllama.benchmarks.scoring import context_length, evaluate_items
+from pmcllama.benchmarks.stats import by_subject, record_calibration, summarize
 from pmcllama.config import Config, require_unique_names
 from pmcllama.errors import UserError
+from pmcllama.report import plot_reliability
 from pmcllama.stage import StageResult, read_manifest, run_stage, write_json
 
 
@@ -209,9 +213,6 @@ def _model_manifest(folder: Path) -> dict:
 
 
 def _score(cfg: EvaluateConfig, spec: BenchmarkSpec, items, model, tok, max_length: int) -> list[dict]:
-    from pmcllama.benchmarks.generation import evaluate_generated, hf_generate_fn, token_lengths
-    from pmcllama.benchmarks.scoring import evaluate_items
-
     if cfg.mode == "loglik":
         return evaluate_items(model, tok, items, cfg.batch_size, cfg.precision, max_length, desc=spec.name)
     lengths = token_lengths(tok, [it.prompt for it in items])
@@ -224,9 +225,6 @@ def _score(cfg: EvaluateConfig, spec: BenchmarkSpec, items, model, tok, max_leng
 
 
 def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, items, model, tok, tmp: Path) -> dict:
-    from pmcllama.benchmarks.scoring import context_length
-    from pmcllama.benchmarks.stats import by_subject, record_calibration, summarize
-
     max_length = cfg.max_length or context_length(model, tok)
     t0 = time.perf_counter()
     records = _score(cfg, spec, items, model, tok, max_length)
@@ -264,8 +262,6 @@ def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, items, model,
 
 
 def _reliability_plot(calib: dict, name: str, png: Path) -> None:
-    from pmcllama.report import plot_reliability
-
     png.parent.mkdir(exist_ok=True)
     plot_reliability(calib, png, title=f"{name}: reliability (ECE {_pct(calib['ece'])}%)")
 

@@ -1,8 +1,13 @@
-"""Benchmarks: one small loader module per format, plus scoring and statistics.
+"""Benchmarks: one small module per format, plus scoring and statistics.
 
+Each format module is the one reader of its files, in lm-eval's vocabulary: `docs(path)` (the
+documents, with file and line for errors), `doc_to_text`, `doc_to_choice`, `doc_to_target`,
+and `load(path, ...) -> Loaded` (the items to score, built from the documents; see
+`base`). Evaluation, the instruction converters and decontamination all read through `docs`.
 `FORMATS` maps a format name to its loader; `load_benchmark(format, path, ...)` returns a
-`Loaded` benchmark (items, template version, choice labels). To add a format, write a module
-with `load(path, ...) -> Loaded` and register it here. Nothing here imports torch.
+`Loaded` benchmark (items, template version, choice labels), `check_options` says which
+options a format takes. To add a format, write such a module and register it here. Nothing
+here imports torch.
 
 The zero-shot prompts are lm-evaluation-harness 0.4's, character for character (checked
 against the installed lm-eval's own functions and templates by tests/test_eval_prompts.py,

@@ -140,9 +140,6 @@ class Item:
         return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
 
 
-SubjectItem = Item  # items carry an optional subject (MedMCQA subject_name, MMLU file)
-
-
 @dataclass
 class Loaded:
     """A loaded benchmark: items, template version, choice labels, and data warnings."""

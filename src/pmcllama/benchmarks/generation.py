@@ -87,8 +87,12 @@ def generate_texts(generate_fn, prompts: Sequence[str], samples: int, batch_size
 
 
 def option_texts(item: Item) -> list[str] | None:
-    """The option texts listed in a letter prompt ('A. text' lines), else None."""
+    """The option texts of a letter item: its document's options, or for a bare Item the
+    'A. text' lines of its prompt; else None."""
     labels = labels_of(item)
+    if item.doc is not None:
+        options = item.doc.options
+        return [options[lab] for lab in labels] if options and all(lab in options for lab in labels) else None
     found = {}
     for line in item.prompt.splitlines():
         for lab in labels:

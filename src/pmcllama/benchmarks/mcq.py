@@ -17,8 +17,8 @@ Prompts (`choices`), the same as MedQA's so that numbers are comparable:
 - `text`, template `mcq-text-cloze-v1`: "Question: {question}\\nAnswer:" with the option
   texts as continuations.
 
-`SubjectItem` (an `Item` with an optional subject) is shared by the MedMCQA, MMLU and
-generic loaders; the evaluate stage reports accuracy per subject when items carry one.
+Items carry the record's optional `subject` (as MedMCQA's and MMLU's do); the evaluate
+stage reports accuracy per subject when items carry one.
 """
 from __future__ import annotations
 
@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from pmcllama.benchmarks.base import (
-    LETTERS, Doc, Docs, Item, Loaded, SubjectItem, apply_limit, check_unique, json_docs,
-    letters_prompt, option_tasks, record_id,
+    LETTERS, Doc, Docs, Item, Loaded, apply_limit, check_unique, json_docs, option_tasks, record_id,
 )
 from pmcllama.errors import UserError
 from pmcllama.inputs import need_str
 
 TEMPLATES = {"letters": "mcq-letters-v1", "text": "mcq-text-cloze-v1"}
-__all__ = ["SubjectItem", "letters_prompt", "docs", "load", "TASKS"]
 
 
 def _options(rec: dict) -> dict[str, str]:

@@ -1,20 +1,19 @@
 """Benchmark-format QA -> chat turns: MedQA-USMLE, MedMCQA, PubMedQA, MMLU.
 
-Readers of the official layouts:
-- `medqa`:    JSONL, {question, options: {A: .., B: .., ...}, answer_idx, [id]},
-- `medmcqa`:  JSON array or JSON Lines (the official .json files are JSON Lines),
-              {id, question, opa, opb, opc, opd, cop (1-4), exp, subject_name},
-- `pubmedqa`: `ori_pqal.json`, {pmid: {QUESTION, CONTEXTS, final_decision, LONG_ANSWER}},
-- `mmlu`:     headerless CSV, question,A,B,C,D,answer (a letter).
+The files are read by the benchmark modules' `docs` (`pmcllama.benchmarks.<format>`: the
+same documents evaluation scores and decontamination indexes), leniently, so that a bad record
+becomes a `Row` with its error and the caller decides between stopping and skipping
+(instructions' `on_error`). `read_items` turns each document into a `QAItem` (texts stripped;
+a document with an empty option, or a MedMCQA answer counted from 0, is refused: the official
+files count 1-4). Rows are (line, item index, raw record, QAItem or None, error or None);
+`json_records` reads the generic JSON files (arrays or JSON Lines) of the chat formats.
 
-Every reader yields `Row`s: (line, item index, raw record, QAItem or None, error or None), so
-the caller decides between stopping and skipping (instructions' `on_error`). `QAItem.reply`
-words the answer in one of three formats:
-- `paper` (PMC-LLaMA): "###Rationale: <rationale>\\n\\n###Answer: OPTION C IS CORRECT." (the
+`QAItem.reply` words the answer in one of three formats:
+- `paper` (PMC-LLaMA): "###Rationale: <rationale>\n\n###Answer: OPTION C IS CORRECT." (the
   rationale part only when the data has one: MedMCQA `exp`, PubMedQA `LONG_ANSWER`);
   PubMedQA: "###Answer: yes",
 - `letter`: "C. <option text>" (PubMedQA: "yes"),
-- `letter_rationale`: "<rationale>\\n\\nThe answer is C. <option text>" (no rationale: the
+- `letter_rationale`: "<rationale>\n\nThe answer is C. <option text>" (no rationale: the
   last sentence alone).
 The user turn is the question followed by one "X. option" line per option (as the KG
 prompts), or for PubMedQA the abstract, the question and "Answer yes, no or maybe.".
