@@ -9,6 +9,7 @@ from pmcllama.errors import UserError
 from pmcllama.inputs import array_rows, iter_jsonl, jsonl_rows, read_text, whole_json
 from pmcllama.rationales import end_last_line, read_cache
 from pmcllama.training.data import read_chat_jsonl
+from pmcllama.training.metrics import truncate_metrics
 
 
 def test_iter_jsonl_strict_names_line_and_column(tmp_path):
@@ -77,3 +78,10 @@ def test_read_chat_jsonl_names_a_non_utf8_line(tmp_path):
     p.write_bytes(json.dumps({"messages": chat}).encode() + b'\n{"messages": "\xff"}\n')
     with pytest.raises(UserError, match=r"train.jsonl:2: not UTF-8 text"):
         read_chat_jsonl(p)
+
+
+def test_truncate_metrics_names_a_bad_middle_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"st\n{"step": 2}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"metrics.jsonl:2: line is not valid JSON"):
+        truncate_metrics(path, 5)
