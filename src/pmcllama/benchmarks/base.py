@@ -198,47 +198,46 @@ def _one_document(path: str | Path, text: str, what: str, arrays: bool) -> None:
     whole = whole_json(text) if text.lstrip()[:1] in "[{" else None
     if whole is None:
         return
+    what = f"{what} " if what else ""
     if looks_like_pubmedqa(whole):
-        raise UserError(f"this is PubMedQA's ori_pqal.json layout ({{pmid: record}}), not {what} "
-                        "JSON Lines; use format: pubmedqa", path)
+        raise UserError(f"this is PubMedQA's ori_pqal.json layout ({{pmid: record}}), not {what}JSON "
+                        "Lines; use format: pubmedqa", path)
     if len([ln for ln in text.split("\n") if ln.strip()]) > 1:
         kind = "object" if isinstance(whole, dict) else "document"
-        raise UserError(f"one JSON {kind} over several lines; expected JSON Lines (one {what} record a line)"
+        raise UserError(f"one JSON {kind} over several lines; expected JSON Lines (one {what}record a line)"
                         + (" or a JSON array of records" if arrays else ""), path)
 
 
 def json_records(path: str | Path, what: str, arrays: bool = False, strict: bool = True
                  ) -> Iterator[tuple[int | None, int | None, Any, str | None]]:
-    """(line, array index, record, error) of a JSON Lines file of `what` records (or, with
-    `arrays`, of a file holding one JSON array). A record that is not an object is an error;
-    an array element's line is that of its "id" value. `strict`: a line that is not UTF-8 or
-    not JSON is a UserError (else a row with its error)."""
+    """(line, array index, value, error) of each record of a JSON Lines file of `what` records
+    (or, with `arrays`, of a file holding one JSON array; an element's line is that of its
+    "id" string). `strict`: a line that is not UTF-8 or not JSON is a UserError (else a row
+    with its error and the line shown printable)."""
     text = read_text(path) if strict else read_text(path, lenient=True)
     if arrays and text.lstrip().startswith("["):
         seen: dict[str, int] = {}
         for i, value, error in array_rows(load_json(text, path)):
             rid = value.get("id") if isinstance(value, dict) else None
             seen[str(rid)] = seen.get(str(rid), 0) + 1  # the n-th element with this id
-            line = line_of(text, json.dumps(rid), seen[str(rid)]) if isinstance(rid, str) else None
-            yield line, i, value, error or _not_object(value, f"element {i} is")
+            yield line_of(text, json.dumps(rid), seen[str(rid)]) if isinstance(rid, str) else None, i, value, error
         return
     _one_document(path, text, what, arrays)
     rows = ((n, v, None) for n, v in iter_jsonl(path, text=text)) if strict else jsonl_rows(path, text=text)
     for line, value, error in rows:
-        yield line, None, value, error or _not_object(value, "expected a JSON object, got")
-
-
-def _not_object(value: Any, lead: str) -> str | None:
-    return None if isinstance(value, dict) else f"{lead} a {type(value).__name__}" + (
-        "" if lead.startswith("expected") else ", expected an object")
+        yield line, None, value, error
 
 
 def json_docs(path: str | Path, what: str, parse: Callable[[dict, int | None, int | None], Doc],
               strict: bool = True, arrays: bool = False) -> Docs:
     """The documents of a JSON Lines (or, with `arrays`, JSON array) file of `what` records;
-    `parse` turns a record into a Doc or raises ValueError saying what is wrong."""
+    `parse` turns a record (an object) into a Doc or raises ValueError saying what is wrong."""
     out = Docs(path, strict)
     for line, item, rec, error in json_records(path, what, arrays, strict):
+        if error is None and not isinstance(rec, dict):
+            kind = type(rec).__name__
+            error = f"expected a JSON object, got a {kind}" if item is None else \
+                f"element {item} is a {kind}, expected an object"
         doc = Doc(f"line-{line}", line, item, rec, error=error)
         if error is None:
             try:

@@ -129,7 +129,11 @@ def benchmark_texts(fmt: str | None, path: Path) -> Iterator[tuple[str, list[str
             default = f"line-{row.line}" if row.line is not None else f"item-{row.item}"
             yield (str(rid) if isinstance(rid, (str, int)) else default), [q]
         return
-    for doc in FORMATS[fmt].docs(path):
+    try:
+        found = FORMATS[fmt].docs(path)
+    except UserError as e:
+        raise UserError(f"benchmark {fmt}: {e.reason}", e.path, e.line) from None
+    for doc in found:
         yield doc.id, [doc.question, *doc.contexts]
 
 

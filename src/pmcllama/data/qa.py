@@ -26,9 +26,8 @@ from typing import Any, Iterator, NamedTuple
 
 from pmcllama import inputs
 from pmcllama.benchmarks import medmcqa, medqa, mmlu, pubmedqa
-from pmcllama.benchmarks.base import Doc, looks_like_pubmedqa
-from pmcllama.errors import UserError
-from pmcllama.inputs import array_rows, csv_rows, jsonl_rows, load_json, read_text, whole_json
+from pmcllama.benchmarks.base import Doc, json_records as benchmark_records, looks_like_pubmedqa
+from pmcllama.inputs import csv_rows, read_text, whole_json
 
 FORMATS = {"medqa": medqa, "medmcqa": medmcqa, "pubmedqa": pubmedqa, "mmlu": mmlu}
 QA_FORMATS = tuple(FORMATS)
@@ -82,10 +81,6 @@ class QAItem:
             return (f"###Rationale: {self.rationale}\n\n" if self.rationale else "") + f"###Answer: {paper}"
         raise ValueError(f"unknown answer_format {answer_format!r}")
 
-    def texts(self) -> list[str]:
-        """The item's text for decontamination: the question (+ PubMedQA's contexts)."""
-        return [self.question, *self.contexts]
-
     def converted(self, answer_format: str) -> Converted:
         return Converted(self.id, "qa", [{"role": "user", "content": self.prompt()},
                                          {"role": "assistant", "content": self.reply(answer_format)}])
@@ -95,21 +90,10 @@ class QAItem:
 
 
 def json_records(path: Path) -> Iterator[Row]:
-    """Rows of a JSON array (file starting with '[') or of JSON Lines (any other file)."""
-    text = read_text(path, lenient=True)
-    if text.lstrip().startswith("["):
-        for i, obj, bad in array_rows(load_json(text, path)):
-            yield Row(None, i, obj, error=bad)
-        return
-    whole = whole_json(text) if text.lstrip().startswith("{") else None
-    if whole is not None:
-        if looks_like_pubmedqa(whole):
-            raise UserError("this is PubMedQA's ori_pqal.json layout ({pmid: record}); use format: pubmedqa", path)
-        if len([ln for ln in text.split("\n") if ln.strip()]) > 1:
-            raise UserError("one JSON object over several lines; expected JSON Lines (one record a line) "
-                            "or a JSON array of records", path)
-    for n, value, error in jsonl_rows(path, text=text):
-        yield Row(n, None, value, error=error)
+    """Rows of a JSON array (file starting with '[') or of JSON Lines (any other file), read
+    leniently: a line that is not UTF-8 or not JSON is a row with its error."""
+    for line, item, value, error in benchmark_records(path, "", arrays=True, strict=False):
+        yield Row(line, item, value, error=error)
 
 
 def need_str(obj: dict, key: str) -> str:
