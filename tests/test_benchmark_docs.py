@@ -59,6 +59,9 @@ def test_lenient_docs_keep_errors_strict_docs_raise(tmp_path):
         (1, None), (2, "answer_idx 'Z'"), (3, "not valid JSON")]
     with pytest.raises(UserError, match="q.jsonl:2: answer_idx 'Z'"):
         medqa.docs(path)
+    odd = lines(tmp_path / "odd.jsonl", [{**MQ, "answer_idx": ["A"]}])  # unhashable: still one line
+    with pytest.raises(UserError, match=r"odd.jsonl:1: answer_idx \['A'\] is not one of the options"):
+        load_benchmark("medqa", odd)
 
 
 def test_fewshot_and_cot_are_rendered_from_documents(tmp_path):

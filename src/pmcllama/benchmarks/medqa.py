@@ -63,7 +63,7 @@ def _doc(rec: dict, line: int | None, item: int | None) -> Doc:
     if "answer_idx" not in rec:
         raise ValueError("missing field 'answer_idx'")
     answer = rec["answer_idx"]
-    if answer not in options:
+    if not isinstance(answer, str) or answer not in options:
         raise ValueError(f"answer_idx {answer!r} is not one of the options {', '.join(options)}")
     return Doc(record_id(rec, line, item), line, item, rec, question, options, answer)
 
