@@ -12,7 +12,8 @@ records is accepted too. One record::
 decides per file: any 0 (and no 4) -> 0-based, said in a warning; any 4 (and no 0) ->
 1-based; both 0 and 4 -> error; only 1-3 -> read as the official 1-based, with a warning
 since such a file cannot tell. A `cop` outside 0..4, a missing field or a duplicate `id`
-is an error naming the file and line. The test split has no `cop` (answers withheld): the
+is an error naming the file and line (a record without `id` is named line-N, or item-N in
+an array). The test split has no `cop` (answers withheld): the
 paper and lm-eval report the dev split (4,183 questions; a file named dev* of another size
 gets a warning with the numbers).
 

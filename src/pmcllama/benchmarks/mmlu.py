@@ -7,8 +7,8 @@ professional_medicine copied into one folder). The subject of a file is the long
 MMLU's 57 subject names found in its name (`anatomy_test.csv` -> anatomy,
 `mmlu_anatomy_test_sample.csv` -> anatomy), else the name without `_test`/`_dev`/`_val`
 (with a warning); `subject=` overrides it for a single file. Item ids are
-`{subject}-{n}`, n the 1-based row number. A row with other than 6 columns, or an answer
-outside A-D, is an error naming the file and line; a header row is skipped with a warning.
+`{subject}-{n}`, n the 1-based row number. A row with other than 6 columns, an empty question
+or an answer outside A-D is an error naming the file and line; a header row is skipped with a warning.
 An official `{subject}_test.csv` whose row count differs from the official test split's
 gets a warning with both numbers.
 
