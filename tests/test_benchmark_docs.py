@@ -99,9 +99,11 @@ def test_converters_and_decontamination_read_the_same_documents(tmp_path):
     index = build_index([f"medmcqa:{array}"], n=4)
     assert index.find("x one two three four") == [("dev.json", "m2")]
     csv = tmp_path / "anatomy_x.csv"
-    csv.write_text("question,A,B,C,D,answer\nQ?,a,b,c,d,B\n")  # a header row: skipped by every reader
-    assert [r.value.answer for r in read_items("mmlu", csv)] == ["B"]
-    assert load_benchmark("mmlu", csv).items[0].gold == 1
+    csv.write_text("question,A,B,C,D,answer\nQ?,a,b,c,d,B\n")  # a header row
+    header, row = read_items("mmlu", csv)  # set aside by the converters (counted in rejected.jsonl)
+    assert (header.line, header.error, row.value.answer) == (1, "a header row (official MMLU CSVs have none)", "B")
+    loaded = load_benchmark("mmlu", csv)  # skipped by evaluation, with a warning
+    assert [it.gold for it in loaded.items] == [1] and "header row" in loaded.warnings[0]
 
 
 def test_medmcqa_converter_refuses_0_based_answers(tmp_path):

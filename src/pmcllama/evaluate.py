@@ -59,6 +59,7 @@ from pmcllama.benchmarks.scoring import context_length, evaluate_items
 from pmcllama.benchmarks.stats import by_subject, record_calibration, summarize
 from pmcllama.config import Config, require_unique_names
 from pmcllama.errors import UserError
+from pmcllama.inputs import read_json
 from pmcllama.report import plot_reliability
 from pmcllama.stage import StageResult, read_manifest, run_stage, write_json
 
@@ -157,7 +158,7 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Path:
     inputs += [b.fewshot_path for b in cfg.benchmarks if b.fewshot_path]
     out = run_stage("evaluate", cfg, cfg.out, inputs=inputs,
                     work=lambda tmp: _work(cfg, folder, tmp), force=force)
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results = read_json(out / "results.json", "results file")
     print(format_table(results))
     return out
 

@@ -63,16 +63,19 @@ def build_prompt(subject: str, question: str, options: list[str]) -> str:
 
 
 def docs(path: str | Path, strict: bool = True, subject: str | None = None) -> Docs:
-    """The documents of one MMLU CSV (a header row is skipped with a warning); `subject`:
-    the subject named in the prompt (default: from the file name)."""
+    """The documents of one MMLU CSV; `subject`: the subject named in the prompt (default:
+    from the file name). A header row is skipped with a warning (`strict`), or is a document
+    with an error (lenient: the converters set it aside, counted)."""
     path = Path(path)
     subject, warning = (subject, None) if subject else subject_of(path)
     out = Docs(path, strict)
     out.warnings += [warning] if warning else []
     for line, fields, error in csv_rows(path):
         if error is None and not out and len(fields) == 6 and fields[5].strip().lower() == "answer":
-            out.warnings.append(f"{path}: skipped a header row (official MMLU CSVs have none)")
-            continue
+            if strict:  # evaluation skips it with a warning; a lenient reader sets it aside
+                out.warnings.append(f"{path}: skipped a header row (official MMLU CSVs have none)")
+                continue
+            error = "a header row (official MMLU CSVs have none)"
         doc = Doc(f"line-{line}", line, None, fields, subject=subject, error=error or _problem(fields))
         if doc.error is None:
             doc.question, doc.options, doc.answer = fields[0], dict(zip(LABELS, fields[1:5])), fields[5].strip()
