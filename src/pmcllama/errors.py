@@ -10,6 +10,7 @@ class UserError(Exception):
     def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
         self.path = str(path) if path is not None else None
         self.line = line
+        self.reason = message  # the message without the file and line
         where = ""
         if self.path is not None:
             where = self.path + (f":{line}" if line is not None else "") + ": "

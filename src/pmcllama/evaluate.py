@@ -51,9 +51,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pmcllama import models
+from pmcllama.benchmarks import CHOICE_FORMATS, check_options, load_benchmark
+from pmcllama.benchmarks.generation import evaluate_generated, hf_generate_fn, token_lengths
+from pmcllama.benchmarks.prompting import build, check_fewshot_file, template_name
+from pmcllama.benchmarks.scoring import context_length, evaluate_items
+from pmcllama.benchmarks.stats import by_subject, record_calibration, summarize
 from pmcllama.config import Config, require_unique_names
 from pmcllama.errors import UserError
-from pmcllama.stage import StageResult, run_stage, write_json
+from pmcllama.inputs import read_json
+from pmcllama.report import plot_reliability
+from pmcllama.stage import StageResult, read_manifest, run_stage, write_json
 
 
 class BenchmarkSpec(Config):
@@ -78,12 +86,7 @@ class BenchmarkSpec(Config):
 
     @model_validator(mode="after")
     def _format_options(self) -> "BenchmarkSpec":
-        if self.format not in ("medqa", "mcq") and self.choices != "letters":
-            raise ValueError("choices='text' applies to format mcq or medqa only")
-        if self.format != "pubmedqa" and self.ids is not None:
-            raise ValueError("ids applies to format pubmedqa only")
-        if self.format != "mmlu" and self.subject is not None:
-            raise ValueError("subject applies to format mmlu only")
+        check_options(self.format, self.choices, self.ids, self.subject)
         if self.name == "model":
             raise ValueError("the name 'model' is reserved in results.json")
         return self
@@ -141,11 +144,14 @@ class EvaluateConfig(Config):
 
 def run(cfg: EvaluateConfig, force: bool = False) -> Path:
     """Score `cfg.model` on every benchmark; write results.json and predictions/."""
+<<<<<<< HEAD
     from pmcllama import models
     from pmcllama.benchmarks.prompting import check_fewshot_file
 
     if not cfg.benchmarks:
         raise UserError("no benchmarks to score: give benchmarks=[{name: ..., format: ..., path: ...}]")
+=======
+>>>>>>> h-inputs
     for i, b in enumerate(cfg.benchmarks):
         for key in ("path", "ids", "fewshot_path"):
             value = getattr(b, key)
@@ -160,15 +166,12 @@ def run(cfg: EvaluateConfig, force: bool = False) -> Path:
     inputs += [b.fewshot_path for b in cfg.benchmarks if b.fewshot_path]
     out = run_stage("evaluate", cfg, cfg.out, inputs=inputs,
                     work=lambda tmp: _work(cfg, folder, tmp), force=force)
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results = read_json(out / "results.json", "results file")
     print(format_table(results))
     return out
 
 
 def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
-    from pmcllama.benchmarks import load_benchmark
-    from pmcllama.benchmarks.prompting import build
-
     loaded = {b.name: load_benchmark(b.format, b.path, b.choices, b.limit, b.ids, b.subject)
               for b in cfg.benchmarks}
     pools = {b.name: load_benchmark(b.format, b.fewshot_path, b.choices, subject=b.subject).items
@@ -204,18 +207,13 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
 def _load(folder: Path):
     import torch
 
-    from pmcllama.models import load_model
-
     device = "cuda" if torch.cuda.is_available() else None
-    return load_model(folder, device=device)
+    return models.load_model(folder, device=device)
 
 
 def _model_manifest(folder: Path) -> dict:
     """Where the model came from: its folder, architecture, size, and its stage manifest if any."""
-    from pmcllama.models import model_info
-    from pmcllama.stage import read_manifest
-
-    info = model_info(folder)
+    info = models.model_info(folder)
     meta = {k: info[k] for k in ("architecture", "parameters", "vocab_size", "context_length", "dtype")}
     if (folder / "manifest.json").is_file():
         m = read_manifest(folder)
@@ -224,9 +222,6 @@ def _model_manifest(folder: Path) -> dict:
 
 
 def _score(cfg: EvaluateConfig, spec: BenchmarkSpec, items, model, tok, max_length: int) -> list[dict]:
-    from pmcllama.benchmarks.generation import evaluate_generated, hf_generate_fn, token_lengths
-    from pmcllama.benchmarks.scoring import evaluate_items
-
     if cfg.mode == "loglik":
         return evaluate_items(model, tok, items, cfg.batch_size, cfg.precision, max_length, desc=spec.name)
     lengths = token_lengths(tok, [it.prompt for it in items])
@@ -239,10 +234,6 @@ def _score(cfg: EvaluateConfig, spec: BenchmarkSpec, items, model, tok, max_leng
 
 
 def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, items, model, tok, tmp: Path) -> dict:
-    from pmcllama.benchmarks.prompting import template_name
-    from pmcllama.benchmarks.scoring import context_length
-    from pmcllama.benchmarks.stats import by_subject, record_calibration, summarize
-
     max_length = cfg.max_length or context_length(model, tok)
     t0 = time.perf_counter()
     records = _score(cfg, spec, items, model, tok, max_length)
@@ -267,7 +258,7 @@ def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, items, model,
         "mode": cfg.mode, "shots": cfg.shots, "seed": cfg.seed, "chat_template": cfg.chat_template,
         "fewshot_path": spec.fewshot_path,
         "prompt_template": template_name(bench.template, cfg.mode, cfg.shots, cfg.chat_template),
-        "choices_mode": spec.choices if spec.format in ("medqa", "mcq") else
+        "choices_mode": spec.choices if spec.format in CHOICE_FORMATS else
         ("labels" if spec.format == "pubmedqa" else "letters"),
         "format": spec.format,
         "path": spec.path,
@@ -280,8 +271,6 @@ def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, items, model,
 
 
 def _reliability_plot(calib: dict, name: str, png: Path) -> None:
-    from pmcllama.report import plot_reliability
-
     png.parent.mkdir(exist_ok=True)
     plot_reliability(calib, png, title=f"{name}: reliability (ECE {_pct(calib['ece'])}%)")
 

@@ -6,10 +6,12 @@ traceback.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from pmcllama.errors import UserError
 
@@ -89,18 +91,95 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     return load_json(read_text(path, what), path)
 
 
-def iter_jsonl(path: str | Path, what: str = "JSON Lines file",
-               torn_tail_ok: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each non-empty line. With `torn_tail_ok`, a last line without
-    its newline that is not JSON (a writer killed mid-line) is left out instead of an error."""
-    text = read_text(path, what)
+def whole_json(text: str) -> Any:
+    """The value of `text` when it is one JSON document, else None (a format sniff)."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
+def _lines(text: str) -> Iterator[tuple[int, str, bool]]:
+    """(line number, line, is the last line) of each non-empty line. Split on "\n" only, not
+    `splitlines`: U+2028 and friends may occur inside JSON strings."""
     lines = text.split("\n")
     for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+        if line.strip():
+            yield lineno, line, lineno == len(lines)
+
+
+def iter_jsonl(path: str | Path, what: str = "JSON Lines file", torn_tail_ok: bool = False,
+               text: str | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-empty line (of `text` when given, else of the file).
+    With `torn_tail_ok`, a last line without its newline that is not JSON (a writer killed
+    mid-line) is left out instead of an error."""
+    text = read_text(path, what) if text is None else text
+    for lineno, line, last in _lines(text):
         try:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
-            if torn_tail_ok and lineno == len(lines):
+            if torn_tail_ok and last:
                 return
             raise UserError(f"line is not valid JSON: {json_error(e)}", path, lineno) from None
+
+
+def jsonl_rows(path: str | Path, what: str = "JSON Lines file",
+               text: str | None = None) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, value, None) of each non-empty line, or (line number, the line shown
+    printable, what is wrong) for a line that is not UTF-8 or not JSON: for readers that set bad
+    records aside (`on_error: skip`) instead of stopping. `text`: read with `lenient`."""
+    text = read_text(path, what, lenient=True) if text is None else text
+    for lineno, line, _ in _lines(text):
+        if bad := bad_utf8(line):
+            yield lineno, printable(line[:1000]), bad
+            continue
+        try:
+            yield lineno, json.loads(line), None
+        except json.JSONDecodeError as e:
+            yield lineno, line[:1000], f"not valid JSON: {json_error(e)}"
+
+
+def array_rows(data: list) -> Iterator[tuple[int, Any, str | None]]:
+    """(index, value, None) of each element of a leniently read JSON array, or (index, the
+    element shown printable, what is wrong) for one holding bytes that are not UTF-8."""
+    for i, value in enumerate(data):
+        bad = bad_utf8(value)
+        yield i, value if bad is None else printable(json.dumps(value, ensure_ascii=False)), bad
+
+
+def csv_rows(path: Path) -> Iterator[tuple[int, list[str], str | None]]:
+    """(first line, fields, error) of every CSV record (quoted fields may span lines). The error
+    is None, or says the record holds bytes that are not UTF-8, or that it is cut off (the
+    file ends inside a quoted field: a truncated file)."""
+    text = read_text(path, lenient=True)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start, last = 1, None
+    try:
+        for fields in reader:
+            if fields and any(f.strip() for f in fields):
+                if last is not None:
+                    yield _csv_record(*last)
+                last = (start, fields, bad_utf8(fields))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise UserError(f"not valid CSV: {e}", path, reader.line_num) from None
+    if last is not None:
+        cut = text.split("\n", last[0] - 1)[-1].count('"') % 2 == 1
+        yield _csv_record(last[0], last[1], "the record is cut off: the file ends inside a quoted "
+                          "field (truncated file?)" if cut else last[2])
+
+
+def _csv_record(start: int, fields: list[str], error: str | None) -> tuple[int, list[str], str | None]:
+    return start, fields if error is None else [printable(f) for f in fields], error
+
+
+def need_str(rec: Mapping, key: str, missing: str = "missing '{}'") -> str:
+    """rec[key] as it is, or ValueError: missing, not a string, or empty (blank)."""
+    if key not in rec:
+        raise ValueError(missing.format(key))
+    value = rec[key]
+    if not isinstance(value, str):
+        raise ValueError(f"'{key}' is not a string ({type(value).__name__})")
+    if not value.strip():
+        raise ValueError(f"empty '{key}'")
+    return value

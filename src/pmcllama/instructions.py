@@ -39,69 +39,19 @@ from pydantic import Field, model_validator
 
 from pmcllama import stage
 from pmcllama.config import Config, require_unique_names
+from pmcllama.data.decontam import build_index, parse_spec
 from pmcllama.data.mixing import dedup, downsample, split, split_stats, token_counter, token_stats, upsample
-from pmcllama.data.qa import QA_FORMATS
 from pmcllama.data.records import Rejects, messages, read_alpaca, read_converted
+from pmcllama.data.sources import InstructionSource
 from pmcllama.errors import UserError
-from pmcllama.knowledge.prompts import TASKS, kg_prompts, probe_rows, write_probe
-from pmcllama.rationales import RationaleConfig
+from pmcllama.knowledge.ontology import knowledge_inputs, load_knowledge
+from pmcllama.knowledge.prompts import kg_prompts, probe_rows, write_probe
+from pmcllama.models import load_tokenizer
+from pmcllama.rationales import RationaleConfig, fill
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a knowledgeable and careful medical assistant. Answer accurately and concisely."
 )
-KGTask = Literal["description", "relation", "mcq_definition", "mcq_parent"]
-KG_ONLY = ("root", "limit", "seed_terms", "tasks", "probe_terms", "ontology", "vocabularies", "max_relations")
-CHAT_FORMATS = ("mtsdialog", "sharegpt", "messages", "qa_jsonl")
-FILE_FORMATS = ("alpaca", *QA_FORMATS, *CHAT_FORMATS)
-ONLY_FOR = {"task": ("alpaca",), "answer_format": QA_FORMATS,
-            "question_field": ("qa_jsonl",), "answer_field": ("qa_jsonl",)}
-
-
-class InstructionSource(Config):
-    name: str = Field(description="source name, used in record ids and statistics")
-    format: Literal["alpaca", "medqa", "medmcqa", "pubmedqa", "mmlu", "mtsdialog", "sharegpt",
-                    "messages", "qa_jsonl", "kg"] = Field(
-        description="input format of `paths` (see above); kg: prompts from an ontology, no paths")
-    paths: list[str] = Field(default_factory=list, description="input files (every format but kg)")
-    max_records: int | None = Field(None, ge=1, description="keep at most this many records, the first ones (None = all)")
-    weight: float = Field(1.0, gt=0, description="sampling weight: <1 keeps that share of the records, >1 repeats "
-                          "the training records (2.5: each twice, half of them a third time)")
-    task: Literal["auto", "dialogue", "qa"] = Field(
-        "auto", description="alpaca: task label; auto = dialogue when a record has an input, else qa")
-    answer_format: Literal["paper", "letter", "letter_rationale"] = Field(
-        "paper", description="medqa/medmcqa/pubmedqa/mmlu answers: the paper's '###Answer: OPTION C IS CORRECT.', "
-        "'C. text', or rationale + 'The answer is C. text'")
-    question_field: str | None = Field(None, description="qa_jsonl: question field (None = question or Question)")
-    answer_field: str | None = Field(None, description="qa_jsonl: answer field (None = answer or Answer)")
-    ontology: str = Field("hpo", description="kg: built-in ontology (hpo, icd10), an .obo file, or a UMLS folder "
-                          "with MRCONSO.RRF, MRDEF.RRF (+ MRREL.RRF, MRSTY.RRF)")
-    vocabularies: list[str] = Field(default_factory=list, description="kg, UMLS: source vocabularies (SAB) of "
-                                    "definitions and relations, most preferred first (empty = all)")
-    max_relations: int = Field(10, ge=0, description="kg, UMLS: at most this many non-hierarchical relations per concept")
-    root: str | None = Field(None, description="kg: only terms below this term id (None = all terms)")
-    limit: int | None = Field(None, ge=1, description="kg: at most this many terms (same as the corpus stage)")
-    seed_terms: int = Field(0, description="kg: seed of the term selection (same as the corpus stage)")
-    tasks: list[KGTask] = Field(default_factory=lambda: list(TASKS), min_length=1,
-                                description="kg: prompt kinds to build")
-    probe_terms: int = Field(0, ge=0, description="kg: the first N selected terms form the knowledge probe, not training")
-
-    @model_validator(mode="after")
-    def _check_format(self) -> "InstructionSource":
-        if self.format != "kg":
-            if not self.paths:
-                raise ValueError(f"{self.format} source '{self.name}' needs paths: [file, ...]")
-            given = sorted(set(KG_ONLY) & self.model_fields_set)
-            if given:
-                raise ValueError(f"{', '.join(given)} only apply to format: kg (source '{self.name}')")
-        elif self.paths:
-            raise ValueError(f"kg source '{self.name}' reads `ontology`, not `paths`")
-        wrong = [k for k, fmts in ONLY_FOR.items() if k in self.model_fields_set and self.format not in fmts]
-        if wrong:
-            raise ValueError("; ".join(f"{k} only apply to format: {', '.join(ONLY_FOR[k])}" for k in wrong)
-                             + f" (source '{self.name}')")
-        return self
-
-
 class InstructionsConfig(Config):
     out: str = Field("runs/instructions", description="output folder")
     sources: list[InstructionSource] = Field(min_length=1, description="instruction sources")
@@ -141,8 +91,6 @@ def read_kg(src: InstructionSource, system: str | None, seed: int, rejects: Reje
     """(chat records, probe rows, skipped counts) of a kg source. A dangling is_a (a parent not
     in the file) and a malformed RRF row go to `rejects`: an error, or set aside (the link or
     row is then left out)."""
-    from pmcllama.knowledge.ontology import load_knowledge
-
     onto = load_knowledge(src.ontology, src.vocabularies, src.max_relations,
                           reject=lambda path, line, reason, raw: rejects.add(src.name, path, line, None, reason, raw))
     for term_id, parent, line in onto.dangling:
@@ -172,8 +120,6 @@ def decontaminate(records: list[dict], cfg: InstructionsConfig, per_source: dict
     decontamination.jsonl ({id, source, benchmark, item} per match). (kept, dropped, index stats)"""
     if not cfg.decontaminate:
         return records, 0, {}
-    from pmcllama.data.decontam import build_index
-
     index = build_index(cfg.decontaminate, cfg.decontam_ngram)
     kept, report, dropped = [], [], Counter()
     for r in records:
@@ -208,9 +154,6 @@ def to_alpaca(record: dict) -> dict:
 
 
 def _inputs(cfg: InstructionsConfig) -> list[Path]:
-    from pmcllama.data.decontam import parse_spec
-    from pmcllama.knowledge.ontology import knowledge_inputs
-
     paths: list[Path] = []
     for src in cfg.sources:
         if src.format == "kg":
@@ -278,8 +221,6 @@ def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult
         per_source[name]["duplicates"] = n
     rationale_counts = {}
     if cfg.rationales:
-        from pmcllama.rationales import fill
-
         rationale_counts = dict(fill(records, cfg.rationales, cfg.rationale_cache(), log))
     probe = list({row["id"]: row for row in probe}.values())
     train, val = mix(cfg, records, per_source)
@@ -313,8 +254,6 @@ def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult
 def _token_stats(cfg: InstructionsConfig, train: list[dict], val: list[dict]) -> dict:
     if not cfg.tokenizer:
         return {}
-    from pmcllama.models import load_tokenizer
-
     count = token_counter(load_tokenizer(cfg.tokenizer))
     return {"tokenizer": cfg.tokenizer, "train": token_stats(train, count), "val": token_stats(val, count)}
 

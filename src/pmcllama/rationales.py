@@ -22,6 +22,8 @@ from pydantic import Field
 
 from pmcllama.config import Config
 from pmcllama.data.qa import QAItem
+from pmcllama.errors import UserError
+from pmcllama.inputs import iter_jsonl, whole_json
 
 SYSTEM = "You are a medical expert who explains the answers of medical exam questions accurately and concisely."
 ASK = ("{question}\n\nThe correct answer is {answer}.\nExplain in at most {sentences} sentences why this answer "
@@ -54,17 +56,33 @@ def item_key(item: QAItem, model: str) -> str:
 
 
 def read_cache(path: Path) -> dict[str, str]:
-    """key -> rationale; unreadable lines (an interrupted write) are ignored."""
+    """key -> rationale. A half-written last line (a run killed mid-write) is left out; any
+    other line that is not a {key, rationale} object is an error naming the file and line."""
     cache: dict[str, str] = {}
     if not path.is_file():
         return cache
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            cache[row["key"]] = row["rationale"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
+    for lineno, row in iter_jsonl(path, "rationale cache", torn_tail_ok=True):
+        if not (isinstance(row, dict) and isinstance(row.get("key"), str) and isinstance(row.get("rationale"), str)):
+            raise UserError("not a rationale cache row {key, rationale, ...} (delete the line or the "
+                            "cache to request it again)", path, lineno)
+        cache[row["key"]] = row["rationale"]
     return cache
+
+
+def end_last_line(path: Path) -> bool:
+    """Make appends start a fresh line: a last line without its newline gets one when it is
+    complete JSON, or is cut off when half-written (a run killed mid-write; True then)."""
+    data = path.read_bytes() if path.is_file() else b""
+    if not data or data.endswith(b"\n"):
+        return False
+    start = data.rfind(b"\n") + 1
+    if whole_json(data[start:].decode("utf-8", "replace")) is not None:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(start)
+    return True
 
 
 def prompt(item: QAItem, cfg: RationaleConfig) -> list[dict]:
@@ -130,6 +148,8 @@ def fill(records: list[dict], cfg: RationaleConfig, cache_path: Path, log=print,
     if not todo:
         return counts
     cache = read_cache(cache_path)
+    if end_last_line(cache_path):
+        log(f"[instructions] rationales: {cache_path}: dropped a half-written last line (interrupted run)")
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     failures, last_error = 0, ""
     with open(cache_path, "a", encoding="utf-8") as f:

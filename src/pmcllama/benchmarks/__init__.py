@@ -1,8 +1,13 @@
-"""Benchmarks: one small loader module per format, plus scoring and statistics.
+"""Benchmarks: one small module per format, plus scoring and statistics.
 
+Each format module is the one reader of its files, in lm-eval's vocabulary: `docs(path)` (the
+documents, with file and line for errors), `doc_to_text`, `doc_to_choice`, `doc_to_target`,
+and `load(path, ...) -> Loaded` (the items to score, built from the documents; see
+`base`). Evaluation, the instruction converters and decontamination all read through `docs`.
 `FORMATS` maps a format name to its loader; `load_benchmark(format, path, ...)` returns a
-`Loaded` benchmark (items, template version, choice labels). To add a format, write a module
-with `load(path, ...) -> Loaded` and register it here. Nothing here imports torch.
+`Loaded` benchmark (items, template version, choice labels), `check_options` says which
+options a format takes. To add a format, write such a module and register it here. Nothing
+here imports torch.
 
 The zero-shot prompts are lm-evaluation-harness 0.4's, character for character (checked
 against the installed lm-eval's own functions and templates by tests/test_eval_prompts.py,
@@ -39,7 +44,20 @@ FORMATS: dict[str, Callable[..., Loaded]] = {
 }
 CHOICE_FORMATS = ("mcq", "medqa")  # formats that can score option texts (choices="text")
 
-__all__ = ["FORMATS", "Item", "Loaded", "load_benchmark"]
+__all__ = ["FORMATS", "Item", "Loaded", "check_options", "load_benchmark"]
+
+
+def check_options(format: str, choices: str = "letters", ids=None, subject=None) -> None:
+    """ValueError when an option does not apply to `format` (the evaluate config and
+    `load_benchmark` both ask here)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown benchmark format {format!r} (known: {', '.join(FORMATS)})")
+    if choices != "letters" and format not in CHOICE_FORMATS:
+        raise ValueError("choices='text' applies to format mcq or medqa only")
+    if ids is not None and format != "pubmedqa":
+        raise ValueError("ids applies to format pubmedqa only")
+    if subject is not None and format != "mmlu":
+        raise ValueError("subject applies to format mmlu only")
 
 
 def load_benchmark(
@@ -52,14 +70,10 @@ def load_benchmark(
 ) -> Loaded:
     """Load a benchmark file in one of `FORMATS`; `choices` is medqa's and mcq's, `ids`
     pubmedqa's, `subject` mmlu's."""
-    if format not in FORMATS:
-        raise UserError(f"unknown benchmark format {format!r} (known: {', '.join(FORMATS)})")
-    if choices != "letters" and format not in CHOICE_FORMATS:
-        raise UserError("choices='text' applies to format mcq or medqa only", path)
-    if ids is not None and format != "pubmedqa":
-        raise UserError("ids applies to format pubmedqa only", path)
-    if subject is not None and format != "mmlu":
-        raise UserError("subject applies to format mmlu only", path)
+    try:
+        check_options(format, choices, ids, subject)
+    except ValueError as e:
+        raise UserError(str(e), path if format in FORMATS else None) from None
     if format == "pubmedqa":
         loaded = pubmedqa.load(path, limit=limit, ids=ids)
     elif format == "mmlu":

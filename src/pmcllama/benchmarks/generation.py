@@ -20,14 +20,14 @@ from typing import Callable, Sequence
 from pmcllama.benchmarks.base import Item
 from pmcllama.benchmarks.extract import extract, vote
 from pmcllama.benchmarks.prompting import labels_of
+from pmcllama.benchmarks.scoring import special_prefix
+from pmcllama.progress import progress as progress_bar
 
 
 def hf_generate_fn(model, tokenizer, *, max_new_tokens: int, temperature: float = 0.0,
                    top_p: float = 1.0, seed: int = 0, max_length: int = 2048) -> Callable[[list[str], int], list[list[str]]]:
     """A `generate_fn` running `model.generate` on left-padded batches."""
     import torch
-
-    from pmcllama.benchmarks.scoring import special_prefix
 
     prefix = special_prefix(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -62,8 +62,6 @@ def hf_generate_fn(model, tokenizer, *, max_new_tokens: int, temperature: float 
 
 def token_lengths(tokenizer, prompts: Sequence[str]) -> list[int]:
     """Tokens of each prompt as the model sees it (with any default BOS)."""
-    from pmcllama.benchmarks.scoring import special_prefix
-
     enc = tokenizer(list(prompts), add_special_tokens=False, verbose=False)["input_ids"]
     return [len(special_prefix(tokenizer)) + len(e) for e in enc]
 
@@ -72,8 +70,6 @@ def generate_texts(generate_fn, prompts: Sequence[str], samples: int, batch_size
                    lengths: Sequence[int] | None = None, progress: bool = True,
                    desc: str = "generating") -> list[list[str]]:
     """`samples` texts per prompt, batches taken longest first; results in input order."""
-    from pmcllama.progress import progress as progress_bar
-
     key = lengths if lengths is not None else [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -key[i])
     texts: list[list[str]] = [[] for _ in prompts]
@@ -87,8 +83,12 @@ def generate_texts(generate_fn, prompts: Sequence[str], samples: int, batch_size
 
 
 def option_texts(item: Item) -> list[str] | None:
-    """The option texts listed in a letter prompt ('A. text' lines), else None."""
+    """The option texts of a letter item: its document's options, or for a bare Item the
+    'A. text' lines of its prompt; else None."""
     labels = labels_of(item)
+    if item.doc is not None:
+        options = item.doc.options
+        return [options[lab] for lab in labels] if options and all(lab in options for lab in labels) else None
     found = {}
     for line in item.prompt.splitlines():
         for lab in labels:

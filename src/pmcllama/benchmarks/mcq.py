@@ -17,141 +17,94 @@ Prompts (`choices`), the same as MedQA's so that numbers are comparable:
 - `text`, template `mcq-text-cloze-v1`: "Question: {question}\\nAnswer:" with the option
   texts as continuations.
 
-`SubjectItem` (an `Item` with an optional subject) is shared by the MedMCQA, MMLU and
-generic loaders; the evaluate stage reports accuracy per subject when items carry one.
+Items carry the record's optional `subject` (as MedMCQA's and MMLU's do); the evaluate
+stage reports accuracy per subject when items carry one.
 """
 from __future__ import annotations
 
-import json
-import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit
-from pmcllama.inputs import read_text, json_error
+from pmcllama.benchmarks.base import (
+    LETTERS, Doc, Docs, Item, Loaded, apply_limit, check_unique, json_docs, option_tasks, record_id,
+)
 from pmcllama.errors import UserError
+from pmcllama.inputs import need_str
 
 TEMPLATES = {"letters": "mcq-letters-v1", "text": "mcq-text-cloze-v1"}
-LETTERS = string.ascii_uppercase
 
 
-@dataclass
-class SubjectItem(Item):
-    """A multiple-choice item that knows its subject (MedMCQA subject_name, MMLU file)."""
-
-    subject: str | None = None
-
-
-def letters_prompt(question: str, options: list[str], head: str = "") -> str:
-    """'{head}{question}\\nA. ..\\nB. ..\\nAnswer:' (lm-eval's letter layout)."""
-    listed = "".join(f"{LETTERS[k]}. {v}\n" for k, v in enumerate(options))
-    return f"{head}{question}\n{listed}Answer:"
-
-
-def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-empty line; a whole JSON document is an error."""
-    text = read_text(path)
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if not rows and text.lstrip()[:1] in "[{" and _is_document(text):
-                raise UserError(f"this is one JSON document, not JSON Lines (one {what} record "
-                                "per line)", path) from None
-            raise UserError(f"line is not valid JSON: {json_error(e)}", path, lineno) from None
-        if not isinstance(rec, dict):
-            raise UserError(f"expected a JSON object, got a {type(rec).__name__}", path, lineno)
-        rows.append((lineno, rec))
-    return rows
-
-
-def _is_document(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def check_unique(item_id: str, seen: dict[str, int], path: str | Path, line: int | None) -> None:
-    if item_id in seen:
-        raise UserError(f"duplicate id '{item_id}' (first on line {seen[item_id]})", path, line)
-    seen[item_id] = line or 0
-
-
-def nonempty(rec: dict, key: str, path: str | Path, line: int | None) -> str:
-    value = rec.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(f"'{key}' must be a non-empty string", path, line)
-    return value
-
-
-def _options(rec: dict, path: str | Path, line: int) -> tuple[list[str], list[str]]:
-    """(keys, texts) of a record's options given as a list or a {letter: text} object."""
+def _options(rec: dict) -> dict[str, str]:
+    """{key: text} of a record's options given as a list or a {letter: text} object."""
     options = rec.get("options")
     if isinstance(options, list):
-        keys = list(LETTERS[: len(options)])
-        texts = options
+        keys, texts = list(LETTERS[: len(options)]), options
     elif isinstance(options, dict):
         keys = [str(k) for k in options]
         if sorted(keys) != list(LETTERS[: len(keys)]):
-            raise UserError(f"option keys {', '.join(keys)} are not A, B, C, ... in sequence", path, line)
+            raise ValueError(f"option keys {', '.join(keys)} are not A, B, C, ... in sequence")
         keys = sorted(keys)
         texts = [options[k] for k in keys]
     else:
-        raise UserError("'options' must be a list of strings or an object {A: text, ...}", path, line)
+        raise ValueError("'options' must be a list of strings or an object {A: text, ...}")
     if not 2 <= len(texts) <= len(LETTERS):
-        raise UserError(f"'options' must have 2 to {len(LETTERS)} entries, not {len(texts)}", path, line)
+        raise ValueError(f"'options' must have 2 to {len(LETTERS)} entries, not {len(texts)}")
     for k, t in zip(keys, texts):
         if not isinstance(t, str) or not t.strip():
-            raise UserError(f"option {k} must be a non-empty string", path, line)
-    return keys, texts
+            raise ValueError(f"option {k} must be a non-empty string")
+    return dict(zip(keys, texts))
 
 
-def answer_index(answer: Any, keys: list[str], texts: list[str], path: str | Path, line: int) -> int:
-    """Gold index from an index, an option key, or an option text."""
+def answer_key(answer: Any, options: dict[str, str]) -> str:
+    """The gold option's key from an index, an option key, or an option text."""
+    keys, texts = list(options), list(options.values())
     if isinstance(answer, int) and not isinstance(answer, bool):
         if not 0 <= answer < len(texts):
-            raise UserError(f"answer index {answer} is outside 0..{len(texts) - 1}", path, line)
-        return answer
+            raise ValueError(f"answer index {answer} is outside 0..{len(texts) - 1}")
+        return keys[answer]
     if isinstance(answer, str):
         if answer.strip() in keys:
-            return keys.index(answer.strip())
-        matches = [k for k, t in enumerate(texts) if t.strip() == answer.strip()]
+            return answer.strip()
+        matches = [k for k, t in options.items() if t.strip() == answer.strip()]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise UserError(f"answer {answer!r} matches {len(matches)} options", path, line)
-    raise UserError(f"answer {answer!r} is neither an option index (0-based), an option letter "
-                    f"({', '.join(keys)}) nor an option's text", path, line)
+            raise ValueError(f"answer {answer!r} matches {len(matches)} options")
+    raise ValueError(f"answer {answer!r} is neither an option index (0-based), an option letter "
+                     f"({', '.join(keys)}) nor an option's text")
+
+
+def _doc(rec: dict, line: int | None, item: int | None) -> Doc:
+    for key in ("question", "options", "answer"):
+        if key not in rec:
+            raise ValueError(f"missing field '{key}'")
+    try:
+        question = need_str(rec, "question")
+    except ValueError:
+        raise ValueError("'question' must be a non-empty string") from None
+    options = _options(rec)
+    subject = rec.get("subject") if isinstance(rec.get("subject"), str) else None
+    return Doc(record_id(rec, line, item), line, item, rec, question, options, answer_key(rec["answer"], options),
+               subject=subject)
+
+
+def docs(path: str | Path, strict: bool = True) -> Docs:
+    """The documents of a generic MCQ JSONL file."""
+    return json_docs(path, "MCQ", _doc, strict)
+
+
+TASKS = option_tasks("mcq")
 
 
 def load(path: str | Path, choices: str = "letters", limit: int | None = None) -> Loaded:
     """Read a generic MCQ JSONL file into items (`choices`: "letters" or "text")."""
     if choices not in TEMPLATES:
         raise UserError(f"choices must be 'letters' or 'text', not {choices!r}")
-    items: list[Item] = []
+    found = docs(path)
     seen: dict[str, int] = {}
-    width = 0
-    for lineno, rec in read_jsonl(path, "MCQ"):
-        for key in ("question", "options", "answer"):
-            if key not in rec:
-                raise UserError(f"missing field '{key}'", path, lineno)
-        question = nonempty(rec, "question", path, lineno)
-        keys, texts = _options(rec, path, lineno)
-        gold = answer_index(rec["answer"], keys, texts, path, lineno)
-        rid = rec.get("id")
-        item_id = str(rid) if isinstance(rid, (str, int)) and str(rid) else f"line-{lineno}"
-        check_unique(item_id, seen, path, lineno)
-        subject = rec.get("subject") if isinstance(rec.get("subject"), str) else None
-        if choices == "letters":
-            prompt, conts = letters_prompt(question, texts, "Question: "), [" " + k for k in keys]
-        else:
-            prompt, conts = f"Question: {question}\nAnswer:", [" " + t for t in texts]
-        items.append(SubjectItem(item_id, prompt, conts, gold, subject))
-        width = max(width, len(texts))
+    items: list[Item] = []
+    for doc in found:
+        check_unique(doc.id, seen, path, doc.line)
+        items.append(TASKS[choices].item(doc))
+    width = max((len(doc.options) for doc in found), default=0)
     return Loaded(apply_limit(items, limit, path), TEMPLATES[choices], list(LETTERS[:width]))

@@ -12,7 +12,8 @@ records is accepted too. One record::
 decides per file: any 0 (and no 4) -> 0-based, said in a warning; any 4 (and no 0) ->
 1-based; both 0 and 4 -> error; only 1-3 -> read as the official 1-based, with a warning
 since such a file cannot tell. A `cop` outside 0..4, a missing field or a duplicate `id`
-is an error naming the file and line. The test split has no `cop` (answers withheld): the
+is an error naming the file and line (a record without `id` is named line-N, or item-N in
+an array). The test split has no `cop` (answers withheld): the
 paper and lm-eval report the dev split (4,183 questions; a file named dev* of another size
 gets a warning with the numbers).
 
@@ -28,45 +29,68 @@ subject (per-subject accuracy in results.json).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pmcllama.benchmarks.base import Loaded, apply_limit, line_of
-from pmcllama.inputs import load_json, read_text
-from pmcllama.benchmarks.mcq import SubjectItem, check_unique, nonempty, read_jsonl
+from pmcllama.benchmarks.base import (
+    ANSWER_PREFIX, Doc, Docs, Loaded, Task, apply_limit, check_unique, json_docs, option_lines, record_id,
+)
 from pmcllama.errors import UserError
+from pmcllama.inputs import need_str
 
 TEMPLATE = "medmcqa-lmeval-v1"
 LABELS = ["A", "B", "C", "D"]
 OPTIONS = ("opa", "opb", "opc", "opd")
 DEV_SIZE = 4183
+HF_HINT = " (the Hugging Face copy counts 0-3; the official files count 1-4)"
 
 
 def build_prompt(question: str, options: list[str]) -> str:
     """lm-eval's medmcqa `doc_to_text`, character for character."""
-    listed = "".join(f"{k}. {v}\n" for k, v in zip(LABELS, options))
-    return "Question: " + question + "\nChoices:\n" + listed + "Answer:"
+    return _question_block(question, options) + ANSWER_PREFIX
 
 
-def _records(path: str | Path) -> list[tuple[int | None, dict]]:
-    text = read_text(path)
-    if text.lstrip().startswith("["):
-        data = load_json(text, path)
-        if not isinstance(data, list):
-            raise UserError("expected JSON Lines or a JSON array of MedMCQA records", path)
-        rows, count = [], {}
-        for k, rec in enumerate(data):
-            if not isinstance(rec, dict):
-                raise UserError(f"element {k} is a {type(rec).__name__}, expected an object", path)
-            rid = rec.get("id")
-            count[str(rid)] = count.get(str(rid), 0) + 1  # the n-th record with this id
-            line = line_of(text, json.dumps(rid), count[str(rid)]) if isinstance(rid, str) else None
-            rows.append((line, rec))
-        return rows
-    return read_jsonl(path, "MedMCQA")
+def _question_block(question: str, options: list[str]) -> str:
+    return "Question: " + question + "\nChoices:\n" + option_lines(options)
 
 
-def _cop_base(path: str | Path, cops: list[tuple[int | None, int]]) -> tuple[int, str | None]:
+def docs(path: str | Path, strict: bool = True) -> Docs:
+    """The documents of a MedMCQA JSONL (or JSON array) file; the answer letter follows the
+    file's cop base (see `cop_base`)."""
+    out = json_docs(path, "MedMCQA", _doc, strict, arrays=True)
+    cops = [(doc.line, cop_of(doc.record)) for doc in out.good()]
+    base, warning = cop_base(path, cops)
+    for doc in out.good():
+        doc.answer = LABELS[cop_of(doc.record) - base]
+    out.warnings += [warning] if warning and cops else []
+    return out
+
+
+def cop_of(rec: dict) -> int:
+    cop = rec["cop"]
+    return int(cop) if isinstance(cop, str) and cop.strip().isdigit() else cop
+
+
+def _doc(rec: dict, line: int | None, item: int | None) -> Doc:
+    if "cop" not in rec:
+        raise ValueError("missing 'cop' (MedMCQA's test split has no answers; use the dev split)")
+    cop = cop_of(rec)
+    if not isinstance(cop, int) or isinstance(cop, bool) or not 0 <= cop <= 4:
+        raise ValueError(f"cop {rec['cop']!r} is not an option number 1-4")
+    question = need_str(rec, "question")
+    options = {}
+    for label, key in zip(LABELS, OPTIONS):
+        if key not in rec:
+            raise ValueError(f"missing '{key}'")
+        if not isinstance(rec[key], str):
+            raise ValueError(f"'{key}' is not a string ({type(rec[key]).__name__})")
+        options[label] = rec[key]
+    exp, subject = rec.get("exp"), rec.get("subject_name")
+    return Doc(record_id(rec, line, item), line, item, rec, question, options,
+               rationale=exp if isinstance(exp, str) else "",
+               subject=subject if isinstance(subject, str) else None)
+
+
+def cop_base(path: str | Path, cops: list[tuple[int | None, int]]) -> tuple[int, str | None]:
     """0 or 1 (the index of option A) and a warning, from all the file's cop values."""
     zero = next((ln for ln, c in cops if c == 0), -1)
     four = next((ln for ln, c in cops if c == 4), -1)
@@ -81,40 +105,30 @@ def _cop_base(path: str | Path, cops: list[tuple[int | None, int]]) -> tuple[int
                "read as the official 1-based (1 = A)")
 
 
+def check_official(doc: Doc) -> None:
+    """For the instruction converters, which read the official 1-based files only."""
+    if cop_of(doc.record) == 0:
+        raise ValueError(f"cop 0 is not an option number 1-4{HF_HINT}")
+
+
+def question(doc: Doc) -> str:
+    return _question_block(doc.question, list(doc.options.values()))
+
+
+TASK = Task.labelled("medmcqa", question, LABELS)
+doc_to_text, doc_to_choice, doc_to_target = TASK.doc_to_text, TASK.doc_to_choice, TASK.doc_to_target
+
+
 def load(path: str | Path, limit: int | None = None) -> Loaded:
     """Read a MedMCQA JSONL (or JSON array) file into items."""
-    rows = _records(path)
-    parsed, seen, cops = [], {}, []
-    for line, rec in rows:
-        if "cop" not in rec:
-            raise UserError("missing field 'cop' (MedMCQA's test split has no answers; use the "
-                            "dev split)", path, line)
-        for key in ("id", "question") + OPTIONS:
-            if key not in rec:
-                raise UserError(f"missing field '{key}'", path, line)
-        cop = rec["cop"]
-        if isinstance(cop, str) and cop.strip().isdigit():
-            cop = int(cop)
-        if not isinstance(cop, int) or isinstance(cop, bool) or not 0 <= cop <= 4:
-            raise UserError(f"cop {rec['cop']!r} is not an option number 1-4 (or 0-3)", path, line)
-        item_id = str(rec["id"])
-        check_unique(item_id, seen, path, line)
-        options = []
-        for key in OPTIONS:
-            value = rec[key]
-            if not isinstance(value, str):
-                raise UserError(f"'{key}' must be a string", path, line)
-            options.append(value)
-        question = nonempty(rec, "question", path, line)
-        subject = rec.get("subject_name") if isinstance(rec.get("subject_name"), str) else None
-        parsed.append((item_id, question, options, subject))
-        cops.append((line, cop))
-    if not parsed:
+    found = docs(path)
+    if not found:
         raise UserError("benchmark has no items", path)
-    base, warning = _cop_base(path, cops)
-    items = [SubjectItem(i, build_prompt(q, opts), [" " + x for x in LABELS], cop - base, subj)
-             for (i, q, opts, subj), (_, cop) in zip(parsed, cops)]
-    warnings = [warning] if warning else []
+    seen: dict[str, int] = {}
+    for doc in found:
+        check_unique(doc.id, seen, path, doc.line)
+    items = [TASK.item(doc) for doc in found]
+    warnings = list(found.warnings)
     if Path(path).stem.lower() == "dev" and len(items) != DEV_SIZE:
         warnings.append(f"{path}: MedMCQA's dev split has {DEV_SIZE:,} questions; this file has {len(items):,}")
     return Loaded(apply_limit(items, limit, path), TEMPLATE, list(LABELS), warnings)

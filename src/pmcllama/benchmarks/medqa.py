@@ -25,54 +25,75 @@ split (test 1,273, dev 1,272, train 10,178) gets a warning with both numbers.
 """
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 from typing import Any
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit, looks_like_pubmedqa
-from pmcllama.inputs import read_text, json_error
+from pmcllama.benchmarks.base import (
+    LETTERS, Doc, Docs, Loaded, apply_limit, check_unique, json_docs, letters_prompt, option_tasks, record_id,
+)
 from pmcllama.errors import UserError
+from pmcllama.inputs import need_str
 
 TEMPLATES = {"letters": "medqa-letters-lmeval-v1", "text": "medqa-text-cloze-v1"}
-LETTERS = string.ascii_uppercase
 US_SIZES = {"test": 1273, "dev": 1272, "train": 10178}
+__all__ = ["TASKS", "docs", "doc_to_text", "doc_to_choice", "doc_to_target", "letters_prompt", "load"]
 
 
-def letters_prompt(question: str, options: dict[str, str]) -> str:
-    listed = "".join(f"{k}. {v}\n" for k, v in options.items())
-    return f"Question: {question}\n{listed}Answer:"
+def docs(path: str | Path, strict: bool = True) -> Docs:
+    """The documents of a MedQA JSONL file."""
+    return json_docs(path, "MedQA", _doc, strict)
 
 
-def text_prompt(question: str) -> str:
-    return f"Question: {question}\nAnswer:"
+def _options(rec: dict) -> dict[str, str]:
+    options = rec.get("options")
+    if not isinstance(options, dict) or len(options) < 2:
+        raise ValueError("'options' must be an object {A: text, B: text, ...} with 2 or more options")
+    keys = sorted(options)
+    if keys != list(LETTERS[: len(keys)]):
+        raise ValueError(f"option keys {', '.join(map(str, options))} are not A, B, C, ... in sequence")
+    for k in keys:
+        if not isinstance(options[k], str) or not options[k].strip():
+            raise ValueError(f"option {k} must be a non-empty string")
+    return {k: options[k] for k in keys}
+
+
+def _doc(rec: dict, line: int | None, item: int | None) -> Doc:
+    question = need_str(rec, "question", "missing field '{}'")
+    options = _options(rec)
+    if "answer_idx" not in rec:
+        raise ValueError("missing field 'answer_idx'")
+    answer = rec["answer_idx"]
+    if not isinstance(answer, str) or answer not in options:
+        raise ValueError(f"answer_idx {answer!r} is not one of the options {', '.join(options)}")
+    return Doc(record_id(rec, line, item), line, item, rec, question, options, answer)
+
+
+TASKS = option_tasks("medqa")
+doc_to_text, doc_to_choice, doc_to_target = (TASKS["letters"].doc_to_text, TASKS["letters"].doc_to_choice,
+                                             TASKS["letters"].doc_to_target)
 
 
 def load(path: str | Path, choices: str = "letters", limit: int | None = None) -> Loaded:
     """Read a MedQA JSONL file into items (`choices`: "letters" or "text")."""
     if choices not in TEMPLATES:
         raise UserError(f"choices must be 'letters' or 'text', not {choices!r}")
-    text = read_text(path)
-    items: list[Item] = []
+    found = docs(path)
     seen: dict[str, int] = {}
-    mismatched = 0
-    width = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        rec = _parse_line(path, text, line, lineno)
-        item, ok = _item(path, rec, lineno, choices)
-        if item.id in seen:
-            raise UserError(f"duplicate id '{item.id}' (first on line {seen[item.id]})", path, lineno)
-        seen[item.id] = lineno
-        mismatched += not ok
-        width = max(width, len(item.choices))
-        items.append(item)
+    for doc in found:
+        check_unique(doc.id, seen, path, doc.line)
+    items = [TASKS[choices].item(doc) for doc in found]
     warnings = size_warnings(path, len(items))
+    mismatched = sum(not _answer_text_ok(doc) for doc in found)
     if mismatched:
         warnings.append(f"{path}: {mismatched} record(s) whose 'answer' text differs from "
                         "options[answer_idx]; gold follows answer_idx")
+    width = max((len(doc.options) for doc in found), default=0)
     return Loaded(apply_limit(items, limit, path), TEMPLATES[choices], list(LETTERS[:width]), warnings)
+
+
+def _answer_text_ok(doc: Doc) -> bool:
+    text: Any = doc.record.get("answer")
+    return not isinstance(text, str) or text.strip() == doc.options[doc.answer].strip()
 
 
 def size_warnings(path: str | Path, n: int) -> list[str]:
@@ -84,72 +105,3 @@ def size_warnings(path: str | Path, n: int) -> list[str]:
         return [f"{path}: MedQA-USMLE's official {split} split has {official:,} questions; "
                 f"this file has {n:,}"]
     return []
-
-
-def _parse_line(path: str | Path, text: str, line: str, lineno: int) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        if not items_started(text, lineno):
-            _wrong_format(path, text)
-        raise UserError(f"line is not valid JSON: {json_error(e)}", path, lineno) from None
-    if not isinstance(rec, dict):
-        raise UserError(f"expected a JSON object, got a {type(rec).__name__}", path, lineno)
-    if "question" not in rec and looks_like_pubmedqa(rec):
-        _wrong_format(path, text)
-    return rec
-
-
-def items_started(text: str, lineno: int) -> bool:
-    """Whether a non-empty line precedes line `lineno` (1-based)."""
-    return any(ln.strip() for ln in text.splitlines()[: lineno - 1])
-
-
-def _wrong_format(path: str | Path, text: str) -> None:
-    """Called on a bad first record: explain when the file is a whole JSON document instead."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return
-    if looks_like_pubmedqa(data):
-        raise UserError("this is PubMedQA's ori_pqal.json layout ({pmid: record}), not MedQA "
-                        "JSON Lines; use format: pubmedqa", path)
-    raise UserError("this is one JSON document, not JSON Lines (one MedQA record per line)", path)
-
-
-def _options(path: str | Path, rec: dict, lineno: int) -> dict[str, str]:
-    options = rec.get("options")
-    if not isinstance(options, dict) or len(options) < 2:
-        raise UserError("'options' must be an object {A: text, B: text, ...} with 2 or more options",
-                        path, lineno)
-    keys = sorted(options)
-    if keys != list(LETTERS[: len(keys)]):
-        raise UserError(f"option keys {', '.join(map(str, options))} are not A, B, C, ... in sequence",
-                        path, lineno)
-    for k in keys:
-        if not isinstance(options[k], str) or not options[k].strip():
-            raise UserError(f"option {k} must be a non-empty string", path, lineno)
-    return {k: options[k] for k in keys}
-
-
-def _item(path: str | Path, rec: dict, lineno: int, choices: str) -> tuple[Item, bool]:
-    for name in ("question", "options", "answer_idx"):
-        if name not in rec:
-            raise UserError(f"missing field '{name}'", path, lineno)
-    question = rec["question"]
-    if not isinstance(question, str) or not question.strip():
-        raise UserError("'question' must be a non-empty string", path, lineno)
-    options = _options(path, rec, lineno)
-    answer = rec["answer_idx"]
-    if answer not in options:
-        raise UserError(f"answer_idx {answer!r} is not one of the options "
-                        f"{', '.join(options)}", path, lineno)
-    rid: Any = rec.get("id")
-    item_id = str(rid) if isinstance(rid, (str, int)) and str(rid) else f"line-{lineno}"
-    keys = list(options)
-    if choices == "letters":
-        item = Item(item_id, letters_prompt(question, options), [" " + k for k in keys], keys.index(answer))
-    else:
-        item = Item(item_id, text_prompt(question), [" " + options[k] for k in keys], keys.index(answer))
-    text_ok = not isinstance(rec.get("answer"), str) or rec["answer"].strip() == options[answer].strip()
-    return item, text_ok

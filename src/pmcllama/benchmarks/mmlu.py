@@ -7,8 +7,8 @@ professional_medicine copied into one folder). The subject of a file is the long
 MMLU's 57 subject names found in its name (`anatomy_test.csv` -> anatomy,
 `mmlu_anatomy_test_sample.csv` -> anatomy), else the name without `_test`/`_dev`/`_val`
 (with a warning); `subject=` overrides it for a single file. Item ids are
-`{subject}-{n}`, n the 1-based row number. A row with other than 6 columns, or an answer
-outside A-D, is an error naming the file and line; a header row is skipped with a warning.
+`{subject}-{n}`, n the 1-based row number. A row with other than 6 columns, an empty question
+or an answer outside A-D is an error naming the file and line; a header row is skipped with a warning.
 An official `{subject}_test.csv` whose row count differs from the official test split's
 gets a warning with both numbers.
 
@@ -24,15 +24,12 @@ is stripped (`question.strip()` in the template); the options are used as they a
 """
 from __future__ import annotations
 
-import csv
-import io
 import re
 from pathlib import Path
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit
-from pmcllama.inputs import read_text
-from pmcllama.benchmarks.mcq import SubjectItem, letters_prompt
+from pmcllama.benchmarks.base import Doc, Docs, Item, Loaded, Task, apply_limit, letters_block, letters_prompt
 from pmcllama.errors import UserError
+from pmcllama.inputs import csv_rows
 
 TEMPLATE = "mmlu-lmeval-v1"
 LABELS = ["A", "B", "C", "D"]
@@ -65,6 +62,42 @@ def build_prompt(subject: str, question: str, options: list[str]) -> str:
     return letters_prompt(question.strip(), options, header(subject))
 
 
+def docs(path: str | Path, strict: bool = True, subject: str | None = None) -> Docs:
+    """The documents of one MMLU CSV; `subject`: the subject named in the prompt (default:
+    from the file name). A header row is skipped with a warning (`strict`), or is a document
+    with an error (lenient: the converters set it aside, counted)."""
+    path = Path(path)
+    subject, warning = (subject, None) if subject else subject_of(path)
+    out = Docs(path, strict)
+    out.warnings += [warning] if warning else []
+    for line, fields, error in csv_rows(path):
+        if error is None and not out and len(fields) == 6 and fields[5].strip().lower() == "answer":
+            if strict:  # evaluation skips it with a warning; a lenient reader sets it aside
+                out.warnings.append(f"{path}: skipped a header row (official MMLU CSVs have none)")
+                continue
+            error = "a header row (official MMLU CSVs have none)"
+        doc = Doc(f"line-{line}", line, None, fields, subject=subject, error=error or _problem(fields))
+        if doc.error is None:
+            doc.question, doc.options, doc.answer = fields[0], dict(zip(LABELS, fields[1:5])), fields[5].strip()
+        out.add(doc)
+    return out
+
+
+def _problem(fields: list[str]) -> str | None:
+    if len(fields) != 6:
+        return f"{len(fields)} columns, expected 6 (question,A,B,C,D,answer)"
+    if not fields[0].strip():
+        return "empty question"
+    if fields[5].strip() not in LABELS:
+        return f"answer {fields[5].strip()!r} is not one of A, B, C, D"
+    return None
+
+
+TASK = Task.labelled("mmlu", lambda doc: letters_block(doc.question.strip(), list(doc.options.values()), ""),
+                    LABELS, description=lambda doc: header(doc.subject or ""))
+doc_to_text, doc_to_choice, doc_to_target = TASK.doc_to_text, TASK.doc_to_choice, TASK.doc_to_target
+
+
 def subject_of(path: Path) -> tuple[str, str | None]:
     """(subject, warning) from a file name such as anatomy_test.csv."""
     stem = path.stem.lower()
@@ -94,45 +127,13 @@ def load(path: str | Path, limit: int | None = None, subject: str | None = None)
     items: list[Item] = []
     warnings: list[str] = []
     for f in files:
-        subj, warning = (subject, None) if subject else subject_of(f)
-        warnings += [warning] if warning else []
-        file_items, file_warnings = _load_file(f, subj)
-        items += file_items
-        warnings += file_warnings
+        found = docs(f, subject=subject)
+        if not found:
+            raise UserError("benchmark has no items", f)
+        subj = found[0].subject
+        items += [TASK.item(doc, f"{subj}-{n}") for n, doc in enumerate(found, 1)]
+        warnings += found.warnings
+        official = TEST_SIZES.get(subj)
+        if official and f.stem.lower() == f"{subj}_test" and len(found) != official:
+            warnings.append(f"{f}: MMLU {subj} test split has {official} questions; this file has {len(found)}")
     return Loaded(apply_limit(items, limit, path), TEMPLATE, list(LABELS), warnings)
-
-
-def _load_file(path: Path, subject: str) -> tuple[list[Item], list[str]]:
-    text = read_text(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    items: list[Item] = []
-    warnings: list[str] = []
-    end = 0
-    while True:
-        start = end + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise UserError(f"not a valid CSV row: {e}", path, start) from None
-        end = reader.line_num
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        if len(row) != 6:
-            raise UserError(f"{len(row)} columns; MMLU rows are question,A,B,C,D,answer (6)", path, start)
-        answer = row[5].strip()
-        if not items and answer.lower() == "answer":
-            warnings.append(f"{path}: skipped a header row (official MMLU CSVs have none)")
-            continue
-        if answer not in LABELS:
-            raise UserError(f"answer {row[5]!r} is not one of A, B, C, D", path, start)
-        n = len(items) + 1
-        items.append(SubjectItem(f"{subject}-{n}", build_prompt(subject, row[0], row[1:5]),
-                                 [" " + x for x in LABELS], LABELS.index(answer), subject))
-    if not items:
-        raise UserError("benchmark has no items", path)
-    official = TEST_SIZES.get(subject)
-    if official and path.stem.lower() == f"{subject}_test" and len(items) != official:
-        warnings.append(f"{path}: MMLU {subject} test split has {official} questions; this file has {len(items)}")
-    return items, warnings

@@ -5,8 +5,9 @@ top of it:
 
 - `mode=loglik` and `mode=generate` use that prompt as it is (`generate` reads the
   answer from the greedy or sampled text with `benchmarks.extract`);
-- `mode=cot` replaces the final "Answer:" by the reason-then-answer instruction
-  `COT_SUFFIX` (template suffix `+cot-v1`), the letters or labels of the item filled in::
+- `mode=cot` renders the item's document with the reason-then-answer instruction
+  `COT_SUFFIX` in place of the final "Answer:" (template suffix `+cot-v1`), the letters or
+  labels of the item filled in::
 
       ...\\nB. Beta\\nThink step by step, then finish with "The answer is X" where X is one
       of A, B, C, D.\\nReasoning:
@@ -15,7 +16,10 @@ top of it:
   lm-eval's fewshot layout: each example is its prompt + " " + its gold choice, the
   examples and the question are joined by a blank line ("\\n\\n"); an MMLU subject header
   ("The following are multiple choice questions...") is written once, at the top, as
-  lm-eval's `description`. The examples come from `fewshot_path`, a train/dev file of the
+  lm-eval's `description`. Items loaded from a benchmark file are rendered again from their
+  documents (the task's description, then `doc_to_text` + " " + the gold choice per example);
+  only a bare `Item` (a prompt without a document) has its text split at "Answer:" and at the
+  MMLU header. The examples come from `fewshot_path`, a train/dev file of the
   same format (never the evaluated file), drawn for each item with a generator seeded by
   (seed, item id), so a question keeps its examples whatever the order, limit or batch;
   an example with the item's id or prompt is never used for that item;
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pmcllama.benchmarks.base import Item
+from pmcllama.benchmarks.scoring import special_prefix
 from pmcllama.errors import UserError
 
 COT_SUFFIX = 'Think step by step, then finish with "The answer is X" where X is one of {labels}.\nReasoning:'
@@ -60,9 +65,12 @@ def labels_of(item: Item) -> list[str]:
 
 
 def cot_prompt(item: Item) -> str:
+    suffix = COT_SUFFIX.format(labels=", ".join(labels_of(item)))
+    if item.doc is not None:
+        return item.task.description(item.doc) + item.task.question(item.doc) + suffix
     if not item.prompt.endswith(ANSWER_TAIL):
         raise UserError(f"item {item.id}: prompt does not end with 'Answer:'; cot cannot rewrite it")
-    return item.prompt[: -len(ANSWER_TAIL)] + COT_SUFFIX.format(labels=", ".join(labels_of(item)))
+    return item.prompt[: -len(ANSWER_TAIL)] + suffix
 
 
 def _seed_for(seed: int, item_id: str) -> int:
@@ -79,6 +87,12 @@ def draw_examples(item: Item, pool: Sequence[Item], k: int, seed: int) -> list[I
 
 
 def fewshot_prompt(item: Item, examples: Sequence[Item]) -> str:
+    """lm-eval's few-shot layout: the description once, then each example's text with its
+    gold choice, then the question, joined by a blank line."""
+    if item.doc is not None and all(ex.doc is not None for ex in examples):
+        task = item.task
+        shots = [ex.task.doc_to_text(ex.doc) + ex.choices[ex.gold] for ex in examples]
+        return task.description(item.doc) + FEWSHOT_SEP.join(shots + [task.doc_to_text(item.doc)])
     head = MMLU_HEAD.match(item.prompt)
     strip = (lambda p: MMLU_HEAD.sub("", p, count=1)) if head else (lambda p: p)
     shots = [strip(ex.prompt) + ex.choices[ex.gold] for ex in examples]
@@ -89,8 +103,6 @@ def fewshot_prompt(item: Item, examples: Sequence[Item]) -> str:
 def chat_prompt(tokenizer, text: str) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("chat_template=true but the model's tokenizer has no chat template")
-    from pmcllama.benchmarks.scoring import special_prefix
-
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)
     bos = tokenizer.bos_token
@@ -115,8 +127,8 @@ def build(items: Sequence[Item], mode: str, shots: int = 0, pool: Sequence[Item]
         text = it.prompt
         if shots:
             text = fewshot_prompt(it, draw_examples(it, pool, shots, seed))
-        if mode == "cot":
-            text = cot_prompt(replace(it, prompt=text))
+        if mode == "cot":  # from the document, unless examples were put before it
+            text = cot_prompt(replace(it, prompt=text, doc=None) if shots else it)
         if chat:
             text = chat_prompt(tokenizer, text)
         out.append(replace(it, prompt=text))

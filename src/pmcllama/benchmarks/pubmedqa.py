@@ -26,15 +26,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pmcllama.benchmarks.base import Item, Loaded, apply_limit, line_of, looks_like_jsonl, parse_json_document
-from pmcllama.inputs import read_text
+from pmcllama.benchmarks.base import (
+    Doc, Docs, Item, Loaded, Task, apply_limit, line_of, looks_like_jsonl, parse_json_document,
+)
+from pmcllama.inputs import need_str, read_text, whole_json
 from pmcllama.errors import UserError
 
 TEMPLATE = "pubmedqa-lmeval-v1"
 LABELS = ["yes", "no", "maybe"]
 OFFICIAL_SIZES = {"ori_pqal": 1000, "test_set": 500, "test_ground_truth": 500, "train_set": 450, "dev_set": 50}
-FIELDS = ("QUESTION", "CONTEXTS", "final_decision")
-WRONG_JSONL = ("this is JSON Lines (one record per line), not PubMedQA's ori_pqal.json "
+WRONG_JSONL = ("this is JSON Lines (one record per line), not PubMedQA's ori_pqal.json layout "
                "({pmid: {QUESTION, CONTEXTS, final_decision}}); for MedQA JSONL use format: medqa")
 
 
@@ -42,20 +43,55 @@ def build_prompt(question: str, contexts: list[str]) -> str:
     return "Abstract: {}\nQuestion: {}\nAnswer:".format("\n".join(contexts), question)
 
 
-def load(path: str | Path, limit: int | None = None, ids: str | Path | None = None) -> Loaded:
-    """Read `ori_pqal.json` (or a split file of the same layout) into items."""
+def docs(path: str | Path, strict: bool = True) -> Docs:
+    """The documents of an ori_pqal.json-layout file, one per pmid (its line: the pmid's)."""
     text = read_text(path)
     try:
         data, dups = parse_json_document(path, text)
     except UserError:
-        if looks_like_jsonl(text):
+        if looks_like_jsonl(text) and whole_json(text) is None:
             raise UserError(WRONG_JSONL, path) from None
         raise
     _check_top(path, data)
     if dups:
-        pmid = dups[0]
-        raise UserError(f"duplicate pmid '{pmid}'", path, line_of(text, f'"{pmid}"', 2))
-    items = [_item(path, text, str(pmid), rec) for pmid, rec in data.items()]
+        raise UserError(f"duplicate pmid '{dups[0]}'", path, line_of(text, f'"{dups[0]}"', 2))
+    out = Docs(path, strict)
+    for pmid, rec in data.items():
+        line = line_of(text, f'"{pmid}"')
+        try:
+            out.add(_doc(str(pmid), rec, line))
+        except ValueError as e:
+            out.add(Doc(str(pmid), line, record=rec, error=f"pmid {pmid}: {e}"))
+    return out
+
+
+def _doc(pmid: str, rec: Any, line: int | None) -> Doc:
+    if not isinstance(rec, dict):
+        raise ValueError(f"record is a {type(rec).__name__}, expected an object")
+    question = need_str(rec, "QUESTION", "missing field '{}'")
+    if "CONTEXTS" not in rec:
+        raise ValueError("missing field 'CONTEXTS'")
+    contexts = rec["CONTEXTS"]
+    if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+        raise ValueError("CONTEXTS must be a list of strings")
+    label = rec.get("final_decision")
+    if label not in LABELS:
+        raise ValueError(f"final_decision {label!r} is not one of yes, no, maybe")
+    long = rec.get("LONG_ANSWER")
+    return Doc(pmid, line, None, rec, question, {}, label, list(contexts), long if isinstance(long, str) else "")
+
+
+def question(doc: Doc) -> str:
+    return build_prompt(doc.question, doc.contexts).removesuffix("Answer:")
+
+
+TASK = Task.labelled("pubmedqa", question, LABELS)
+doc_to_text, doc_to_choice, doc_to_target = TASK.doc_to_text, TASK.doc_to_choice, TASK.doc_to_target
+
+
+def load(path: str | Path, limit: int | None = None, ids: str | Path | None = None) -> Loaded:
+    """Read `ori_pqal.json` (or a split file of the same layout) into items."""
+    items = [TASK.item(doc) for doc in docs(path)]
     warnings = size_warnings(path, len(items))
     if ids is not None:
         wanted = read_ids(ids)
@@ -82,28 +118,12 @@ def _check_top(path: str | Path, data: Any) -> None:
         raise UserError("benchmark has no items", path)
     if "question" in data and "options" in data:
         raise UserError(WRONG_JSONL, path)
+    if not isinstance(next(iter(data.values())), (dict, str)):
+        raise UserError("not PubMedQA's ori_pqal.json layout {pmid: {QUESTION, CONTEXTS, final_decision}}", path)
     first = next(iter(data.values()))
     if isinstance(first, str) and first in LABELS:
         raise UserError("this is a label file {pmid: label} (like test_ground_truth.json), not "
                         "ori_pqal.json; give it as `ids` and the records as `path`", path)
-
-
-def _item(path: str | Path, text: str, pmid: str, rec: Any) -> Item:
-    line = line_of(text, f'"{pmid}"')
-    where = f"pmid {pmid}: "
-    if not isinstance(rec, dict):
-        raise UserError(where + f"record is a {type(rec).__name__}, expected an object", path, line)
-    for name in FIELDS:
-        if name not in rec:
-            raise UserError(where + f"missing field '{name}'", path, line)
-    question, contexts, label = rec["QUESTION"], rec["CONTEXTS"], rec["final_decision"]
-    if not isinstance(question, str) or not question.strip():
-        raise UserError(where + "QUESTION must be a non-empty string", path, line)
-    if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
-        raise UserError(where + "CONTEXTS must be a list of strings", path, line)
-    if label not in LABELS:
-        raise UserError(where + f"final_decision {label!r} is not one of yes, no, maybe", path, line)
-    return Item(pmid, build_prompt(question, contexts), [" " + c for c in LABELS], LABELS.index(label))
 
 
 def read_ids(path: str | Path) -> dict[str, str | None]:

@@ -7,7 +7,7 @@ when it shares any n-gram (default 13 tokens) with a benchmark item. The index k
 process), mapped to the item(s) it came from, so memory grows with the benchmarks, not with the
 text checked.
 
-Benchmarks are read with the QA readers in their official formats (`medqa`, `medmcqa`,
+Benchmarks are read with the benchmark modules' `docs` in their official formats (`medqa`, `medmcqa`,
 `mmlu`: the question; `pubmedqa`: the question and each context) or from any JSONL with a
 `question` field (`jsonl`). A spec is a path (format detected from the file) or
 `format:path`. Items shorter than n tokens cannot be matched and are counted as `short`.
@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pmcllama.data.qa import QA_FORMATS, detect_format, json_records, read_items
+from pmcllama.data.qa import FORMATS, QA_FORMATS, detect_format, json_records
 from pmcllama.errors import UserError
 
 BENCHMARK_FORMATS = (*QA_FORMATS, "jsonl")
@@ -129,11 +129,12 @@ def benchmark_texts(fmt: str | None, path: Path) -> Iterator[tuple[str, list[str
             default = f"line-{row.line}" if row.line is not None else f"item-{row.item}"
             yield (str(rid) if isinstance(rid, (str, int)) else default), [q]
         return
-    for row in read_items(fmt, path):
-        if row.error is not None:
-            where = f"item {row.item}: " if row.item is not None else ""
-            raise UserError(f"benchmark {fmt}: {where}{row.error}", path, row.line)
-        yield row.value.id, row.value.texts()
+    try:
+        found = FORMATS[fmt].docs(path)
+    except UserError as e:
+        raise UserError(f"benchmark {fmt}: {e.reason}", e.path, e.line) from None
+    for doc in found:
+        yield doc.id, [doc.question, *doc.contexts]
 
 
 def build_index(specs: Iterable[str], n: int = 13) -> NgramIndex:

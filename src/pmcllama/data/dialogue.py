@@ -16,13 +16,12 @@ is a `qa.Converted` record, or an error for the caller's on_error policy.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from pmcllama.data.qa import Converted, Row, csv_rows, json_records, need_str
+from pmcllama.data.qa import Converted, Row, csv_rows, detect_format, json_records, need_str
 from pmcllama.errors import UserError
-from pmcllama.inputs import bad_utf8, json_error, printable, read_text
+from pmcllama.inputs import array_rows, jsonl_rows, load_json, read_text
 
 MTS_COLUMNS = ("ID", "section_header", "section_text", "dialogue")
 MTS_SECTIONS = {
@@ -50,28 +49,19 @@ def alpaca_items(path: Path) -> Iterator[tuple[int | None, int | None, Any, str 
         raise UserError("an alpaca source file must be .json (an array) or .jsonl", path)
     text = read_text(path, lenient=True)
     if suffix == ".jsonl":
-        for n, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            if bad := bad_utf8(line):
-                yield n, None, printable(line[:1000]), bad
-                continue
-            try:
-                yield n, None, json.loads(line), None
-            except json.JSONDecodeError as e:
-                yield n, None, printable(line[:1000]), f"not valid JSON: {json_error(e)}"
+        for n, value, error in jsonl_rows(path, text=text):
+            yield n, None, value, error
         return
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        yield e.lineno, None, None, f"not valid JSON: {json_error(e)}"
+        data = load_json(text, path)
+    except UserError as e:
+        yield e.line, None, None, e.reason
         return
     if not isinstance(data, list):
         yield None, None, None, f"a .json source must be an array of records, not a {type(data).__name__}"
         return
-    for i, obj in enumerate(data):
-        bad = bad_utf8(obj)
-        yield None, i, obj if bad is None else printable(json.dumps(obj, ensure_ascii=False)), bad
+    for i, value, error in array_rows(data):
+        yield None, i, value, error
 
 
 def check_alpaca(obj: Any) -> tuple[str, str, str]:
@@ -248,8 +238,6 @@ _KEYS = (("alpaca", ("instruction", "output")), ("sharegpt", ("conversations",))
 def sniff_format(path: str | Path) -> str | None:
     """The instruction format a file looks like, from its first record (None: cannot tell).
     Used to explain a file given under the wrong format."""
-    from pmcllama.data.qa import detect_format
-
     path = Path(path)
     try:
         if path.suffix.lower() == ".csv":

@@ -1,7 +1,7 @@
 """Instruction source files -> chat records ({id, source, task, messages}), and the `Rejects`
 policy object shared by every reader of the instruction stage (see `pmcllama.instructions`).
 
-Readers take a source config (`instructions.InstructionSource`), honour its `max_records`,
+Readers take a source config (`data.sources.InstructionSource`), honour its `max_records`,
 and send every malformed record to `Rejects`: an error naming file and line (on_error=stop)
 or a row of rejected.jsonl (skip). A file whose first record fails and that looks like
 another format is an error naming both formats, whatever the policy.
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pmcllama.data import dialogue, qa
 from pmcllama.data.dialogue import alpaca_items as _alpaca_items, check_alpaca as _check_alpaca
 from pmcllama.data.qa import QA_FORMATS
+from pmcllama.data.sources import InstructionSource
 from pmcllama.errors import UserError
-
-if TYPE_CHECKING:
-    from pmcllama.instructions import InstructionSource
 
 
 class Rejects:

@@ -6,7 +6,6 @@ loop lays end to end without padding (training/varlen.py). Deterministic given t
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from pmcllama.errors import UserError
+from pmcllama.inputs import jsonl_rows
 from pmcllama.training.example import IGNORE, Example
 from pmcllama.training.packing import doc_segments
 
@@ -184,22 +184,17 @@ class Batches:
 
 def read_chat_jsonl(path: Path) -> list[dict]:
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"line is not JSON: {e.msg}", path, lineno) from None
-            msgs = rec.get("messages") if isinstance(rec, dict) else None
-            if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-                raise UserError("record has no valid 'messages' list of {role, content}", path, lineno)
-            if not any(m["role"] == "assistant" for m in msgs):
-                raise UserError("record has no assistant turn (nothing to learn)", path, lineno)
-            if any(m["role"] == "assistant" and not str(m["content"]).strip() for m in msgs):
-                raise UserError("record has an empty assistant turn", path, lineno)
-            records.append(rec)
+    for lineno, rec, error in jsonl_rows(path, "chat JSON Lines file"):
+        if error is not None:
+            raise UserError(error.replace("not valid JSON", "line is not JSON", 1), path, lineno)
+        msgs = rec.get("messages") if isinstance(rec, dict) else None
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+            raise UserError("record has no valid 'messages' list of {role, content}", path, lineno)
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise UserError("record has no assistant turn (nothing to learn)", path, lineno)
+        if any(m["role"] == "assistant" and not str(m["content"]).strip() for m in msgs):
+            raise UserError("record has an empty assistant turn", path, lineno)
+        records.append(rec)
     if not records:
         raise UserError("no records", path)
     return records

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from pmcllama.errors import UserError
+from pmcllama.inputs import iter_jsonl
 
 
 _PEAKS: dict = {}
@@ -129,14 +130,13 @@ class Metrics:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metric rows up to `step` (a resumed run re-appends the rest); drop a torn last line."""
+    """Keep the metric rows up to `step` (a resumed run re-appends the rest); drop a torn last
+    line (a run killed mid-write). Any other bad line is an error naming the file and line."""
     rows = []
     if step > 0 and path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for lineno, row in iter_jsonl(path, "metrics file", torn_tail_ok=True):
+            if not isinstance(row, dict):
+                raise UserError(f"expected a metrics row (a JSON object), got a {type(row).__name__}", path, lineno)
             if row.get("step", 0) <= step:
-                rows.append(line + "\n")
+                rows.append(json.dumps(row) + "\n")
     path.write_text("".join(rows), encoding="utf-8")
