@@ -144,14 +144,8 @@ class EvaluateConfig(Config):
 
 def run(cfg: EvaluateConfig, force: bool = False) -> Path:
     """Score `cfg.model` on every benchmark; write results.json and predictions/."""
-<<<<<<< HEAD
-    from pmcllama import models
-    from pmcllama.benchmarks.prompting import check_fewshot_file
-
     if not cfg.benchmarks:
         raise UserError("no benchmarks to score: give benchmarks=[{name: ..., format: ..., path: ...}]")
-=======
->>>>>>> h-inputs
     for i, b in enumerate(cfg.benchmarks):
         for key in ("path", "ids", "fewshot_path"):
             value = getattr(b, key)
