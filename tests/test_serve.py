@@ -261,6 +261,22 @@ def test_generate_keeps_its_greedy_outputs(tiny_model):
     assert chat_out[0]["completion"] == "\n" * 8
 
 
+def test_evaluate_generate_keeps_its_greedy_answers(tmp_path):
+    """Pinned from `pmcllama evaluate mode=generate` before it moved onto the engine."""
+    from typer.testing import CliRunner
+
+    from pmcllama.cli import app
+
+    rows = [{"question": f"Which organ makes {w}?", "options": dict(zip("ABCD", ["liver", "pancreas", "lung", "skin"])),
+             "answer_idx": "ABCD"[i % 4]} for i, w in enumerate("insulin bile urine".split())]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = CliRunner().invoke(app, ["evaluate", "model=tiny-llama", f"out={tmp_path / 'e'}", "mode=generate",
+                                   "max_new_tokens=12", f"benchmarks=[{{name: b, format: medqa, path: {tmp_path / 'q.jsonl'}}}]"])
+    assert res.exit_code == 0, res.stderr
+    preds = [json.loads(x) for x in (tmp_path / "e" / "predictions" / "b.jsonl").read_text().splitlines()]
+    assert [p["responses"] for p in preds] == [[":" * 12]] * 3
+
+
 # ----------------------------------------------------------------------------- terminal chat
 
 

@@ -26,36 +26,25 @@ from pmcllama.progress import progress as progress_bar
 
 def hf_generate_fn(model, tokenizer, *, max_new_tokens: int, temperature: float = 0.0,
                    top_p: float = 1.0, seed: int = 0, max_length: int = 2048) -> Callable[[list[str], int], list[list[str]]]:
-    """A `generate_fn` running `model.generate` on left-padded batches."""
-    import torch
+    """A `generate_fn` on the shared batched engine (`pmcllama.serve.engine`): prompts as
+    loglik scoring encodes them, cut from the left to leave room for the answer; the `n`
+    samples of a prompt share its prefill. Sampled texts are seeded per prompt (`seed` plus
+    the prompt's running number), so the same config gives the same texts."""
+    from pmcllama.serve.engine import Engine, Request
 
     prefix = special_prefix(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     room = max(1, max_length - max_new_tokens)
-    device = next(model.parameters()).device
-    calls = [0]
+    engine = Engine(model, tokenizer, context=max_length)
+    seen = [0]
 
     def fn(prompts: list[str], n: int) -> list[list[str]]:
         enc = tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
-        rows = [prefix + list(e) for e in enc]
-        rows = [r[-room:] for r in rows]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-        sample = temperature > 0
-        torch.manual_seed(seed + calls[0])
-        calls[0] += 1
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=sample, temperature=temperature if sample else None,
-                top_p=top_p if sample else None, top_k=None, num_return_sequences=n,
-                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+        reqs = []
+        for e in enc:
+            reqs.append(Request((prefix + list(e))[-room:], max_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, seed=seed + 7919 * seen[0], n=n))
+            seen[0] += 1
+        return [r.texts for r in engine.generate(reqs)]
 
     return fn
 
