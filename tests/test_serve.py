@@ -372,3 +372,59 @@ def test_lm_eval_local_completions_scores_like_pmcllama_evaluate(server, tmp_pat
     for mine, other in zip(ours, theirs):
         assert mine["pred"] == max(range(4), key=other.__getitem__)
         assert max(abs(a - b) for a, b in zip(mine["loglik"], other)) < 1e-3
+
+
+# ----------------------------------------------------------------------------- the page in a real browser
+
+
+def _browser():
+    """Headless Chromium through selenium, or skip saying how to get one."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_bin = shutil.which("chromedriver")
+    if not chrome or not driver_bin:
+        pytest.skip("no headless browser: apt-get install -y chromium chromium-driver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,800"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_bin), options=opts)
+
+
+def test_the_chat_page_streams_an_answer_and_stops(server, tmp_path):
+    driver = _browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        driver.get(server + "/")
+        assert "not medical advice" in driver.find_element(By.ID, "disclaimer").text
+        assert driver.find_element(By.ID, "model").text == "tiny-llama"
+        driver.find_element(By.ID, "api_key").send_keys(KEY)
+        driver.find_element(By.ID, "temperature").clear()
+        driver.find_element(By.ID, "temperature").send_keys("0")
+        driver.find_element(By.ID, "max_tokens").clear()
+        driver.find_element(By.ID, "max_tokens").send_keys("12")
+        driver.find_element(By.ID, "input").send_keys("What is a fever?")
+        driver.find_element(By.ID, "send").click()
+        wait = WebDriverWait(driver, 90)
+        wait.until(lambda d: d.find_element(By.ID, "send").is_enabled()
+                   and len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")) == 1
+                   and d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[0].text.strip())
+        assert driver.find_element(By.CSS_SELECTOR, ".msg.user").text == "What is a fever?"
+        assert not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
+        driver.find_element(By.ID, "max_tokens").clear()
+        driver.find_element(By.ID, "max_tokens").send_keys("600")
+        driver.find_element(By.ID, "input").send_keys("Tell me more.")
+        driver.find_element(By.ID, "send").click()
+        wait.until(lambda d: d.find_element(By.ID, "stop").is_enabled()
+                   and len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text) > 3)
+        driver.find_element(By.ID, "stop").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text.endswith("[stopped]"))
+        assert driver.find_element(By.ID, "send").is_enabled()
+        driver.save_screenshot(str(tmp_path / "chat.png"))
+        assert (tmp_path / "chat.png").stat().st_size > 5000
+    finally:
+        driver.quit()

@@ -1,0 +1,181 @@
+"""Serving throughput: `pmcllama serve` beside `transformers serve` in one run, same model,
+threads and requests.
+
+Each server runs in its own process on 127.0.0.1 (loopback only); for each concurrency level
+N, N client threads each send one streaming chat request (a different medical question each,
+greedy, `max_tokens` tokens) at the same moment. Reported per server and N: aggregate
+generated tokens/s (completion tokens of all N answers / wall time of the round), time to
+first token (p50, p95, max) and the server's peak RSS. The ratio column is pmcllama over the
+alternative at the same N. Results go to bench/results/serve.json.
+
+    python bench/bench_serve.py --clients 1 8 32 --max-tokens 64 --threads 2
+    python bench/bench_serve.py --tools pmcllama --clients 1 8     (pmcllama only)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+HERE = Path(__file__).resolve().parent
+QUESTIONS = [
+    "What is hypertension?", "What causes type 2 diabetes?", "How is asthma treated?",
+    "What are the symptoms of pneumonia?", "What does the pancreas do?", "What is an aortic aneurysm?",
+    "How does insulin work?", "What is chronic kidney disease?", "What are the signs of a stroke?",
+    "What is atrial fibrillation?", "How is tuberculosis spread?", "What is anemia?",
+    "What does a cardiologist do?", "What is metformin used for?", "What causes migraine?",
+    "What is COPD?",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(tool: str, folder: str, threads: int, max_batch: int) -> tuple[subprocess.Popen, str, str]:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    if tool == "pmcllama":
+        cmd = [sys.executable, "-m", "pmcllama", "serve", folder, f"port={port}", f"max_batch={max_batch}",
+               "name=model"]
+        model = "model"
+    else:
+        cmd = [str(Path(sys.executable).parent / "transformers"), "serve", folder, "--continuous-batching",
+               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"]
+        model = folder
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{tool} server exited with {proc.returncode}: {' '.join(cmd)}")
+        try:
+            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return proc, url, model
+
+
+def one_request(url: str, model: str, question: str, max_tokens: int, t0: float) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    first, tokens, chunks = None, None, 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                tokens = data["usage"]["completion_tokens"]
+            for c in data.get("choices") or []:
+                if (c.get("delta") or {}).get("content"):
+                    chunks += 1
+                    if first is None:
+                        first = time.perf_counter() - t0
+    return {"ttft_s": first, "tokens": tokens if tokens is not None else chunks, "end_s": time.perf_counter() - t0}
+
+
+def round_of(url: str, model: str, n: int, max_tokens: int, proc: subprocess.Popen) -> dict:
+    results: list = [None] * n
+    t0 = time.perf_counter()
+    def client(i: int) -> None:
+        variant = f" (variant {i // len(QUESTIONS)})" if i >= len(QUESTIONS) else ""
+        results[i] = one_request(url, model, QUESTIONS[i % len(QUESTIONS)] + variant, max_tokens, t0)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    rss = [0]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            try:
+                rss[0] = max(rss[0], psutil.Process(proc.pid).memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    stop.set()
+    w.join()
+    ttft = sorted(r["ttft_s"] for r in results if r["ttft_s"] is not None)
+    tokens = sum(r["tokens"] for r in results)
+    return {"clients": n, "wall_s": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 2),
+            "ttft_p50_s": round(statistics.median(ttft), 3) if ttft else None,
+            "ttft_p95_s": round(ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))], 3) if ttft else None,
+            "ttft_max_s": round(ttft[-1], 3) if ttft else None, "peak_rss_gb": round(rss[0] / 1e9, 2)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m", help="model name or folder (resolved by pmcllama)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-batch", type=int, default=32, help="pmcllama serve's max_batch")
+    ap.add_argument("--tools", nargs="+", default=["pmcllama", "transformers"], choices=["pmcllama", "transformers"])
+    ap.add_argument("--warmup", type=int, default=1, help="requests sent before measuring")
+    ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
+    args = ap.parse_args(argv)
+
+    from pmcllama.models import resolve
+
+    folder = str(resolve(args.model))
+    report = {"model": args.model, "max_tokens": args.max_tokens, "threads": args.threads,
+              "cpu": platform.processor() or platform.machine(), "tools": {}}
+    try:
+        import torch
+
+        report["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    for tool in args.tools:
+        proc, url, model = start(tool, folder, args.threads, args.max_batch)
+        try:
+            for _ in range(args.warmup):
+                one_request(url, model, "Hello", 8, time.perf_counter())
+            report["tools"][tool] = [round_of(url, model, n, args.max_tokens, proc) for n in args.clients]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    rows = ["| clients | " + " | ".join(f"{t} tok/s (TTFT p50/p95 s, RSS GB)" for t in args.tools)
+            + (" | ratio |" if len(args.tools) == 2 else " |"), "|---" * (len(args.tools) + 1 + (len(args.tools) == 2)) + "|"]
+    for k, n in enumerate(args.clients):
+        cells = [report["tools"][t][k] for t in args.tools]
+        line = f"| {n} | " + " | ".join(f"{c['tokens_per_s']} ({c['ttft_p50_s']}/{c['ttft_p95_s']}, {c['peak_rss_gb']})"
+                                        for c in cells)
+        if len(cells) == 2:
+            line += f" | {cells[0]['tokens_per_s'] / cells[1]['tokens_per_s']:.2f}x"
+        rows.append(line + " |")
+    report["table"] = rows
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print("\n".join(rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
