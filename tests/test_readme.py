@@ -37,7 +37,7 @@ SKIPPED = {
 SUBSTITUTIONS = {
     "smollm2-135m -> tiny-llama": "the random built-in test model trains in seconds (the README's own advice)",
     "model=tiny-llama added to pretrain/finetune without model=": "their default model is smollm2-135m",
-    "max_steps=4 added to pretrain/finetune": "an epoch of the examples' data is minutes of training even for "
+    "max_steps=2 added to pretrain/finetune": "an epoch of the examples' data is minutes of training even for "
                                               "tiny-llama; max_steps overrides epochs",
     "corpus source `paths: [hpo]` gets `limit: 300`": "the whole HPO is 16k terms, 3.4M tiny-llama tokens",
     "instructions `limit: 2000` -> `limit: 100`": "fewer KG prompts, same code path",
@@ -182,7 +182,7 @@ def substitute(words: list[str]) -> list[str]:
     if words[1] in ("pretrain", "finetune"):
         if not any(w.startswith("model=") for w in words):
             words.append("model=tiny-llama")
-        words.append("max_steps=4")
+        words.append("max_steps=2")
     if words[1] == "corpus":
         words = [w.replace("paths: [hpo]", "paths: [hpo], limit: 300") if w.startswith("sources=") else w
                  for w in words]
