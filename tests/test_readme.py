@@ -119,6 +119,11 @@ def test_every_readme_command_is_run_or_skipped_with_a_reason():
         verb = shlex.split(c)[1]
         assert verb in writes, f"README.md:{no}: `pmcllama {verb}` has no row in the table of stages"
     assert set(writes) >= {"corpus", "pretrain", "instructions", "finetune", "evaluate", "generate", "report"}
+    assert {"<source>/tokens.bin", "corpus_report.json"} <= set(writes["corpus"])
+    assert {"model.safetensors", "metrics.jsonl", "adapter/"} <= set(writes["finetune"])
+    assert {"results.json", "predictions/<benchmark>.jsonl"} <= set(writes["evaluate"])
+    for verb, name in CONDITIONAL:
+        assert name in writes[verb], f"CONDITIONAL names {name}, which the README's `pmcllama {verb}` row lacks"
     for folder, (verb, overrides) in PREREQUISITES.items():  # the README says how to make it
         said = [line for line in text.splitlines() if folder in line and "out=" + folder in line]
         assert said, f"README.md does not say how {folder} is made (`pmcllama {verb}` with out={folder})"
@@ -205,14 +210,9 @@ def out_path(words: list[str]) -> str | None:
     return None
 
 
-def expected_files(verb: str, words: list[str], writes: dict[str, list[str]]) -> list[str]:
+def expected_files(verb: str, writes: dict[str, list[str]]) -> list[str]:
     """The files the README's table says `verb` writes, as globs under its out folder."""
-    out = []
-    for name in writes[verb]:
-        if (verb, name) in CONDITIONAL:
-            continue
-        out.append(re.sub(r"<[a-z]+>", "*", name))
-    return out
+    return [re.sub(r"<[a-z]+>", "*", name) for name in writes[verb] if (verb, name) not in CONDITIONAL]
 
 
 def check_outputs(cwd: Path, verb: str, words: list[str], writes) -> list[str]:
@@ -225,7 +225,7 @@ def check_outputs(cwd: Path, verb: str, words: list[str], writes) -> list[str]:
         return []
     assert out, f"no out= or --out in {' '.join(words)}"
     missing = []
-    for pattern in expected_files(verb, words, writes):
+    for pattern in expected_files(verb, writes):
         hits = list((cwd / out).glob(pattern.rstrip("/")))
         if not hits or (pattern.endswith("/") and not all(h.is_dir() for h in hits)):
             missing.append(f"{out}/{pattern}")
