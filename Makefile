@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pmcllama-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup quickstart test clean
+.PHONY: setup quickstart test test-fast clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ setup: $(STAMP)
 quickstart: setup
 	$(BIN)/pmcllama run recipes/quickstart.yaml
 
+# test: everything, slow tests included (CI runs this); test-fast: without the tests marked slow
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -187,6 +187,7 @@ def assert_all_gone(run_id: str) -> None:
         pytest.fail(f"processes of the {run_id} run left behind: {described}")
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_no_process_behind_and_the_rerun_finishes(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -60,6 +60,7 @@ def single(tmp_path_factory, corpus):  # noqa: F811
     return pretrain.run(PretrainConfig(data=str(corpus), out=str(out), **SETTINGS))
 
 
+@pytest.mark.slow
 def test_ddp_killed_and_resumed_under_torchrun_matches_single_process(tmp_path, corpus, single):  # noqa: F811
     settings = {**SETTINGS, "data": str(corpus), "out": str(tmp_path / "ddp")}
     killed = _torchrun(settings, kill_after=5)
@@ -76,6 +77,7 @@ def test_ddp_killed_and_resumed_under_torchrun_matches_single_process(tmp_path, 
     _close(single, tmp_path / "ddp")
 
 
+@pytest.mark.slow
 def test_fsdp2_on_cpu_matches_single_process(tmp_path, corpus, single):  # noqa: F811
     settings = {**SETTINGS, "data": str(corpus), "out": str(tmp_path / "fsdp"), "distributed": "fsdp"}
     done = _torchrun(settings)

@@ -74,11 +74,20 @@ def test_stage_writes_results_and_rerun_is_noop(tmp_path, bench_files, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"pqa": 6, "mq": 5, "mq_text": 3}
     assert manifest["results"]["pqa"]["n"] == 6
-    assert "acc" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text().splitlines()
+    assert table[2].startswith("| benchmark | n | acc | 95% CI |")
+    for name, line in zip(("pqa", "mq", "mq_text"), table[4:]):  # each row shows that benchmark's numbers
+        r = results[name]
+        lo, hi = r["acc_ci95"]
+        assert line.startswith(f"| {name} | {r['n']} | {100 * r['acc']:.1f} | {100 * lo:.1f}-{100 * hi:.1f} | "
+                               f"{100 * r['acc_norm']:.1f} | {100 * r['baselines']['majority']:.1f} "
+                               f"({r['baselines']['majority_choice']}) | "
+                               f"{100 * r['baselines']['constant_choice']['max']:.1f} |"), line
+    assert len(table) == 7
     capsys.readouterr()
     run(cfg)
     text = capsys.readouterr().out
-    assert "up to date" in text and "pqa" in text  # the table is printed again
+    assert "up to date" in text and format_table(results) in text  # the same table is printed again
     assert json.loads((out / "manifest.json").read_text())["created"] == manifest["created"]
 
 
@@ -95,9 +104,18 @@ def test_table_format():
                                    "baselines": {"majority": 0.5, "majority_choice": "A",
                                                  "constant_choice": {"max": 0.5}},
                                    "truncated": 0, "questions_per_s": 3.0}}
-    text = format_table(results)
-    assert "50.0" in text and "0.0-100.0" in text and "(A)" in text
-    assert format_table(results, markdown=True).count("|") > 10
+    results["c"] = {"n": 4, "acc": 0.25, "acc_ci95": [0.0, 0.75], "acc_norm": 0.125,
+                    "baselines": {"majority": 0.75, "majority_choice": "no", "constant_choice": {"max": 0.625}},
+                    "calibration": {"ece": 0.0421}, "truncated": 1, "unparsable": 2}
+    text = format_table(results).splitlines()
+    assert text[0] == "model: m  (accuracies in %)"
+    assert text[1].split() == ["benchmark", "n", "acc", "95%", "CI", "acc_norm", "majority", "best", "const",
+                               "ECE", "trunc", "unparsed", "q/s"]
+    assert text[2].split() == ["b", "2", "50.0", "0.0-100.0", "50.0", "50.0", "(A)", "50.0", "-", "0", "-", "3.0"]
+    assert text[3].split() == ["c", "4", "25.0", "0.0-75.0", "12.5", "75.0", "(no)", "62.5", "4.2", "1", "2", "-"]
+    md = format_table(results, markdown=True).splitlines()
+    assert md[4] == "| b | 2 | 50.0 | 0.0-100.0 | 50.0 | 50.0 (A) | 50.0 | - | 0 | - | 3.0 |"
+    assert md[5] == "| c | 4 | 25.0 | 0.0-75.0 | 12.5 | 75.0 (no) | 62.5 | 4.2 | 1 | 2 | - |"
 
 
 def test_cli_missing_benchmark_exits_2(tmp_path):

@@ -29,8 +29,18 @@ def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_model):
     a = complete(model, tok, ["Heart"], greedy)[0]
     b = complete(model, tok, ["Heart"], greedy)[0]
     assert a == b and a["new_tokens"] == 6
-    s = GenerateConfig(max_new_tokens=6, stream=False, temperature=1.0, seed=1)
-    assert complete(model, tok, ["Heart"], s) == complete(model, tok, ["Heart"], s)
+    # 40 tokens sampled at temperature 1 from a random model's near-uniform distribution over
+    # ~1000 tokens: two different seeds agreeing on all of them would be a ~1e-120 coincidence,
+    # so a seed that is ignored (or a fixed global RNG) fails the inequality, and a seed that is
+    # not applied before sampling fails the equalities
+    # (greedy decoding would also fail the inequality: it ignores the seed).
+    def sample(seed):
+        cfg = GenerateConfig(max_new_tokens=40, stream=False, temperature=1.0, seed=seed)
+        return complete(model, tok, ["Heart", "The aorta"], cfg)
+
+    one, two = sample(1), sample(2)
+    assert sample(1) == one and sample(2) == two
+    assert one[0]["completion"] != two[0]["completion"] and one[1]["completion"] != two[1]["completion"]
 
 
 def test_cli_streams_and_writes_generations(tmp_path):

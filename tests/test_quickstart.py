@@ -46,6 +46,7 @@ def test_every_recipe_loads():
         assert cfg.name
 
 
+@pytest.mark.slow
 def test_quickstart_writes_every_stage_and_the_table(quickstart_run):
     out, proc = quickstart_run
     for stage in ("corpus", "pretrain", "instructions", "finetune"):
@@ -74,8 +75,19 @@ def test_quickstart_writes_every_stage_and_the_table(quickstart_run):
     scores = [tuple(first[s]["loglik"]) for s in first]
     assert len(set(scores)) == 3  # three different models were scored
     table = (out / "results.md").read_text()
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 4  # header + 3 model states
-    assert "kg-probe" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| quickstart | kg-probe acc (95% CI) | kg-probe acc_norm (95% CI) |"
+
+    def cell(r, metric):
+        lo, hi = r[f"{metric}_ci95"]
+        return f"{100 * r[metric]:.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
+
+    assert rows[1:] == [f"| {state} | {cell(r['kg-probe'], 'acc')} | {cell(r['kg-probe'], 'acc_norm')} |"
+                        for state, r in results["results"].items()]  # each state's own numbers, in order
+    base = results["results"]["base"]["kg-probe"]["baselines"]
+    assert (f"kg-probe: n=20, majority class {100 * base['majority']:.1f}, "
+            f"best constant choice {100 * base['constant_choice']['max']:.1f}") in table
+    assert all(line in proc.stdout for line in rows)  # the run prints the same table
     assert "base" in proc.stdout and "instruction-tuned" in proc.stdout
     report = json.loads((out / "report.json").read_text())  # paired tests against the base model
     cmps = report["comparisons"]["kg-probe"]
@@ -88,6 +100,7 @@ def test_quickstart_writes_every_stage_and_the_table(quickstart_run):
     assert [json.loads(g)["prompt"] for g in gens] == ["Hypertension is", "Atrial fibrillation is a kind of"]
 
 
+@pytest.mark.slow
 def test_saved_models_open_with_plain_transformers(quickstart_run):
     out, _ = quickstart_run
     code = (
@@ -103,6 +116,7 @@ def test_saved_models_open_with_plain_transformers(quickstart_run):
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_rerun_is_a_no_op(quickstart_run):
     out, _ = quickstart_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/manifest.json")}

@@ -89,6 +89,7 @@ def _same_run(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
+@pytest.mark.slow
 def test_pretrain_killed_and_resumed_matches_uninterrupted(tmp_path, corpus):
     ref = pretrain.run(PretrainConfig(data=str(corpus), out=str(tmp_path / "ref"), **PRETRAIN))
     rows = _rows(ref)
@@ -116,6 +117,7 @@ def test_pretrain_killed_and_resumed_matches_uninterrupted(tmp_path, corpus):
     assert not (resumed / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_finetune_lora_killed_and_resumed_matches_uninterrupted(tmp_path, instructions):
     ref = finetune.run(FinetuneConfig(data=str(instructions), out=str(tmp_path / "ref"), eval_every=3,
                                       **{**FINETUNE, "lora": LoraConfig(**FINETUNE["lora"])}))
@@ -137,6 +139,7 @@ def _safetensors_keys(path: Path) -> list[str]:
         return list(f.keys())
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_are_clear_errors_and_force_starts_over(tmp_path, instructions, capsys):
     settings = {"data": str(instructions), "out": str(tmp_path / "run"), **FINETUNE, "lora": None,
                 "max_steps": 4}

@@ -125,6 +125,7 @@ def test_packed_labels_never_cross_examples(tiny_tokenizer):
     assert int((row.labels[1:] != IGNORE).sum()) == sum(int((e.labels[1:] != IGNORE).sum()) for e in exs)
 
 
+@pytest.mark.slow
 def test_finetune_packed_killed_and_resumed_matches_uninterrupted(tmp_path, instructions):
     from test_resume import FINETUNE, _killed_run, _rows, _same_run
 
