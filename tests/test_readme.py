@@ -31,6 +31,10 @@ SKIPPED = {
     "head=$(scontrol show hostnames": "Slurm batch script: needs scontrol inside a Slurm allocation",
     "srun torchrun": "Slurm batch script: 4 nodes x 8 GPUs and a 13B model; training under torchrun is "
                      "tested by tests/test_distributed.py",
+    "pmcllama serve": "a server that runs until stopped: tests/test_serve.py starts the same command "
+                      "(tiny-llama, port=0) and talks to it with the openai client, httpx and a browser",
+    "curl -s http://127.0.0.1:8000": "talks to the server above; tests/test_serve.py posts the same kind of "
+                                     "body to a live server with httpx",
 }
 
 # What the test changes in the commands it runs, and why (applied in `substitute`).
