@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pmcllama-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup quickstart test test-fast clean
+.PHONY: setup quickstart test test-fast browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,17 @@ setup: $(STAMP)
 quickstart: setup
 	$(BIN)/pmcllama run recipes/quickstart.yaml
 
-# test: everything, slow tests included (CI runs this); test-fast: without the tests marked slow
-test: setup
+# test: everything, slow tests included (CI runs this); test-fast: without the tests marked slow.
+# The chat page's browser test needs Chromium: installed here when we are root and it is absent
+# (Debian's chromium + chromium-driver); without it that one test skips and says why.
+test: setup browser
 	$(BIN)/python -m pytest -q
+
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } ; } || \
+	  echo "no Chromium: the chat page's browser test will skip"
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -87,6 +87,10 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
     async def index():
         return chat_page(model_name)
 
+    @app.get("/favicon.ico", status_code=204)
+    async def favicon():
+        return None
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "load": backend.load}
