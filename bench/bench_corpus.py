@@ -55,8 +55,9 @@ sys.exit(rc)"""
 
 
 def run_corpus(inp: Path, out: Path, args) -> tuple[dict, float, float]:
+    # on_error skip: the shared data holds a record that is not JSON (counted in exclusions.jsonl)
     cfg = {"out": str(out), "tokenizer": args.tokenizer, "workers": args.workers, "dedup": args.dedup,
-           "sources": [{"name": "papers", "paths": [str(inp)]}]}
+           "on_error": "skip", "sources": [{"name": "papers", "paths": [str(inp)]}]}
     if not args.dedup:
         cfg["near_dedup"] = None
     path = out.with_suffix(".yaml")

@@ -27,8 +27,10 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from pmcllama.data.filters import apply_filters, normalize, text_digest
-from pmcllama.data.readers import Document, InputFile, read_file
+from pmcllama.data.dedup import NearDedup
+from pmcllama.data.filters import ExactDedup, apply_filters, normalize
+from pmcllama.data.document import Document, InputFile
+from pmcllama.data.readers import read_file
 from pmcllama.data.shards import ShardWriter, TokenShards
 from pmcllama.errors import UserError
 
@@ -151,7 +153,6 @@ class _Part:
 def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
     """Phase 1 for one job; does nothing when its part is already complete."""
     from pmcllama.corpus import source_steps
-    from pmcllama.data.dedup import MinHasher
 
     out = parts / job.key
     if (out / "stats.json").is_file():
@@ -162,7 +163,7 @@ def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
     src = next(s for s in cfg.sources if s.name == job.source)
     tok = tokenizer(cfg.tokenizer)
     nd = cfg.near_dedup
-    hasher = _cached(("mh", *nd.model_dump().values()), lambda: MinHasher(**nd.model_dump())) if nd else None
+    near = _cached(("near", *nd.model_dump().values()), lambda: NearDedup(**nd.model_dump())) if nd else None
     index = None
     if cfg.decontaminate:
         from pmcllama.data.decontam import build_index
@@ -180,9 +181,9 @@ def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
             part.excl.write(exclusion(doc, reason, detail))
             continue
         rec = {"id": doc.id, "file": doc.file, "line": doc.line, "chars": len(doc.text),
-               "digest": text_digest(doc.text).hex(), "preview": doc.text[:100]}
-        if hasher is not None:
-            rec["keys"] = hasher.keys(doc.text).tolist()
+               "digest": ExactDedup.key(doc.text).hex(), "preview": doc.text[:100]}
+        if near is not None:
+            rec["keys"] = near.key(doc.text).tolist()
         if index is not None:
             rec["found"] = index.find(doc.text)
         part.add(doc.text, rec)
@@ -218,12 +219,9 @@ class Merger:
     """Cross-source dedup, decontamination and the final shards, one part after another."""
 
     def __init__(self, cfg, tmp: Path, dtype: str, excl: IO[str], contam: IO[str] | None) -> None:
-        from pmcllama.data.dedup import LSHIndex, lsh_params
-
         self.cfg, self.tmp, self.dtype, self.excl, self.contam = cfg, tmp, dtype, excl, contam
-        self.seen: set[bytes] = set()
-        nd = cfg.near_dedup
-        self.lsh = LSHIndex(lsh_params(nd.threshold, nd.num_perm)[0]) if nd else None
+        self.exact = ExactDedup() if cfg.dedup else None
+        self.near = NearDedup(**cfg.near_dedup.model_dump()) if cfg.near_dedup else None
         self.contaminated = 0
         self.items: Counter = Counter()  # (benchmark, item) -> documents
 
@@ -262,16 +260,12 @@ class Merger:
     def _drop(self, name: str, rec: dict, stats: SourceStats) -> bool:
         doc = Document("", name, rec["id"], rec["file"], rec["line"])
         doc.text = rec["preview"]
-        digest = bytes.fromhex(rec["digest"])
         reason, detail = None, ""
-        if self.cfg.dedup and digest in self.seen:
-            reason = "duplicate"
-        elif self.cfg.dedup:
-            self.seen.add(digest)
-        if reason is None and self.lsh is not None:
-            match = self.lsh.check(np.asarray(rec["keys"], dtype=np.uint64), rec["id"])
-            if match is not None:
-                reason, detail = "near_duplicate", f"near-duplicate of {match}"
+        if self.exact is not None:
+            reason = self.exact.check(bytes.fromhex(rec["digest"]))
+        if reason is None and self.near is not None:
+            reason = self.near.check(np.asarray(rec["keys"], dtype=np.uint64), rec["id"])
+            detail = f"near-duplicate of {self.near.last_match}" if reason else ""
         if reason is None and rec.get("found"):
             reason, detail = self._contaminated(doc, rec["found"], stats)
         if reason:

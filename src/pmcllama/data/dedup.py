@@ -124,13 +124,24 @@ class LSHIndex:
 
 class NearDedup:
     """Filter step: drop a document whose MinHash shares an LSH band with an earlier kept one
-    (reason `near_duplicate`; `last_match` names the earlier document's id)."""
+    (reason `near_duplicate`; `last_match` names the earlier document's id). In two halves, as
+    `ExactDedup`: `key(text)` (the band keys, computed by parallel workers) and
+    `check(keys, doc_id)` (one process, in corpus order); calling it does both."""
+
+    reason = "near_duplicate"
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 0) -> None:
         self.hasher = MinHasher(threshold, num_perm, ngram, seed)
         self.index = LSHIndex(self.hasher.bands)
         self.last_match: str | None = None
 
+    def key(self, text: str) -> np.ndarray:
+        return self.hasher.keys(text)
+
+    def check(self, keys: np.ndarray, doc_id: str = "") -> str | None:
+        """`near_duplicate` when the keys share a band with a kept document, else None (recorded)."""
+        self.last_match = self.index.check(keys, doc_id)
+        return self.reason if self.last_match is not None else None
+
     def __call__(self, doc) -> str | None:
-        self.last_match = self.index.check(self.hasher.keys(doc.text), getattr(doc, "id", ""))
-        return "near_duplicate" if self.last_match is not None else None
+        return self.check(self.key(doc.text), getattr(doc, "id", ""))

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from pmcllama.data.corpus_parts import Job, process_job
-from pmcllama.data.readers import InputFile
+from pmcllama.data.document import InputFile
 from pmcllama.errors import UserError
 
 # config fields that do not change what the per-file work writes
@@ -65,32 +65,12 @@ def prepare_parts(parts: Path, fingerprint: str, log) -> int:
     return sum(1 for _ in parts.glob("*/*/stats.json"))
 
 
-def _quiet_task_logs() -> None:
-    """datatrove logs every task at INFO on stderr; log ours as it logs its non-first local
-    ranks (errors only on stderr, everything in the task's log file under parts/logs)."""
-    import datatrove.executor.base as base
-
-    if getattr(base.add_task_logger, "pmcllama_quiet", False):
-        return
-    original = base.add_task_logger
-
-    def quiet(logging_dir, rank, local_rank=0, node_rank=-1):
-        return original(logging_dir, rank, local_rank=1, node_rank=node_rank)
-
-    quiet.pmcllama_quiet = True
-    base.add_task_logger = quiet
-
-
 class CorpusTask:
     """datatrove pipeline step: rank r runs job r. A bad-input error (under on_error=stop) is
     written to parts/<job>.error for the caller to raise, instead of a worker traceback."""
 
     def __init__(self, cfg, jobs: list[Job], parts: Path, dtype: str) -> None:
         self.cfg, self.jobs, self.parts, self.dtype = cfg, jobs, parts, dtype
-
-    def __setstate__(self, state: dict) -> None:  # unpickled in a worker process
-        self.__dict__.update(state)
-        _quiet_task_logs()
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         job = self.jobs[rank]
@@ -139,7 +119,6 @@ def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str) -> bool:
     if cfg.executor == "local":
         from pmcllama.data.local_executor import LocalExecutor
 
-        _quiet_task_logs()
         LocalExecutor(pipeline=[task], tasks=len(todo), workers=min(cfg.workers, len(todo)),
                       logging_dir=logs, skip_completed=False).run()
         raise_job_errors(todo, parts)

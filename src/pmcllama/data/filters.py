@@ -196,18 +196,29 @@ class ExactDedup:
     """Drop a document whose (normalised) text was seen before (reason `duplicate`).
 
     Keeps a 16-byte digest per distinct text, so memory grows with the number of documents,
-    not their size. One instance shared by several sources dedups across them.
+    not their size. One instance shared by several sources dedups across them. In two halves,
+    so that parallel workers compute the digests and one process checks them in corpus order
+    (as the corpus stage does): `key(text)` and `check(key)`; calling it does both.
     """
+
+    reason = "duplicate"
 
     def __init__(self) -> None:
         self.seen: set[bytes] = set()
 
-    def __call__(self, doc: HasText) -> str | None:
-        digest = text_digest(doc.text)
+    @staticmethod
+    def key(text: str) -> bytes:
+        return text_digest(text)
+
+    def check(self, digest: bytes) -> str | None:
+        """`duplicate` when the digest was seen before, else None (and the digest is recorded)."""
         if digest in self.seen:
-            return "duplicate"
+            return self.reason
         self.seen.add(digest)
         return None
+
+    def __call__(self, doc: HasText) -> str | None:
+        return self.check(self.key(doc.text))
 
 
 def text_digest(text: str) -> bytes:

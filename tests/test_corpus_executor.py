@@ -1,0 +1,80 @@
+"""The corpus stage's executor and merge: the executor reaches a worker once, not once per task;
+the dedup the merge runs is `filters.ExactDedup` and `dedup.NearDedup` themselves."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pmcllama.corpus import CorpusConfig, run
+from pmcllama.data.dedup import NearDedup
+from pmcllama.data.filters import ExactDedup, apply_filters
+from pmcllama.data.readers import Document
+from pmcllama.data.local_executor import LocalExecutor
+
+WORDS = ("heart valve artery aorta insulin pancreas kidney liver lung blood pressure vein cell muscle nerve "
+         "bone skin fever cough pain the of and in to with for is was by on").split()
+
+COUNTING_STEP = """
+import os
+
+
+class Counting:
+    '''A pipeline step that notes each time it is unpickled (in {folder}) and each rank it runs.'''
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        open(os.path.join(self.folder, f"unpickled-{{os.getpid()}}-{{id(self)}}"), "w").close()
+
+    def __call__(self, data, rank=0, world_size=1):
+        open(os.path.join(self.folder, f"rank-{{rank}}"), "w").close()
+        return data
+"""
+
+
+def test_pool_workers_receive_the_executor_once_not_per_task(tmp_path, monkeypatch):
+    (tmp_path / "counting_step.py").write_text(COUNTING_STEP.format(folder=tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + ":" + ":".join(sys.path))
+    from counting_step import Counting
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    LocalExecutor(pipeline=[Counting(str(runs))], tasks=12, workers=2, logging_dir=str(tmp_path / "logs"),
+                  skip_completed=False).run()
+    names = sorted(p.name for p in runs.iterdir())
+    assert [n for n in names if n.startswith("rank-")] == sorted(f"rank-{r}" for r in range(12))
+    assert len([n for n in names if n.startswith("unpickled-")]) <= 2  # one per worker (12 before)
+
+
+def paper(seed: int, n: int = 200) -> str:
+    return " ".join(np.random.default_rng(seed).choice(WORDS, n))
+
+
+def edited(text: str, seed: int) -> str:
+    words = text.split()
+    words[np.random.default_rng(seed).integers(len(words))] = "CHANGED"
+    return " ".join(words)
+
+
+def test_stage_dedup_is_the_filter_steps(tmp_path):
+    """The stage keeps exactly what the ExactDedup + NearDedup steps keep, run over the same documents."""
+    texts = [paper(0), paper(1), paper(0), edited(paper(1), 3), paper(2), edited(paper(2), 4), paper(2), paper(3)]
+    (tmp_path / "b").mkdir()
+    files = [tmp_path / "a.jsonl", tmp_path / "b" / "in1.jsonl", tmp_path / "b" / "in2.jsonl"]
+    for k, f in enumerate(files):  # two sources, three parts: duplicates across parts and sources
+        f.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts) if i % 3 == k))
+    order = [i for k in range(3) for i in range(len(texts)) if i % 3 == k]
+    steps = [ExactDedup(), NearDedup()]
+    expected = {f"d{i}": apply_filters(Document(texts[i], "s", f"d{i}", "f"), steps) for i in order}
+    assert sorted(r for r in expected.values() if r) == ["duplicate", "duplicate", "near_duplicate", "near_duplicate"]
+    cfg = CorpusConfig(out=str(tmp_path / "out"), tokenizer="tiny-llama", sources=[
+        {"name": "a", "paths": [str(files[0])]}, {"name": "b", "paths": [str(tmp_path / "b")]}])
+    out = run(cfg)
+    excl = {e["id"]: e["reason"] for e in map(json.loads, (out / "exclusions.jsonl").read_text().splitlines())}
+    assert excl == {d: r for d, r in expected.items() if r}
