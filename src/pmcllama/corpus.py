@@ -33,6 +33,7 @@ import re
 import shutil
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -42,8 +43,8 @@ from pmcllama.config import Config, require_unique_names
 from pmcllama.data.corpus_parts import MAX_SKIPPED_LISTED, Merger, SourceStats, tokenizer
 from pmcllama.data.corpus_report import summary_lines, throughput, token_histogram
 from pmcllama.data.executor import make_jobs, prepare_parts, run_jobs, work_fingerprint
-from pmcllama.data.filters import quality_steps
-from pmcllama.data.readers import InputFile, resolve_paths
+from pmcllama.data.document import InputFile
+from pmcllama.data.readers import resolve_paths
 from pmcllama.data.shards import TokenShards, dtype_for
 from pmcllama.errors import UserError
 from pmcllama.stage import StageResult, check_output, output_folder, prepare_partial, run_stage, write_json
@@ -174,12 +175,6 @@ def skipped_line(skipped: list[dict]) -> str:
             f"listed under skipped_inputs in corpus_report.json")
 
 
-def source_steps(cfg: CorpusConfig, src: CorpusSource):
-    """The source's cleaning and quality steps, and its boilerplate step (for the counts)."""
-    q = src.quality or cfg.quality
-    return quality_steps(cfg.min_chars if src.min_chars is None else src.min_chars, **q.model_dump())
-
-
 def _summary(stats: dict[str, SourceStats], log: Callable[[str], None]) -> None:
     for name, st in stats.items():
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(st.dropped_by_reason.items())) or "none"
@@ -216,7 +211,7 @@ def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
     done = prepare_parts(parts, work_fingerprint(cfg, jobs), log)
     if done:
         log(f"[corpus] resuming: {done} of {len(jobs)} parts already done")
-    if not run_jobs(cfg, jobs, parts, dtype):
+    if not run_jobs(cfg, jobs, parts, dtype, finish=partial(run, cfg.model_copy(update={"executor": "local"}))):
         return None
     t1 = time.perf_counter()
     stats, merger = _merge(cfg, jobs, parts, tmp, dtype)

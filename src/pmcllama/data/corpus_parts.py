@@ -28,7 +28,7 @@ from typing import IO, Iterator
 import numpy as np
 
 from pmcllama.data.dedup import NearDedup
-from pmcllama.data.filters import ExactDedup, apply_filters, normalize
+from pmcllama.data.filters import ExactDedup, apply_filters, detail_of, normalize, quality_steps
 from pmcllama.data.document import Document, InputFile
 from pmcllama.data.readers import read_file
 from pmcllama.data.shards import ShardWriter, TokenShards
@@ -150,10 +150,14 @@ class _Part:
         self.excl.close()
 
 
+def source_steps(cfg, src):
+    """The source's cleaning and quality steps, and its boilerplate step (for the counts)."""
+    q = src.quality or cfg.quality
+    return quality_steps(cfg.min_chars if src.min_chars is None else src.min_chars, **q.model_dump())
+
+
 def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
     """Phase 1 for one job; does nothing when its part is already complete."""
-    from pmcllama.corpus import source_steps
-
     out = parts / job.key
     if (out / "stats.json").is_file():
         return
@@ -177,6 +181,7 @@ def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
         stats.documents_in += 1
         reason, detail = _check(doc, steps, cfg.on_error, stats)
         if reason:
+            reason = str(reason)
             stats.dropped_by_reason[reason] += 1
             part.excl.write(exclusion(doc, reason, detail))
             continue
@@ -210,7 +215,8 @@ def _check(doc: Document, steps, on_error: str, stats: SourceStats) -> tuple[str
     if doc.drop:  # read fine but not wanted (no abstract, no PMC id): always excluded
         return doc.drop, doc.detail
     doc.text = normalize(doc.text)
-    return apply_filters(doc, steps), ""
+    reason = apply_filters(doc, steps)
+    return (None, "") if reason is None else (str(reason), detail_of(reason))
 
 
 # --- phase 2 ------------------------------------------------------------------------------
@@ -265,10 +271,11 @@ class Merger:
             reason = self.exact.check(bytes.fromhex(rec["digest"]))
         if reason is None and self.near is not None:
             reason = self.near.check(np.asarray(rec["keys"], dtype=np.uint64), rec["id"])
-            detail = f"near-duplicate of {self.near.last_match}" if reason else ""
+            detail = detail_of(reason)
         if reason is None and rec.get("found"):
             reason, detail = self._contaminated(doc, rec["found"], stats)
         if reason:
+            reason = str(reason)
             stats.dropped_by_reason[reason] += 1
             self.excl.write(exclusion(doc, reason, detail))
         return reason is not None

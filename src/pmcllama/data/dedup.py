@@ -22,6 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from pmcllama.data.decontam import _TOKEN_IDS, _token_id, words
+from pmcllama.data.filters import Drop
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHINGLE_MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -141,7 +142,7 @@ class NearDedup:
     def check(self, keys: np.ndarray, doc_id: str = "") -> str | None:
         """`near_duplicate` when the keys share a band with a kept document, else None (recorded)."""
         self.last_match = self.index.check(keys, doc_id)
-        return self.reason if self.last_match is not None else None
+        return None if self.last_match is None else Drop(self.reason, f"near-duplicate of {self.last_match}")
 
     def __call__(self, doc) -> str | None:
         return self.check(self.key(doc.text), getattr(doc, "id", ""))

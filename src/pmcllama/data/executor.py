@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from pmcllama.data.corpus_parts import Job, process_job
 from pmcllama.data.document import InputFile
@@ -97,20 +98,20 @@ def raise_job_errors(jobs: list[Job], parts: Path) -> None:
 
 
 class MergeTask:
-    """datatrove pipeline step (Slurm): rerun the stage here with the local executor."""
+    """datatrove pipeline step (Slurm): `finish()`, the stage rerun with the local executor (all
+    parts are done by then, so it merges and publishes)."""
 
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
+    def __init__(self, finish: Callable[[], object]) -> None:
+        self.finish = finish
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
-        from pmcllama.corpus import run
-
-        run(self.cfg.model_copy(update={"executor": "local"}))
+        self.finish()
         return data
 
 
-def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str) -> bool:
-    """Run the unfinished jobs; True when they are all done here (False: submitted to Slurm)."""
+def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str, finish: Callable[[], object]) -> bool:
+    """Run the unfinished jobs; True when they are all done here (False: submitted to Slurm, with
+    `finish` as the job that runs after them)."""
     todo = [j for j in jobs if not (parts / j.key / "stats.json").is_file()]
     if not todo:
         return True
@@ -133,11 +134,11 @@ def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str) -> bool:
                             skip_completed=False).run()
         raise_job_errors(todo, parts)
         return True
-    submit_slurm(cfg, task, len(todo), parts)
+    submit_slurm(cfg, task, len(todo), parts, finish)
     return False
 
 
-def submit_slurm(cfg, task: CorpusTask, tasks: int, parts: Path):
+def submit_slurm(cfg, task: CorpusTask, tasks: int, parts: Path, finish: Callable[[], object]):
     """Submit the per-file work as a Slurm array job and the merge as a job depending on it."""
     from datatrove.executor import SlurmPipelineExecutor
 
@@ -148,7 +149,7 @@ def submit_slurm(cfg, task: CorpusTask, tasks: int, parts: Path):
                         "mem_per_cpu_gb, venv_path, sbatch_args)")
     work = SlurmPipelineExecutor(pipeline=[task], tasks=tasks, logging_dir=str(parts / "logs" / "slurm"),
                                  job_name="pmcllama-corpus", skip_completed=False, **opts)
-    merge = SlurmPipelineExecutor(pipeline=[MergeTask(cfg)], tasks=1, depends=work,
+    merge = SlurmPipelineExecutor(pipeline=[MergeTask(finish)], tasks=1, depends=work,
                                   logging_dir=str(parts / "logs" / "slurm-merge"),
                                   job_name="pmcllama-corpus-merge", **opts)
     merge.run()  # launches `work` first, then itself with a dependency on it
