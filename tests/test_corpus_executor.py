@@ -78,3 +78,15 @@ def test_stage_dedup_is_the_filter_steps(tmp_path):
     out = run(cfg)
     excl = {e["id"]: e["reason"] for e in map(json.loads, (out / "exclusions.jsonl").read_text().splitlines())}
     assert excl == {d: r for d, r in expected.items() if r}
+    report = json.loads((out / "corpus_report.json").read_text())
+
+    def count(source: str, step: str, stat: str) -> int:  # datatrove's Stats: a number, or {total, n, ...} summed
+        value = next(s for s in report["steps"][source] if s["name"] == step)["stats"].get(stat, 0)
+        return value if isinstance(value, int) else value["total"]
+
+    names = [s["name"] for s in report["steps"]["b"]]
+    assert names[:2] == ["read", "normalize"] and names[-3:] == ["exact_dedup", "near_dedup", "write_shards"]
+    assert [count(s, "read", "total") for s in "ab"] == [3, 5]
+    assert count("b", "exact_dedup", "dropped_duplicate") == 2 and count("b", "near_dedup", "dropped") == 2
+    assert count("b", "write_shards", "forwarded") == report["sources"]["b"]["kept"] == 1
+    assert count("a", "tokenize", "tokens") >= count("a", "write_shards", "tokens") > 0

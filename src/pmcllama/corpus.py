@@ -10,10 +10,12 @@
 Output folder (`out`):
 
     <source>/tokens.bin, <source>/index.npy   token shards (see `pmcllama.data.shards`)
-    exclusions.jsonl                          every dropped document or unreadable record, with its reason
+    exclusions.jsonl                          every dropped document or unreadable record: reason and detail
     decontamination.jsonl                     (with `decontaminate`) each document x benchmark item found
     stats.json                                per source: files, documents in, kept, dropped by reason, tokens
-    corpus_report.json, summary.md            the above plus throughput, token length histogram, skipped inputs
+    corpus_report.json, summary.md            the above plus throughput, token length histogram, skipped inputs;
+                                              corpus_report.json also datatrove's Stats of every step, per source
+                                              (`steps`: time, total / forwarded / dropped_<reason>, tokens)
     token_lengths.png                         documents per token length, per source
     manifest.json, config.yaml                the stage contract (see `pmcllama.stage`)
 
@@ -247,6 +249,7 @@ def _report(cfg: CorpusConfig, stats: dict[str, SourceStats], merger: Merger, tm
         totals["documents_contaminated"] = merger.contaminated
         report["decontamination"] = merger.decontamination_report()
     write_json(tmp / "stats.json", report)
+    report["steps"] = {n: s.steps.to_list() for n, s in stats.items()}  # datatrove's Stats per step
     shards = {n: TokenShards(tmp / n, dtype) for n in stats}
     report["token_lengths"] = token_histogram(shards, tmp / "token_lengths.png")
     report["skipped_inputs"] = skipped[:MAX_SKIPPED_LISTED]

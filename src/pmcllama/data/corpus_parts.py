@@ -32,6 +32,7 @@ from pmcllama.data.filters import ExactDedup, apply_filters, detail_of, normaliz
 from pmcllama.data.document import Document, InputFile
 from pmcllama.data.readers import read_file
 from pmcllama.data.shards import ShardWriter, TokenShards
+from pmcllama.data.step_stats import StepStats
 from pmcllama.errors import UserError
 
 BATCH = 256
@@ -59,6 +60,7 @@ class SourceStats:
     events: Counter = field(default_factory=Counter)  # not documents: deleted citations, removed lines, ...
     skipped: list = field(default_factory=list)  # unreadable inputs skipped under on_error=skip
     timings: Counter = field(default_factory=Counter)  # read_s, tokenize_s (summed over parts)
+    steps: StepStats = field(default_factory=StepStats)  # datatrove's Stats of each pipeline step
 
     def as_dict(self) -> dict:
         return {"files": self.files, "documents_in": self.documents_in, "kept": self.kept,
@@ -75,6 +77,7 @@ class SourceStats:
         self.events.update(d["events"])
         self.skipped.extend(d["skipped_inputs"][:MAX_SKIPPED_LISTED - len(self.skipped)])
         self.timings.update(d["timings"])
+        self.steps.add(d["steps"])
 
 
 def exclusion(doc: Document, reason: str, detail: str = "") -> str:
@@ -105,22 +108,27 @@ def tokenizer(name: str):
 
 
 def _documents(src, files: list[InputFile], stats: SourceStats) -> Iterator[Document]:
+    """The documents of the job's files (step `read`: timed per document; unreadable and
+    unwanted records count as its drops)."""
     n = 0
     for inp in files:
         stats.files += 0 if inp.missing else len(inp.paths())
-        for doc in read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
-                             src.seed, src.keep_captions, src.require_pmcid, stats.events):
+        docs = read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
+                         src.seed, src.keep_captions, src.require_pmcid, stats.events)
+        while (doc := stats.steps.call("read", next, docs, None)) is not None:
             if src.max_documents is not None and n >= src.max_documents:
                 return
             n += 1
+            stats.steps.verdict("read", doc.error or doc.drop)
             yield doc
 
 
 class _Part:
     """Writes one part folder: tokens, document records, exclusions."""
 
-    def __init__(self, folder: Path, dtype: str, tok) -> None:
+    def __init__(self, folder: Path, dtype: str, tok, steps: StepStats) -> None:
         self.writer = ShardWriter(folder, dtype)
+        self.steps = steps
         self.docs = open(folder / "docs.jsonl", "w", encoding="utf-8")
         self.excl = open(folder / "exclusions.jsonl", "w", encoding="utf-8")
         self.tok, self.texts, self.records = tok, [], []
@@ -136,10 +144,16 @@ class _Part:
         if not self.texts:
             return
         t0 = time.perf_counter()
-        ids = self.tok(self.texts, add_special_tokens=False, verbose=False)["input_ids"]
-        eos = self.tok.eos_token_id
-        self.writer.add([list(x) + [eos] for x in ids])
+        st = self.steps["tokenize"]
+        st.time_stats.unit = "batch"
+        with st.time_stats:
+            ids = self.tok(self.texts, add_special_tokens=False, verbose=False)["input_ids"]
+            eos = self.tok.eos_token_id
+            docs = [list(x) + [eos] for x in ids]
+            self.writer.add(docs)
         self.tokenize_s += time.perf_counter() - t0
+        st["total"].update(len(docs))
+        st["tokens"].update(sum(len(d) for d in docs))
         self.docs.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
         self.texts, self.records = [], []
 
@@ -175,29 +189,24 @@ def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
         index = _cached(("bench", cfg.decontam_ngram, *cfg.decontaminate),
                         lambda: build_index(cfg.decontaminate, cfg.decontam_ngram))
     steps, strip = source_steps(cfg, src)
-    stats, part = SourceStats(), _Part(tmp, dtype, tok)
+    stats = SourceStats()
+    part = _Part(tmp, dtype, tok, stats.steps)
     t0 = time.perf_counter()
     for doc in _documents(src, job.files, stats):
         stats.documents_in += 1
         reason, detail = _check(doc, steps, cfg.on_error, stats)
         if reason:
-            reason = str(reason)
             stats.dropped_by_reason[reason] += 1
             part.excl.write(exclusion(doc, reason, detail))
             continue
-        rec = {"id": doc.id, "file": doc.file, "line": doc.line, "chars": len(doc.text),
-               "digest": ExactDedup.key(doc.text).hex(), "preview": doc.text[:100]}
-        if near is not None:
-            rec["keys"] = near.key(doc.text).tolist()
-        if index is not None:
-            rec["found"] = index.find(doc.text)
-        part.add(doc.text, rec)
+        part.add(doc.text, _record(doc, near, index, stats.steps))
     part.close()
     if strip is not None:
         stats.events.update({f"removed_{k}": v for k, v in strip.removed.items()})
     stats.timings.update({"tokenize_s": part.tokenize_s, "work_s": time.perf_counter() - t0})
     d = stats.as_dict()
     d["timings"] = dict(stats.timings)
+    d["steps"] = stats.steps.to_list()
     (tmp / "stats.json").write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
@@ -214,9 +223,21 @@ def _check(doc: Document, steps, on_error: str, stats: SourceStats) -> tuple[str
         return doc.error, doc.detail
     if doc.drop:  # read fine but not wanted (no abstract, no PMC id): always excluded
         return doc.drop, doc.detail
-    doc.text = normalize(doc.text)
-    reason = apply_filters(doc, steps)
+    doc.text = stats.steps.call("normalize", normalize, doc.text)
+    reason = apply_filters(doc, steps, stats.steps)
     return (None, "") if reason is None else (str(reason), detail_of(reason))
+
+
+def _record(doc: Document, near: NearDedup | None, index, steps: StepStats) -> dict:
+    """A kept document's line in docs.jsonl: where it is from, and the keys the merge checks
+    (exact digest, MinHash band keys, benchmark items it shares an n-gram with)."""
+    rec = {"id": doc.id, "file": doc.file, "line": doc.line, "chars": len(doc.text),
+           "digest": steps.call("exact_dedup_key", ExactDedup.key, doc.text).hex(), "preview": doc.text[:100]}
+    if near is not None:
+        rec["keys"] = steps.call("near_dedup_minhash", near.key, doc.text).tolist()
+    if index is not None:
+        rec["found"] = steps.call("decontaminate_match", index.find, doc.text)
+    return rec
 
 
 # --- phase 2 ------------------------------------------------------------------------------
@@ -258,6 +279,8 @@ class Merger:
                 stats.kept += 1
                 stats.tokens += int(doc.size)
                 stats.chars += rec["chars"]
+                stats.steps.verdict("write_shards", None)
+                stats.steps["write_shards"]["tokens"].update(int(doc.size))
                 if len(batch) >= COPY_BATCH:
                     writer.add(batch)
                     batch = []
@@ -266,14 +289,18 @@ class Merger:
     def _drop(self, name: str, rec: dict, stats: SourceStats) -> bool:
         doc = Document("", name, rec["id"], rec["file"], rec["line"])
         doc.text = rec["preview"]
-        reason, detail = None, ""
+        steps, reason, detail = stats.steps, None, ""
         if self.exact is not None:
-            reason = self.exact.check(bytes.fromhex(rec["digest"]))
+            reason = steps.call("exact_dedup", self.exact.check, bytes.fromhex(rec["digest"]))
+            steps.verdict("exact_dedup", reason)
         if reason is None and self.near is not None:
-            reason = self.near.check(np.asarray(rec["keys"], dtype=np.uint64), rec["id"])
+            reason = steps.call("near_dedup", self.near.check, np.asarray(rec["keys"], dtype=np.uint64), rec["id"])
+            steps.verdict("near_dedup", reason)
             detail = detail_of(reason)
-        if reason is None and rec.get("found"):
-            reason, detail = self._contaminated(doc, rec["found"], stats)
+        if reason is None and self.cfg.decontaminate:
+            if rec.get("found"):
+                reason, detail = self._contaminated(doc, rec["found"], stats)
+            steps.verdict("decontaminate", reason)
         if reason:
             reason = str(reason)
             stats.dropped_by_reason[reason] += 1

@@ -267,10 +267,11 @@ def quality_steps(min_chars: int, boilerplate: bool = True, citation_run: int = 
     return steps, strip
 
 
-def apply_filters(doc: HasText, filters: Iterable[Filter]) -> str | None:
-    """The first drop reason among `filters`, or None when every filter keeps `doc`."""
+def apply_filters(doc: HasText, filters: Iterable[Filter], stats=None) -> str | None:
+    """The first drop reason among `filters`, or None when every filter keeps `doc`; with
+    `stats` (a `pmcllama.data.step_stats.StepStats`) each step is timed and its verdict counted."""
     for f in filters:
-        reason = f(doc)
+        reason = f(doc) if stats is None else stats.run(f, doc)
         if reason is not None:
             return reason
     return None
