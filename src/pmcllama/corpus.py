@@ -42,9 +42,12 @@ from typing import Any, Callable, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pmcllama.config import Config, require_unique_names
-from pmcllama.data.corpus_parts import MAX_SKIPPED_LISTED, Merger, SourceStats, tokenizer
+from pmcllama.data.corpus_parts import MAX_SKIPPED_LISTED, Merger, Pipeline, SourceStats, cached, tokenizer
 from pmcllama.data.corpus_report import summary_lines, throughput, token_histogram
+from pmcllama.data.decontam import Decontaminate, build_index, parse_spec
+from pmcllama.data.dedup import NearDedup
 from pmcllama.data.executor import make_jobs, prepare_parts, run_jobs, work_fingerprint
+from pmcllama.data.filters import ExactDedup, quality_steps
 from pmcllama.data.document import InputFile
 from pmcllama.data.readers import resolve_paths
 from pmcllama.data.shards import TokenShards, dtype_for
@@ -177,6 +180,32 @@ def skipped_line(skipped: list[dict]) -> str:
             f"listed under skipped_inputs in corpus_report.json")
 
 
+# --- the pipeline ------------------------------------------------------------------------
+
+def document_steps(cfg: CorpusConfig, src: CorpusSource):
+    """Per document, in the parallel work (after reading and normalising): boilerplate removal,
+    too short, language, repeated lines, symbol ratio; and the boilerplate step, for its counts."""
+    q = src.quality or cfg.quality
+    return quality_steps(cfg.min_chars if src.min_chars is None else src.min_chars, **q.model_dump())
+
+
+def corpus_steps(cfg: CorpusConfig) -> list:
+    """Across all sources, in corpus order (keys computed in the parallel work, checked in the
+    merge): exact dedup, near dedup, decontamination; then the kept documents' tokens are copied
+    into the shards."""
+    steps: list = [ExactDedup()] if cfg.dedup else []
+    if cfg.near_dedup is not None:
+        steps.append(NearDedup(**cfg.near_dedup.model_dump()))
+    if cfg.decontaminate:
+        index = cached(("bench", cfg.decontam_ngram, *cfg.decontaminate),
+                       lambda: build_index(cfg.decontaminate, cfg.decontam_ngram))
+        steps.append(Decontaminate(index, cfg.decontam_action))
+    return steps
+
+
+PIPELINE = Pipeline(document=document_steps, corpus=corpus_steps)
+
+
 def _summary(stats: dict[str, SourceStats], log: Callable[[str], None]) -> None:
     for name, st in stats.items():
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(st.dropped_by_reason.items())) or "none"
@@ -191,7 +220,7 @@ def _merge(cfg: CorpusConfig, jobs: list, parts: Path, tmp: Path, dtype: str) ->
     with open(tmp / "exclusions.jsonl", "w", encoding="utf-8") as fh, \
             open(tmp / "decontamination.jsonl", "w", encoding="utf-8") as dfh, \
             progress_bar(desc="corpus merge", unit=" docs") as progress:
-        merger = Merger(cfg, tmp, dtype, fh, dfh)
+        merger = Merger(tmp, dtype, PIPELINE.corpus(cfg), fh, dfh)
         stats = {src.name: merger.source(src.name, [parts / j.key for j in jobs if j.source == src.name], progress)
                  for src in cfg.sources}
     if not cfg.decontaminate:
@@ -213,7 +242,7 @@ def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
     done = prepare_parts(parts, work_fingerprint(cfg, jobs), log)
     if done:
         log(f"[corpus] resuming: {done} of {len(jobs)} parts already done")
-    if not run_jobs(cfg, jobs, parts, dtype, finish=partial(run, cfg.model_copy(update={"executor": "local"}))):
+    if not run_jobs(cfg, jobs, parts, dtype, PIPELINE, finish=partial(run, cfg.model_copy(update={"executor": "local"}))):
         return None
     t1 = time.perf_counter()
     stats, merger = _merge(cfg, jobs, parts, tmp, dtype)
@@ -246,8 +275,8 @@ def _report(cfg: CorpusConfig, stats: dict[str, SourceStats], merger: Merger, tm
     }
     report = {"sources": {n: s.as_dict() for n, s in stats.items()}, "total": totals}
     if cfg.decontaminate:
-        totals["documents_contaminated"] = merger.contaminated
-        report["decontamination"] = merger.decontamination_report()
+        totals["documents_contaminated"] = merger.decontam.documents
+        report["decontamination"] = merger.decontam.report()
     write_json(tmp / "stats.json", report)
     report["steps"] = {n: s.steps.to_list() for n, s in stats.items()}  # datatrove's Stats per step
     shards = {n: TokenShards(tmp / n, dtype) for n in stats}
@@ -263,8 +292,6 @@ def run(cfg: CorpusConfig, force: bool = False) -> Path:
     inputs = resolve_inputs(cfg, skipped)
     if skipped:
         print(skipped_line(skipped))
-    from pmcllama.data.decontam import parse_spec
-
     paths = sorted({str(p) for files in inputs.values() for f in files if not f.missing for p in f.paths()})
     for spec in cfg.decontaminate:
         path = parse_spec(spec)[1]

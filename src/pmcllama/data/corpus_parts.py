@@ -23,12 +23,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
 
-from pmcllama.data.dedup import NearDedup
-from pmcllama.data.filters import ExactDedup, apply_filters, detail_of, normalize, quality_steps
+from pmcllama.data.decontam import Decontaminate
+from pmcllama.data.filters import apply_filters, detail_of, normalize
 from pmcllama.data.document import Document, InputFile
 from pmcllama.data.readers import read_file
 from pmcllama.data.shards import ShardWriter, TokenShards
@@ -47,6 +47,18 @@ class Job:
     key: str
     source: str
     files: list[InputFile]
+
+
+@dataclass
+class Pipeline:
+    """The corpus steps, listed by the stage (`pmcllama.corpus`): `document(cfg, source)` gives a
+    source's cleaning and quality steps (and its boilerplate step, for the counts), run per
+    document by the parallel work; `corpus(cfg)` the steps across the whole corpus (exact and
+    near dedup, decontamination), each in two halves: `key(text)` in the parallel work (saved
+    in docs.jsonl under the step's `field`) and `check(key, doc_id)` in the merge, in order."""
+
+    document: Callable
+    corpus: Callable
 
 
 @dataclass
@@ -94,7 +106,8 @@ def exclusion(doc: Document, reason: str, detail: str = "") -> str:
 _CACHE: dict = {}  # per process: tokenizer and benchmark index, loaded once for all jobs
 
 
-def _cached(key: tuple, make):
+def cached(key: tuple, make):
+    """`make()`, made once per process under `key` (a tokenizer, a benchmark index)."""
     if key not in _CACHE:
         _CACHE[key] = make()
     return _CACHE[key]
@@ -104,7 +117,7 @@ def tokenizer(name: str):
     """The tokenizer, loaded once per process."""
     from pmcllama.models import load_tokenizer
 
-    return _cached(("tok", name), lambda: load_tokenizer(name))
+    return cached(("tok", name), lambda: load_tokenizer(name))
 
 
 def _documents(src, files: list[InputFile], stats: SourceStats) -> Iterator[Document]:
@@ -164,13 +177,7 @@ class _Part:
         self.excl.close()
 
 
-def source_steps(cfg, src):
-    """The source's cleaning and quality steps, and its boilerplate step (for the counts)."""
-    q = src.quality or cfg.quality
-    return quality_steps(cfg.min_chars if src.min_chars is None else src.min_chars, **q.model_dump())
-
-
-def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
+def process_job(cfg, job: Job, parts: Path, dtype: str, pipeline: Pipeline) -> None:
     """Phase 1 for one job; does nothing when its part is already complete."""
     out = parts / job.key
     if (out / "stats.json").is_file():
@@ -180,15 +187,8 @@ def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
     tmp.mkdir(parents=True)
     src = next(s for s in cfg.sources if s.name == job.source)
     tok = tokenizer(cfg.tokenizer)
-    nd = cfg.near_dedup
-    near = _cached(("near", *nd.model_dump().values()), lambda: NearDedup(**nd.model_dump())) if nd else None
-    index = None
-    if cfg.decontaminate:
-        from pmcllama.data.decontam import build_index
-
-        index = _cached(("bench", cfg.decontam_ngram, *cfg.decontaminate),
-                        lambda: build_index(cfg.decontaminate, cfg.decontam_ngram))
-    steps, strip = source_steps(cfg, src)
+    corpus_steps = pipeline.corpus(cfg)
+    steps, strip = pipeline.document(cfg, src)
     stats = SourceStats()
     part = _Part(tmp, dtype, tok, stats.steps)
     t0 = time.perf_counter()
@@ -199,7 +199,7 @@ def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
             stats.dropped_by_reason[reason] += 1
             part.excl.write(exclusion(doc, reason, detail))
             continue
-        part.add(doc.text, _record(doc, near, index, stats.steps))
+        part.add(doc.text, _record(doc, corpus_steps, stats.steps))
     part.close()
     if strip is not None:
         stats.events.update({f"removed_{k}": v for k, v in strip.removed.items()})
@@ -228,15 +228,12 @@ def _check(doc: Document, steps, on_error: str, stats: SourceStats) -> tuple[str
     return (None, "") if reason is None else (str(reason), detail_of(reason))
 
 
-def _record(doc: Document, near: NearDedup | None, index, steps: StepStats) -> dict:
-    """A kept document's line in docs.jsonl: where it is from, and the keys the merge checks
+def _record(doc: Document, corpus_steps: list, steps: StepStats) -> dict:
+    """A kept document's line in docs.jsonl: where it is from, and the key of each corpus step
     (exact digest, MinHash band keys, benchmark items it shares an n-gram with)."""
-    rec = {"id": doc.id, "file": doc.file, "line": doc.line, "chars": len(doc.text),
-           "digest": steps.call("exact_dedup_key", ExactDedup.key, doc.text).hex(), "preview": doc.text[:100]}
-    if near is not None:
-        rec["keys"] = steps.call("near_dedup_minhash", near.key, doc.text).tolist()
-    if index is not None:
-        rec["found"] = steps.call("decontaminate_match", index.find, doc.text)
+    rec = {"id": doc.id, "file": doc.file, "line": doc.line, "chars": len(doc.text), "preview": doc.text[:100]}
+    for step in corpus_steps:
+        rec[step.field] = steps.call(f"{step.name}_key", step.key, doc.text)
     return rec
 
 
@@ -245,12 +242,9 @@ def _record(doc: Document, near: NearDedup | None, index, steps: StepStats) -> d
 class Merger:
     """Cross-source dedup, decontamination and the final shards, one part after another."""
 
-    def __init__(self, cfg, tmp: Path, dtype: str, excl: IO[str], contam: IO[str] | None) -> None:
-        self.cfg, self.tmp, self.dtype, self.excl, self.contam = cfg, tmp, dtype, excl, contam
-        self.exact = ExactDedup() if cfg.dedup else None
-        self.near = NearDedup(**cfg.near_dedup.model_dump()) if cfg.near_dedup else None
-        self.contaminated = 0
-        self.items: Counter = Counter()  # (benchmark, item) -> documents
+    def __init__(self, tmp: Path, dtype: str, steps: list, excl: IO[str], contam: IO[str] | None) -> None:
+        self.tmp, self.dtype, self.steps, self.excl, self.contam = tmp, dtype, steps, excl, contam
+        self.decontam = next((s for s in steps if isinstance(s, Decontaminate)), None)
 
     def source(self, name: str, parts: list[Path], progress) -> SourceStats:
         stats = SourceStats()
@@ -289,44 +283,27 @@ class Merger:
     def _drop(self, name: str, rec: dict, stats: SourceStats) -> bool:
         doc = Document("", name, rec["id"], rec["file"], rec["line"])
         doc.text = rec["preview"]
-        steps, reason, detail = stats.steps, None, ""
-        if self.exact is not None:
-            reason = steps.call("exact_dedup", self.exact.check, bytes.fromhex(rec["digest"]))
-            steps.verdict("exact_dedup", reason)
-        if reason is None and self.near is not None:
-            reason = steps.call("near_dedup", self.near.check, np.asarray(rec["keys"], dtype=np.uint64), rec["id"])
-            steps.verdict("near_dedup", reason)
-            detail = detail_of(reason)
-        if reason is None and self.cfg.decontaminate:
-            if rec.get("found"):
-                reason, detail = self._contaminated(doc, rec["found"], stats)
-            steps.verdict("decontaminate", reason)
+        steps, reason = stats.steps, None
+        for step in self.steps:
+            key = rec[step.field]
+            reason = steps.call(step.name, step.check, key, rec["id"])
+            steps.verdict(step.name, reason)
+            if step is self.decontam and key:
+                self._list_contaminated(doc, key, stats)
+            if reason is not None:
+                break
         if reason:
-            reason = str(reason)
-            stats.dropped_by_reason[reason] += 1
-            self.excl.write(exclusion(doc, reason, detail))
+            stats.dropped_by_reason[str(reason)] += 1
+            self.excl.write(exclusion(doc, str(reason), detail_of(reason)))
         return reason is not None
 
-    def _contaminated(self, doc: Document, found: list, stats: SourceStats) -> tuple[str | None, str]:
-        action = self.cfg.decontam_action
-        self.contaminated += 1
+    def _list_contaminated(self, doc: Document, found: list, stats: SourceStats) -> None:
+        """decontamination.jsonl: one row per benchmark item the document shares an n-gram with."""
+        action = self.decontam.action
         stats.events["contaminated"] += 1
         for bench, item in found:
-            self.items[(bench, item)] += 1
             rec = {"source": doc.source, "id": doc.id, "file": doc.file, "line": doc.line,
                    "benchmark": bench, "item": item, "action": action}
             if action == "mark":
                 rec["shard_doc"] = stats.kept  # its position in the source's index.npy
             self.contam.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        if action == "drop":
-            return "contaminated", "; ".join(f"{b} item {i}" for b, i in found)
-        return None, ""
-
-    def decontamination_report(self) -> dict:
-        from pmcllama.data.decontam import build_index
-
-        index = _cached(("bench", self.cfg.decontam_ngram, *self.cfg.decontaminate),
-                        lambda: build_index(self.cfg.decontaminate, self.cfg.decontam_ngram))
-        per_bench = Counter(b for b, _ in self.items)
-        return {"ngram": index.n, "action": self.cfg.decontam_action, "documents": self.contaminated,
-                "benchmarks": {b: {**st, "items_found": per_bench.get(b, 0)} for b, st in index.stats.items()}}

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from pmcllama.data.corpus_parts import Job, process_job
+from pmcllama.data.corpus_parts import Job, Pipeline, process_job
 from pmcllama.data.document import InputFile
 from pmcllama.errors import UserError
 
@@ -70,15 +70,15 @@ class CorpusTask:
     """datatrove pipeline step: rank r runs job r. A bad-input error (under on_error=stop) is
     written to parts/<job>.error for the caller to raise, instead of a worker traceback."""
 
-    def __init__(self, cfg, jobs: list[Job], parts: Path, dtype: str) -> None:
-        self.cfg, self.jobs, self.parts, self.dtype = cfg, jobs, parts, dtype
+    def __init__(self, cfg, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline) -> None:
+        self.cfg, self.jobs, self.parts, self.dtype, self.pipeline = cfg, jobs, parts, dtype, pipeline
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         job = self.jobs[rank]
         err = self.parts / (job.key + ".error")
         err.unlink(missing_ok=True)  # from an earlier run
         try:
-            process_job(self.cfg, job, self.parts, self.dtype)
+            process_job(self.cfg, job, self.parts, self.dtype, self.pipeline)
         except UserError as e:
             err.parent.mkdir(parents=True, exist_ok=True)
             where = "" if e.path is None else e.path + (f":{e.line}" if e.line is not None else "") + ": "
@@ -109,13 +109,13 @@ class MergeTask:
         return data
 
 
-def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str, finish: Callable[[], object]) -> bool:
+def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline, finish: Callable[[], object]) -> bool:
     """Run the unfinished jobs; True when they are all done here (False: submitted to Slurm, with
     `finish` as the job that runs after them)."""
     todo = [j for j in jobs if not (parts / j.key / "stats.json").is_file()]
     if not todo:
         return True
-    task = CorpusTask(cfg, todo, parts, dtype)
+    task = CorpusTask(cfg, todo, parts, dtype, pipeline)
     logs = str(parts / "logs" / cfg.executor)
     if cfg.executor == "local":
         from pmcllama.data.local_executor import LocalExecutor

@@ -220,22 +220,24 @@ class ExactDedup:
     """Drop a document whose (normalised) text was seen before (reason `duplicate`).
 
     Keeps a 16-byte digest per distinct text, so memory grows with the number of documents,
-    not their size. One instance shared by several sources dedups across them. In two halves,
-    so that parallel workers compute the digests and one process checks them in corpus order
-    (as the corpus stage does): `key(text)` and `check(key)`; calling it does both.
+    not their size. One instance shared by several sources dedups across them. A corpus step
+    in two halves (as `NearDedup` and `Decontaminate`): `key(text)`, computed by parallel
+    workers and stored in the part's docs.jsonl under `field` (the hex digest), and
+    `check(key, doc_id)`, run by one process in corpus order; calling it does both.
     """
 
-    reason = "duplicate"
+    name, field, reason = "exact_dedup", "digest", "duplicate"
 
     def __init__(self) -> None:
         self.seen: set[bytes] = set()
 
     @staticmethod
-    def key(text: str) -> bytes:
-        return text_digest(text)
+    def key(text: str) -> str:
+        return text_digest(text).hex()
 
-    def check(self, digest: bytes) -> str | None:
+    def check(self, key: str, doc_id: str = "") -> str | None:
         """`duplicate` when the digest was seen before, else None (and the digest is recorded)."""
+        digest = bytes.fromhex(key)
         if digest in self.seen:
             return self.reason
         self.seen.add(digest)
