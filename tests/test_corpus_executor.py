@@ -90,3 +90,13 @@ def test_stage_dedup_is_the_filter_steps(tmp_path):
     assert count("b", "exact_dedup", "dropped_duplicate") == 2 and count("b", "near_dedup", "dropped") == 2
     assert count("b", "write_shards", "forwarded") == report["sources"]["b"]["kept"] == 1
     assert count("a", "tokenize", "tokens") >= count("a", "write_shards", "tokens") > 0
+
+
+def test_tasks_log_to_their_files_not_to_stderr(tmp_path, capfd):
+    for workers in (1, 2):
+        logs = tmp_path / f"logs{workers}"
+        LocalExecutor(pipeline=[lambda data, rank, world_size: data], tasks=3, workers=workers,
+                      logging_dir=str(logs), skip_completed=False).run()
+        assert "Launching pipeline" not in capfd.readouterr().err  # datatrove logs each task at INFO otherwise
+        assert all("Launching pipeline for rank=" in (logs / "logs" / f"task_{r:05d}.log").read_text()
+                   for r in range(3))

@@ -1,18 +1,21 @@
 """The corpus stage's two phases: per-file work (parallel, resumable) and the merge.
 
+The steps are the stage's (`pmcllama.corpus.PIPELINE`, a `Pipeline`); this module runs them.
 Phase 1, one `Job` per input file or S2ORC shard pair (or per source, with `max_documents`):
-read -> normalise -> cleaning and quality steps -> exact digest, MinHash band keys and
-benchmark matches of every kept document -> tokenize -> a part folder
+read -> normalise -> the source's cleaning and quality steps -> the key of every corpus
+step (exact digest, MinHash band keys, benchmark matches) of every kept document ->
+tokenize -> a part folder
 
     parts/<source>/<k>/tokens.bin, index.npy   the part's documents (the shard format)
-    parts/<source>/<k>/docs.jsonl              per document: id, file, line, digest, band keys, matches
-    parts/<source>/<k>/exclusions.jsonl        what the quality steps dropped
-    parts/<source>/<k>/stats.json              its counts and timings
+    parts/<source>/<k>/docs.jsonl              per document: id, file, line, and each corpus step's key
+    parts/<source>/<k>/exclusions.jsonl        what the quality steps dropped (reason and detail)
+    parts/<source>/<k>/stats.json              its counts, timings and datatrove Stats per step
 
 written under `<k>.tmp` and renamed when complete, so a killed run redoes only the parts that
-were not finished. Phase 2 (one process, streaming) goes through the parts in source and
-file order, drops exact and near duplicates across all sources (the first copy wins) and
-contaminated documents, and copies the kept documents' tokens into the final shards.
+were not finished. Phase 2 (`Merger`, one process, streaming) goes through the parts in source
+and file order, runs each corpus step's `check` on every document (exact and near duplicates
+across all sources, the first copy wins; contaminated documents), and copies the kept
+documents' tokens into the final shards.
 """
 from __future__ import annotations
 

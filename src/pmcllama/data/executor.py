@@ -3,7 +3,8 @@
 Every `Job` (see `pmcllama.data.corpus_parts`) is one datatrove task (rank); the pipeline
 is a single callable step that runs `process_job` for its rank. A part that is already
 complete is skipped (the part folder is the completion marker), so a killed run resumes
-where it stopped, whatever executor ran it.
+where it stopped, whatever executor ran it. The stage hands in what the tasks need: its
+`Pipeline` of steps and, for Slurm, `finish` (the stage rerun that merges and publishes).
 
 - `local`: `LocalPipelineExecutor` with `workers` processes on this machine, its processes tied
   to this one (`pmcllama.data.local_executor`: a killed run leaves none behind);
