@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pmcllama.data.filters import Drop
 from pmcllama.data.qa import QA_FORMATS, detect_format, json_records, read_items
 from pmcllama.errors import UserError
 
@@ -171,6 +170,8 @@ class Decontaminate:
         for bench, item in found:
             self.items[(bench, item)] = self.items.get((bench, item), 0) + 1
         if self.action == "drop":
+            from pmcllama.data.filters import Drop
+
             return Drop(self.reason, "; ".join(f"{b} item {i}" for b, i in found))
         return None
 
