@@ -100,3 +100,19 @@ def test_tasks_log_to_their_files_not_to_stderr(tmp_path, capfd):
         assert "Launching pipeline" not in capfd.readouterr().err  # datatrove logs each task at INFO otherwise
         assert all("Launching pipeline for rank=" in (logs / "logs" / f"task_{r:05d}.log").read_text()
                    for r in range(3))
+
+
+def test_parts_are_redone_when_a_corpus_step_is_switched_on(tmp_path):
+    """The parts hold the keys of the corpus steps that are on: switching exact dedup on changes
+    the work (an interrupted run's parts are discarded); the decontamination action does not."""
+    from pmcllama.data.executor import make_jobs, work_fingerprint
+
+    (tmp_path / "a.txt").write_text(paper(0))
+    base = CorpusConfig(out=str(tmp_path / "out"), tokenizer="tiny-llama", dedup=False,
+                        sources=[{"name": "s", "paths": [str(tmp_path / "a.txt")]}])
+    jobs = make_jobs(base, {"s": []})
+
+    def fingerprint(**kw) -> str:
+        return work_fingerprint(base.model_copy(update=kw), jobs)
+
+    assert fingerprint(dedup=True) != fingerprint() == fingerprint(decontam_action="mark", workers=2)

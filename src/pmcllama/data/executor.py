@@ -25,7 +25,7 @@ from pmcllama.data.document import InputFile
 from pmcllama.errors import UserError
 
 # config fields that do not change what the per-file work writes
-NOT_WORK = ("out", "executor", "workers", "slurm", "dedup", "decontam_action")
+NOT_WORK = ("out", "executor", "workers", "slurm", "decontam_action")
 
 
 def make_jobs(cfg, inputs: dict[str, list[InputFile]]) -> list[Job]:
