@@ -4,6 +4,11 @@ side with a plain `datasets.map` tokenization (batched, same tokenizer, same pro
     .venv/bin/python bench/bench_corpus.py                      # ~50M characters, smollm2-135m
     .venv/bin/python bench/bench_corpus.py --chars 5e6 --scales 1 10   # flat-memory check: 5M and 50M
     .venv/bin/python bench/bench_corpus.py --chars 2e6 --tokenizer tiny-llama   # a quick smoke run
+    .venv/bin/python bench/bench_corpus.py --small-files 100 --scales 1 10 --skip-datasets   # per-file cost
+
+`--small-files N` writes N small JSONL files (3 documents of 60 words each) per scale step
+instead of copying the shared corpus: the corpus stage runs one task per input file, so this
+measures what each file costs beyond its text (task start, logs, part folder, merge).
 
 For each scale it builds the corpus in a fresh subprocess (`python -m pmcllama corpus`),
 reads its corpus_report.json and reports: tokens, wall time, tokens/s of the tokenize stage
@@ -55,8 +60,9 @@ sys.exit(rc)"""
 
 
 def run_corpus(inp: Path, out: Path, args) -> tuple[dict, float, float]:
+    # on_error skip: the shared data holds a record that is not JSON (counted in exclusions.jsonl)
     cfg = {"out": str(out), "tokenizer": args.tokenizer, "workers": args.workers, "dedup": args.dedup,
-           "sources": [{"name": "papers", "paths": [str(inp)]}]}
+           "on_error": "skip", "sources": [{"name": "papers", "paths": [str(inp)]}]}
     if not args.dedup:
         cfg["near_dedup"] = None
     path = out.with_suffix(".yaml")
@@ -112,11 +118,27 @@ def datasets_map(jsonl: Path, cache: Path, args) -> dict:
     return {"tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1)}
 
 
+def small_files(dest: Path, n: int) -> None:
+    """`n` JSONL files of three 60-word documents each (seeded: the same at every run)."""
+    import random
+
+    rng = random.Random(0)
+    words = ("the heart pumps blood through arteries and veins of the body while the lungs exchange "
+             "oxygen with carbon dioxide in alveoli").split()
+    dest.mkdir(parents=True)
+    for i in range(n):
+        rows = [{"text": " ".join(rng.choice(words) for _ in range(60))} for _ in range(3)]
+        (dest / f"f{i:06d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def bench_scale(scale: int, args, work: Path, per_copy: int) -> dict:
-    target = args.chars * scale
-    copies = max(1, -(-int(target) // per_copy))
     inp = work / f"input_x{scale}"
-    replicate(SHARED, inp, copies)
+    if args.small_files:
+        copies = args.small_files * scale  # files, here
+        small_files(inp, copies)
+    else:
+        copies = max(1, -(-int(args.chars * scale) // per_copy))
+        replicate(SHARED, inp, copies)
     report, wall, rss_mb = run_corpus(inp, work / f"out_x{scale}", args)
     th = report["throughput"]
     tok_rate = th["tokenize_tokens_per_s_per_worker"] * args.workers
@@ -145,12 +167,14 @@ def main() -> None:
     ap.add_argument("--tokenizer", default="smollm2-135m", help="tokenizer (built-in name or folder)")
     ap.add_argument("--dedup", action="store_true", help="keep exact and near dedup on (copies get dropped)")
     ap.add_argument("--skip-datasets", action="store_true", help="do not run the datasets.map comparison")
+    ap.add_argument("--small-files", type=int, default=0,
+                    help="instead of the shared corpus: this many small JSONL files per scale step")
     ap.add_argument("--tag", default="", help="suffix of bench/results/corpus_<tag>.json")
     args = ap.parse_args()
-    if not SHARED.is_dir():
+    if not args.small_files and not SHARED.is_dir():
         sys.exit(f"{SHARED} is absent")
     with tempfile.TemporaryDirectory(prefix="bench_corpus_") as tmp:
-        per_copy = source_chars(SHARED)
+        per_copy = 0 if args.small_files else source_chars(SHARED)
         rows = []
         for scale in args.scales:
             row = bench_scale(scale, args, Path(tmp), per_copy)

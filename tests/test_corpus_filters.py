@@ -7,7 +7,7 @@ import pytest
 
 from pmcllama.corpus import CorpusConfig, run
 from pmcllama.data.filters import (StripBoilerplate, apply_filters, english, quality_steps, repeated_line_fraction,
-                                   repeated_lines, stopword_ratio, symbol_fraction, symbol_ratio)
+                                   repeated_lines, stopword_ratio, symbol_fraction, symbol_ratio, too_short)
 from pmcllama.data.readers import Document
 
 ENGLISH = ("The heart is a muscular organ that pumps blood through the blood vessels of the circulatory "
@@ -97,3 +97,17 @@ def test_stage_filters_per_source(tmp_path):
     excl = [json.loads(x) for x in (out / "exclusions.jsonl").read_text().splitlines()]
     assert {(e["id"], e["reason"]) for e in excl} == {("de", "not_english"), ("tbl", "repeated_lines"),
                                                       ("lic", "too_short")}
+
+
+def test_drops_carry_what_was_measured(tmp_path):
+    short, german = too_short(50)(doc("abc")), english(0.1, min_words=30)(doc(GERMAN))
+    assert (short, short.detail) == ("too_short", "3 characters < 50")
+    assert german == "not_english" and german.detail.startswith("English function words 0.0")
+    table = "| 1 | 2 | 3 |\n|---|---|---|\n| 4 | 5 | 6 |"
+    assert symbol_ratio(0.25)(doc(table)).detail.startswith("symbols 0.") and too_short(1)(doc("abc")) is None
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "de", "text": GERMAN}) + "\n" +
+                                       json.dumps({"id": "en", "text": ENGLISH}) + "\n", encoding="utf-8")
+    cfg = CorpusConfig(out=str(tmp_path / "out"), tokenizer="tiny-llama", quality={"language": "en"},
+                       sources=[{"name": "s", "paths": [str(tmp_path / "in.jsonl")]}])
+    excl = [json.loads(x) for x in (run(cfg) / "exclusions.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["reason"], e["detail"]) for e in excl] == [("de", "not_english", german.detail)]

@@ -59,13 +59,13 @@ def test_killed_run_resumes_without_redoing_parts(tmp_path, monkeypatch):
     done: list[str] = []
     real = executor.process_job
 
-    def flaky(c, job, parts, dtype):
+    def flaky(c, job, parts, dtype, pipeline):
         if job.key == "books/2" and not any(k == "killed" for k in done):
             done.append("killed")
             raise KeyboardInterrupt  # the run dies in the middle of the third file
         if not (parts / job.key / "stats.json").is_file():
             done.append(job.key)
-        real(c, job, parts, dtype)
+        real(c, job, parts, dtype, pipeline)
 
     monkeypatch.setattr(executor, "process_job", flaky)
     c = cfg(tmp_path, "out")

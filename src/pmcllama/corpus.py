@@ -10,10 +10,12 @@
 Output folder (`out`):
 
     <source>/tokens.bin, <source>/index.npy   token shards (see `pmcllama.data.shards`)
-    exclusions.jsonl                          every dropped document or unreadable record, with its reason
+    exclusions.jsonl                          every dropped document or unreadable record: reason and detail
     decontamination.jsonl                     (with `decontaminate`) each document x benchmark item found
     stats.json                                per source: files, documents in, kept, dropped by reason, tokens
-    corpus_report.json, summary.md            the above plus throughput, token length histogram, skipped inputs
+    corpus_report.json, summary.md            the above plus throughput, token length histogram, skipped inputs;
+                                              corpus_report.json also datatrove's Stats of every step, per source
+                                              (`steps`: time, total / forwarded / dropped_<reason>, tokens)
     token_lengths.png                         documents per token length, per source
     manifest.json, config.yaml                the stage contract (see `pmcllama.stage`)
 
@@ -33,17 +35,21 @@ import re
 import shutil
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from pmcllama.config import Config, require_unique_names
-from pmcllama.data.corpus_parts import MAX_SKIPPED_LISTED, Merger, SourceStats, tokenizer
+from pmcllama.data.corpus_parts import MAX_SKIPPED_LISTED, Merger, Pipeline, SourceStats, cached, tokenizer
 from pmcllama.data.corpus_report import summary_lines, throughput, token_histogram
+from pmcllama.data.decontam import Decontaminate, build_index, parse_spec
+from pmcllama.data.dedup import NearDedup
 from pmcllama.data.executor import make_jobs, prepare_parts, run_jobs, work_fingerprint
-from pmcllama.data.filters import quality_steps
-from pmcllama.data.readers import InputFile, resolve_paths
+from pmcllama.data.filters import ExactDedup, quality_steps
+from pmcllama.data.document import InputFile
+from pmcllama.data.readers import resolve_paths
 from pmcllama.data.shards import TokenShards, dtype_for
 from pmcllama.errors import UserError
 from pmcllama.stage import StageResult, check_output, output_folder, prepare_partial, run_stage, write_json
@@ -174,10 +180,30 @@ def skipped_line(skipped: list[dict]) -> str:
             f"listed under skipped_inputs in corpus_report.json")
 
 
-def source_steps(cfg: CorpusConfig, src: CorpusSource):
-    """The source's cleaning and quality steps, and its boilerplate step (for the counts)."""
+# --- the pipeline ------------------------------------------------------------------------
+
+def document_steps(cfg: CorpusConfig, src: CorpusSource):
+    """Per document, in the parallel work (after reading and normalising): boilerplate removal,
+    too short, language, repeated lines, symbol ratio; and the boilerplate step, for its counts."""
     q = src.quality or cfg.quality
     return quality_steps(cfg.min_chars if src.min_chars is None else src.min_chars, **q.model_dump())
+
+
+def corpus_steps(cfg: CorpusConfig) -> list:
+    """Across all sources, in corpus order (keys computed in the parallel work, checked in the
+    merge): exact dedup, near dedup, decontamination; then the kept documents' tokens are copied
+    into the shards."""
+    steps: list = [ExactDedup()] if cfg.dedup else []
+    if cfg.near_dedup is not None:
+        steps.append(NearDedup(**cfg.near_dedup.model_dump()))
+    if cfg.decontaminate:
+        index = cached(("bench", cfg.decontam_ngram, *cfg.decontaminate),
+                       lambda: build_index(cfg.decontaminate, cfg.decontam_ngram))
+        steps.append(Decontaminate(index, cfg.decontam_action))
+    return steps
+
+
+PIPELINE = Pipeline(document=document_steps, corpus=corpus_steps)
 
 
 def _summary(stats: dict[str, SourceStats], log: Callable[[str], None]) -> None:
@@ -194,7 +220,7 @@ def _merge(cfg: CorpusConfig, jobs: list, parts: Path, tmp: Path, dtype: str) ->
     with open(tmp / "exclusions.jsonl", "w", encoding="utf-8") as fh, \
             open(tmp / "decontamination.jsonl", "w", encoding="utf-8") as dfh, \
             progress_bar(desc="corpus merge", unit=" docs") as progress:
-        merger = Merger(cfg, tmp, dtype, fh, dfh)
+        merger = Merger(tmp, dtype, PIPELINE.corpus(cfg), fh, dfh)
         stats = {src.name: merger.source(src.name, [parts / j.key for j in jobs if j.source == src.name], progress)
                  for src in cfg.sources}
     if not cfg.decontaminate:
@@ -216,7 +242,7 @@ def build(cfg: CorpusConfig, inputs: dict[str, list[InputFile]], tmp: Path,
     done = prepare_parts(parts, work_fingerprint(cfg, jobs), log)
     if done:
         log(f"[corpus] resuming: {done} of {len(jobs)} parts already done")
-    if not run_jobs(cfg, jobs, parts, dtype):
+    if not run_jobs(cfg, jobs, parts, dtype, PIPELINE, finish=partial(run, cfg.model_copy(update={"executor": "local"}))):
         return None
     t1 = time.perf_counter()
     stats, merger = _merge(cfg, jobs, parts, tmp, dtype)
@@ -249,9 +275,10 @@ def _report(cfg: CorpusConfig, stats: dict[str, SourceStats], merger: Merger, tm
     }
     report = {"sources": {n: s.as_dict() for n, s in stats.items()}, "total": totals}
     if cfg.decontaminate:
-        totals["documents_contaminated"] = merger.contaminated
-        report["decontamination"] = merger.decontamination_report()
+        totals["documents_contaminated"] = merger.decontam.documents
+        report["decontamination"] = merger.decontam.report()
     write_json(tmp / "stats.json", report)
+    report["steps"] = {n: s.steps.to_list() for n, s in stats.items()}  # datatrove's Stats per step
     shards = {n: TokenShards(tmp / n, dtype) for n in stats}
     report["token_lengths"] = token_histogram(shards, tmp / "token_lengths.png")
     report["skipped_inputs"] = skipped[:MAX_SKIPPED_LISTED]
@@ -265,8 +292,6 @@ def run(cfg: CorpusConfig, force: bool = False) -> Path:
     inputs = resolve_inputs(cfg, skipped)
     if skipped:
         print(skipped_line(skipped))
-    from pmcllama.data.decontam import parse_spec
-
     paths = sorted({str(p) for files in inputs.values() for f in files if not f.missing for p in f.paths()})
     for spec in cfg.decontaminate:
         path = parse_spec(spec)[1]

@@ -1,18 +1,21 @@
 """The corpus stage's two phases: per-file work (parallel, resumable) and the merge.
 
+The steps are the stage's (`pmcllama.corpus.PIPELINE`, a `Pipeline`); this module runs them.
 Phase 1, one `Job` per input file or S2ORC shard pair (or per source, with `max_documents`):
-read -> normalise -> cleaning and quality steps -> exact digest, MinHash band keys and
-benchmark matches of every kept document -> tokenize -> a part folder
+read -> normalise -> the source's cleaning and quality steps -> the key of every corpus
+step (exact digest, MinHash band keys, benchmark matches) of every kept document ->
+tokenize -> a part folder
 
     parts/<source>/<k>/tokens.bin, index.npy   the part's documents (the shard format)
-    parts/<source>/<k>/docs.jsonl              per document: id, file, line, digest, band keys, matches
-    parts/<source>/<k>/exclusions.jsonl        what the quality steps dropped
-    parts/<source>/<k>/stats.json              its counts and timings
+    parts/<source>/<k>/docs.jsonl              per document: id, file, line, and each corpus step's key
+    parts/<source>/<k>/exclusions.jsonl        what the quality steps dropped (reason and detail)
+    parts/<source>/<k>/stats.json              its counts, timings and datatrove Stats per step
 
 written under `<k>.tmp` and renamed when complete, so a killed run redoes only the parts that
-were not finished. Phase 2 (one process, streaming) goes through the parts in source and
-file order, drops exact and near duplicates across all sources (the first copy wins) and
-contaminated documents, and copies the kept documents' tokens into the final shards.
+were not finished. Phase 2 (`Merger`, one process, streaming) goes through the parts in source
+and file order, runs each corpus step's `check` on every document (exact and near duplicates
+across all sources, the first copy wins; contaminated documents), and copies the kept
+documents' tokens into the final shards.
 """
 from __future__ import annotations
 
@@ -23,13 +26,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
 
-from pmcllama.data.filters import apply_filters, normalize, text_digest
-from pmcllama.data.readers import Document, InputFile, read_file
+from pmcllama.data.decontam import Decontaminate
+from pmcllama.data.filters import apply_filters, detail_of, normalize
+from pmcllama.data.document import Document, InputFile
+from pmcllama.data.readers import read_file
 from pmcllama.data.shards import ShardWriter, TokenShards
+from pmcllama.data.step_stats import StepStats
 from pmcllama.errors import UserError
 
 BATCH = 256
@@ -47,6 +53,18 @@ class Job:
 
 
 @dataclass
+class Pipeline:
+    """The corpus steps, listed by the stage (`pmcllama.corpus`): `document(cfg, source)` gives a
+    source's cleaning and quality steps (and its boilerplate step, for the counts), run per
+    document by the parallel work; `corpus(cfg)` the steps across the whole corpus (exact and
+    near dedup, decontamination), each in two halves: `key(text)` in the parallel work (saved
+    in docs.jsonl under the step's `field`) and `check(key, doc_id)` in the merge, in order."""
+
+    document: Callable
+    corpus: Callable
+
+
+@dataclass
 class SourceStats:
     files: int = 0
     documents_in: int = 0
@@ -57,6 +75,7 @@ class SourceStats:
     events: Counter = field(default_factory=Counter)  # not documents: deleted citations, removed lines, ...
     skipped: list = field(default_factory=list)  # unreadable inputs skipped under on_error=skip
     timings: Counter = field(default_factory=Counter)  # read_s, tokenize_s (summed over parts)
+    steps: StepStats = field(default_factory=StepStats)  # datatrove's Stats of each pipeline step
 
     def as_dict(self) -> dict:
         return {"files": self.files, "documents_in": self.documents_in, "kept": self.kept,
@@ -73,6 +92,7 @@ class SourceStats:
         self.events.update(d["events"])
         self.skipped.extend(d["skipped_inputs"][:MAX_SKIPPED_LISTED - len(self.skipped)])
         self.timings.update(d["timings"])
+        self.steps.add(d["steps"])
 
 
 def exclusion(doc: Document, reason: str, detail: str = "") -> str:
@@ -89,7 +109,8 @@ def exclusion(doc: Document, reason: str, detail: str = "") -> str:
 _CACHE: dict = {}  # per process: tokenizer and benchmark index, loaded once for all jobs
 
 
-def _cached(key: tuple, make):
+def cached(key: tuple, make):
+    """`make()`, made once per process under `key` (a tokenizer, a benchmark index)."""
     if key not in _CACHE:
         _CACHE[key] = make()
     return _CACHE[key]
@@ -99,26 +120,31 @@ def tokenizer(name: str):
     """The tokenizer, loaded once per process."""
     from pmcllama.models import load_tokenizer
 
-    return _cached(("tok", name), lambda: load_tokenizer(name))
+    return cached(("tok", name), lambda: load_tokenizer(name))
 
 
 def _documents(src, files: list[InputFile], stats: SourceStats) -> Iterator[Document]:
+    """The documents of the job's files (step `read`: timed per document; unreadable and
+    unwanted records count as its drops)."""
     n = 0
     for inp in files:
         stats.files += 0 if inp.missing else len(inp.paths())
-        for doc in read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
-                             src.seed, src.keep_captions, src.require_pmcid, stats.events):
+        docs = read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
+                         src.seed, src.keep_captions, src.require_pmcid, stats.events)
+        while (doc := stats.steps.call("read", next, docs, None)) is not None:
             if src.max_documents is not None and n >= src.max_documents:
                 return
             n += 1
+            stats.steps.verdict("read", doc.error or doc.drop)
             yield doc
 
 
 class _Part:
     """Writes one part folder: tokens, document records, exclusions."""
 
-    def __init__(self, folder: Path, dtype: str, tok) -> None:
+    def __init__(self, folder: Path, dtype: str, tok, steps: StepStats) -> None:
         self.writer = ShardWriter(folder, dtype)
+        self.steps = steps
         self.docs = open(folder / "docs.jsonl", "w", encoding="utf-8")
         self.excl = open(folder / "exclusions.jsonl", "w", encoding="utf-8")
         self.tok, self.texts, self.records = tok, [], []
@@ -134,10 +160,16 @@ class _Part:
         if not self.texts:
             return
         t0 = time.perf_counter()
-        ids = self.tok(self.texts, add_special_tokens=False, verbose=False)["input_ids"]
-        eos = self.tok.eos_token_id
-        self.writer.add([list(x) + [eos] for x in ids])
+        st = self.steps["tokenize"]
+        st.time_stats.unit = "batch"
+        with st.time_stats:
+            ids = self.tok(self.texts, add_special_tokens=False, verbose=False)["input_ids"]
+            eos = self.tok.eos_token_id
+            docs = [list(x) + [eos] for x in ids]
+            self.writer.add(docs)
         self.tokenize_s += time.perf_counter() - t0
+        st["total"].update(len(docs))
+        st["tokens"].update(sum(len(d) for d in docs))
         self.docs.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
         self.texts, self.records = [], []
 
@@ -148,11 +180,8 @@ class _Part:
         self.excl.close()
 
 
-def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
+def process_job(cfg, job: Job, parts: Path, dtype: str, pipeline: Pipeline) -> None:
     """Phase 1 for one job; does nothing when its part is already complete."""
-    from pmcllama.corpus import source_steps
-    from pmcllama.data.dedup import MinHasher
-
     out = parts / job.key
     if (out / "stats.json").is_file():
         return
@@ -161,16 +190,10 @@ def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
     tmp.mkdir(parents=True)
     src = next(s for s in cfg.sources if s.name == job.source)
     tok = tokenizer(cfg.tokenizer)
-    nd = cfg.near_dedup
-    hasher = _cached(("mh", *nd.model_dump().values()), lambda: MinHasher(**nd.model_dump())) if nd else None
-    index = None
-    if cfg.decontaminate:
-        from pmcllama.data.decontam import build_index
-
-        index = _cached(("bench", cfg.decontam_ngram, *cfg.decontaminate),
-                        lambda: build_index(cfg.decontaminate, cfg.decontam_ngram))
-    steps, strip = source_steps(cfg, src)
-    stats, part = SourceStats(), _Part(tmp, dtype, tok)
+    corpus_steps = pipeline.corpus(cfg)
+    steps, strip = pipeline.document(cfg, src)
+    stats = SourceStats()
+    part = _Part(tmp, dtype, tok, stats.steps)
     t0 = time.perf_counter()
     for doc in _documents(src, job.files, stats):
         stats.documents_in += 1
@@ -179,19 +202,14 @@ def process_job(cfg, job: Job, parts: Path, dtype: str) -> None:
             stats.dropped_by_reason[reason] += 1
             part.excl.write(exclusion(doc, reason, detail))
             continue
-        rec = {"id": doc.id, "file": doc.file, "line": doc.line, "chars": len(doc.text),
-               "digest": text_digest(doc.text).hex(), "preview": doc.text[:100]}
-        if hasher is not None:
-            rec["keys"] = hasher.keys(doc.text).tolist()
-        if index is not None:
-            rec["found"] = index.find(doc.text)
-        part.add(doc.text, rec)
+        part.add(doc.text, _record(doc, corpus_steps, stats.steps))
     part.close()
     if strip is not None:
         stats.events.update({f"removed_{k}": v for k, v in strip.removed.items()})
     stats.timings.update({"tokenize_s": part.tokenize_s, "work_s": time.perf_counter() - t0})
     d = stats.as_dict()
     d["timings"] = dict(stats.timings)
+    d["steps"] = stats.steps.to_list()
     (tmp / "stats.json").write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
@@ -208,8 +226,18 @@ def _check(doc: Document, steps, on_error: str, stats: SourceStats) -> tuple[str
         return doc.error, doc.detail
     if doc.drop:  # read fine but not wanted (no abstract, no PMC id): always excluded
         return doc.drop, doc.detail
-    doc.text = normalize(doc.text)
-    return apply_filters(doc, steps), ""
+    doc.text = stats.steps.call("normalize", normalize, doc.text)
+    reason = apply_filters(doc, steps, stats.steps)
+    return (None, "") if reason is None else (str(reason), detail_of(reason))
+
+
+def _record(doc: Document, corpus_steps: list, steps: StepStats) -> dict:
+    """A kept document's line in docs.jsonl: where it is from, and the key of each corpus step
+    (exact digest, MinHash band keys, benchmark items it shares an n-gram with)."""
+    rec = {"id": doc.id, "file": doc.file, "line": doc.line, "chars": len(doc.text), "preview": doc.text[:100]}
+    for step in corpus_steps:
+        rec[step.field] = steps.call(f"{step.name}_key", step.key, doc.text)
+    return rec
 
 
 # --- phase 2 ------------------------------------------------------------------------------
@@ -217,15 +245,9 @@ def _check(doc: Document, steps, on_error: str, stats: SourceStats) -> tuple[str
 class Merger:
     """Cross-source dedup, decontamination and the final shards, one part after another."""
 
-    def __init__(self, cfg, tmp: Path, dtype: str, excl: IO[str], contam: IO[str] | None) -> None:
-        from pmcllama.data.dedup import LSHIndex, lsh_params
-
-        self.cfg, self.tmp, self.dtype, self.excl, self.contam = cfg, tmp, dtype, excl, contam
-        self.seen: set[bytes] = set()
-        nd = cfg.near_dedup
-        self.lsh = LSHIndex(lsh_params(nd.threshold, nd.num_perm)[0]) if nd else None
-        self.contaminated = 0
-        self.items: Counter = Counter()  # (benchmark, item) -> documents
+    def __init__(self, tmp: Path, dtype: str, steps: list, excl: IO[str], contam: IO[str] | None) -> None:
+        self.tmp, self.dtype, self.steps, self.excl, self.contam = tmp, dtype, steps, excl, contam
+        self.decontam = next((s for s in steps if isinstance(s, Decontaminate)), None)
 
     def source(self, name: str, parts: list[Path], progress) -> SourceStats:
         stats = SourceStats()
@@ -254,6 +276,8 @@ class Merger:
                 stats.kept += 1
                 stats.tokens += int(doc.size)
                 stats.chars += rec["chars"]
+                stats.steps.verdict("write_shards", None)
+                stats.steps["write_shards"]["tokens"].update(int(doc.size))
                 if len(batch) >= COPY_BATCH:
                     writer.add(batch)
                     batch = []
@@ -262,43 +286,27 @@ class Merger:
     def _drop(self, name: str, rec: dict, stats: SourceStats) -> bool:
         doc = Document("", name, rec["id"], rec["file"], rec["line"])
         doc.text = rec["preview"]
-        digest = bytes.fromhex(rec["digest"])
-        reason, detail = None, ""
-        if self.cfg.dedup and digest in self.seen:
-            reason = "duplicate"
-        elif self.cfg.dedup:
-            self.seen.add(digest)
-        if reason is None and self.lsh is not None:
-            match = self.lsh.check(np.asarray(rec["keys"], dtype=np.uint64), rec["id"])
-            if match is not None:
-                reason, detail = "near_duplicate", f"near-duplicate of {match}"
-        if reason is None and rec.get("found"):
-            reason, detail = self._contaminated(doc, rec["found"], stats)
+        steps, reason = stats.steps, None
+        for step in self.steps:
+            key = rec[step.field]
+            reason = steps.call(step.name, step.check, key, rec["id"])
+            steps.verdict(step.name, reason)
+            if step is self.decontam and key:
+                self._list_contaminated(doc, key, stats)
+            if reason is not None:
+                break
         if reason:
-            stats.dropped_by_reason[reason] += 1
-            self.excl.write(exclusion(doc, reason, detail))
+            stats.dropped_by_reason[str(reason)] += 1
+            self.excl.write(exclusion(doc, str(reason), detail_of(reason)))
         return reason is not None
 
-    def _contaminated(self, doc: Document, found: list, stats: SourceStats) -> tuple[str | None, str]:
-        action = self.cfg.decontam_action
-        self.contaminated += 1
+    def _list_contaminated(self, doc: Document, found: list, stats: SourceStats) -> None:
+        """decontamination.jsonl: one row per benchmark item the document shares an n-gram with."""
+        action = self.decontam.action
         stats.events["contaminated"] += 1
         for bench, item in found:
-            self.items[(bench, item)] += 1
             rec = {"source": doc.source, "id": doc.id, "file": doc.file, "line": doc.line,
                    "benchmark": bench, "item": item, "action": action}
             if action == "mark":
                 rec["shard_doc"] = stats.kept  # its position in the source's index.npy
             self.contam.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        if action == "drop":
-            return "contaminated", "; ".join(f"{b} item {i}" for b, i in found)
-        return None, ""
-
-    def decontamination_report(self) -> dict:
-        from pmcllama.data.decontam import build_index
-
-        index = _cached(("bench", self.cfg.decontam_ngram, *self.cfg.decontaminate),
-                        lambda: build_index(self.cfg.decontaminate, self.cfg.decontam_ngram))
-        per_bench = Counter(b for b, _ in self.items)
-        return {"ngram": index.n, "action": self.cfg.decontam_action, "documents": self.contaminated,
-                "benchmarks": {b: {**st, "items_found": per_bench.get(b, 0)} for b, st in index.stats.items()}}

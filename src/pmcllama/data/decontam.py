@@ -145,3 +145,41 @@ def build_index(specs: Iterable[str], n: int = 13) -> NgramIndex:
         for item_id, texts in benchmark_texts(fmt, path):
             index.add(path.name, item_id, texts)
     return index
+
+
+class Decontaminate:
+    """Decontamination as a corpus step, in two halves as `ExactDedup` and `NearDedup`:
+    `key(text)`, the (benchmark, item) pairs the text shares an n-gram with (parallel
+    workers; docs.jsonl field `found`), and `check(found, doc_id)` in corpus order, which
+    counts the document and its items and returns `Drop("contaminated", the items)` under
+    action `drop`, None under `mark` (kept, and listed by the caller in decontamination.jsonl)."""
+
+    name, field, reason = "decontaminate", "found", "contaminated"
+
+    def __init__(self, index: NgramIndex, action: str = "drop") -> None:
+        self.index, self.action = index, action
+        self.documents = 0
+        self.items: dict[tuple[str, str], int] = {}  # (benchmark, item) -> documents
+
+    def key(self, text: str) -> list[tuple[str, str]]:
+        return self.index.find(text)
+
+    def check(self, found: list, doc_id: str = "") -> str | None:
+        if not found:
+            return None
+        self.documents += 1
+        for bench, item in found:
+            self.items[(bench, item)] = self.items.get((bench, item), 0) + 1
+        if self.action == "drop":
+            from pmcllama.data.filters import Drop
+
+            return Drop(self.reason, "; ".join(f"{b} item {i}" for b, i in found))
+        return None
+
+    def report(self) -> dict:
+        """n-gram length, action, contaminated documents, and per benchmark its items and those found."""
+        per_bench: dict[str, int] = {}
+        for bench, _ in self.items:
+            per_bench[bench] = per_bench.get(bench, 0) + 1
+        return {"ngram": self.index.n, "action": self.action, "documents": self.documents,
+                "benchmarks": {b: {**st, "items_found": per_bench.get(b, 0)} for b, st in self.index.stats.items()}}

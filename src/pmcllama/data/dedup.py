@@ -22,6 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from pmcllama.data.decontam import _TOKEN_IDS, _token_id, words
+from pmcllama.data.filters import Drop
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHINGLE_MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -124,13 +125,24 @@ class LSHIndex:
 
 class NearDedup:
     """Filter step: drop a document whose MinHash shares an LSH band with an earlier kept one
-    (reason `near_duplicate`; `last_match` names the earlier document's id)."""
+    (reason `near_duplicate`; `last_match` names the earlier document's id). A corpus step in
+    two halves, as `ExactDedup`: `key(text)`, the band keys (parallel workers; docs.jsonl
+    field `keys`), and `check(keys, doc_id)` (one process, in corpus order); calling it does both."""
+
+    name, field, reason = "near_dedup", "keys", "near_duplicate"
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 0) -> None:
         self.hasher = MinHasher(threshold, num_perm, ngram, seed)
         self.index = LSHIndex(self.hasher.bands)
         self.last_match: str | None = None
 
+    def key(self, text: str) -> list[int]:
+        return self.hasher.keys(text).tolist()
+
+    def check(self, keys: list[int] | np.ndarray, doc_id: str = "") -> str | None:
+        """`near_duplicate` when the keys share a band with a kept document, else None (recorded)."""
+        self.last_match = self.index.check(np.asarray(keys, dtype=np.uint64), doc_id)
+        return None if self.last_match is None else Drop(self.reason, f"near-duplicate of {self.last_match}")
+
     def __call__(self, doc) -> str | None:
-        self.last_match = self.index.check(self.hasher.keys(doc.text), getattr(doc, "id", ""))
-        return "near_duplicate" if self.last_match is not None else None
+        return self.check(self.key(doc.text), getattr(doc, "id", ""))

@@ -3,7 +3,8 @@
 Every `Job` (see `pmcllama.data.corpus_parts`) is one datatrove task (rank); the pipeline
 is a single callable step that runs `process_job` for its rank. A part that is already
 complete is skipped (the part folder is the completion marker), so a killed run resumes
-where it stopped, whatever executor ran it.
+where it stopped, whatever executor ran it. The stage hands in what the tasks need: its
+`Pipeline` of steps and, for Slurm, `finish` (the stage rerun that merges and publishes).
 
 - `local`: `LocalPipelineExecutor` with `workers` processes on this machine, its processes tied
   to this one (`pmcllama.data.local_executor`: a killed run leaves none behind);
@@ -17,13 +18,14 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
-from pmcllama.data.corpus_parts import Job, process_job
-from pmcllama.data.readers import InputFile
+from pmcllama.data.corpus_parts import Job, Pipeline, process_job
+from pmcllama.data.document import InputFile
 from pmcllama.errors import UserError
 
 # config fields that do not change what the per-file work writes
-NOT_WORK = ("out", "executor", "workers", "slurm", "dedup", "decontam_action")
+NOT_WORK = ("out", "executor", "workers", "slurm", "decontam_action")
 
 
 def make_jobs(cfg, inputs: dict[str, list[InputFile]]) -> list[Job]:
@@ -65,39 +67,19 @@ def prepare_parts(parts: Path, fingerprint: str, log) -> int:
     return sum(1 for _ in parts.glob("*/*/stats.json"))
 
 
-def _quiet_task_logs() -> None:
-    """datatrove logs every task at INFO on stderr; log ours as it logs its non-first local
-    ranks (errors only on stderr, everything in the task's log file under parts/logs)."""
-    import datatrove.executor.base as base
-
-    if getattr(base.add_task_logger, "pmcllama_quiet", False):
-        return
-    original = base.add_task_logger
-
-    def quiet(logging_dir, rank, local_rank=0, node_rank=-1):
-        return original(logging_dir, rank, local_rank=1, node_rank=node_rank)
-
-    quiet.pmcllama_quiet = True
-    base.add_task_logger = quiet
-
-
 class CorpusTask:
     """datatrove pipeline step: rank r runs job r. A bad-input error (under on_error=stop) is
     written to parts/<job>.error for the caller to raise, instead of a worker traceback."""
 
-    def __init__(self, cfg, jobs: list[Job], parts: Path, dtype: str) -> None:
-        self.cfg, self.jobs, self.parts, self.dtype = cfg, jobs, parts, dtype
-
-    def __setstate__(self, state: dict) -> None:  # unpickled in a worker process
-        self.__dict__.update(state)
-        _quiet_task_logs()
+    def __init__(self, cfg, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline) -> None:
+        self.cfg, self.jobs, self.parts, self.dtype, self.pipeline = cfg, jobs, parts, dtype, pipeline
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         job = self.jobs[rank]
         err = self.parts / (job.key + ".error")
         err.unlink(missing_ok=True)  # from an earlier run
         try:
-            process_job(self.cfg, job, self.parts, self.dtype)
+            process_job(self.cfg, job, self.parts, self.dtype, self.pipeline)
         except UserError as e:
             err.parent.mkdir(parents=True, exist_ok=True)
             where = "" if e.path is None else e.path + (f":{e.line}" if e.line is not None else "") + ": "
@@ -117,29 +99,28 @@ def raise_job_errors(jobs: list[Job], parts: Path) -> None:
 
 
 class MergeTask:
-    """datatrove pipeline step (Slurm): rerun the stage here with the local executor."""
+    """datatrove pipeline step (Slurm): `finish()`, the stage rerun with the local executor (all
+    parts are done by then, so it merges and publishes)."""
 
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
+    def __init__(self, finish: Callable[[], object]) -> None:
+        self.finish = finish
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
-        from pmcllama.corpus import run
-
-        run(self.cfg.model_copy(update={"executor": "local"}))
+        self.finish()
         return data
 
 
-def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str) -> bool:
-    """Run the unfinished jobs; True when they are all done here (False: submitted to Slurm)."""
+def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline, finish: Callable[[], object]) -> bool:
+    """Run the unfinished jobs; True when they are all done here (False: submitted to Slurm, with
+    `finish` as the job that runs after them)."""
     todo = [j for j in jobs if not (parts / j.key / "stats.json").is_file()]
     if not todo:
         return True
-    task = CorpusTask(cfg, todo, parts, dtype)
+    task = CorpusTask(cfg, todo, parts, dtype, pipeline)
     logs = str(parts / "logs" / cfg.executor)
     if cfg.executor == "local":
         from pmcllama.data.local_executor import LocalExecutor
 
-        _quiet_task_logs()
         LocalExecutor(pipeline=[task], tasks=len(todo), workers=min(cfg.workers, len(todo)),
                       logging_dir=logs, skip_completed=False).run()
         raise_job_errors(todo, parts)
@@ -154,11 +135,11 @@ def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str) -> bool:
                             skip_completed=False).run()
         raise_job_errors(todo, parts)
         return True
-    submit_slurm(cfg, task, len(todo), parts)
+    submit_slurm(cfg, task, len(todo), parts, finish)
     return False
 
 
-def submit_slurm(cfg, task: CorpusTask, tasks: int, parts: Path):
+def submit_slurm(cfg, task: CorpusTask, tasks: int, parts: Path, finish: Callable[[], object]):
     """Submit the per-file work as a Slurm array job and the merge as a job depending on it."""
     from datatrove.executor import SlurmPipelineExecutor
 
@@ -169,7 +150,7 @@ def submit_slurm(cfg, task: CorpusTask, tasks: int, parts: Path):
                         "mem_per_cpu_gb, venv_path, sbatch_args)")
     work = SlurmPipelineExecutor(pipeline=[task], tasks=tasks, logging_dir=str(parts / "logs" / "slurm"),
                                  job_name="pmcllama-corpus", skip_completed=False, **opts)
-    merge = SlurmPipelineExecutor(pipeline=[MergeTask(cfg)], tasks=1, depends=work,
+    merge = SlurmPipelineExecutor(pipeline=[MergeTask(finish)], tasks=1, depends=work,
                                   logging_dir=str(parts / "logs" / "slurm-merge"),
                                   job_name="pmcllama-corpus-merge", **opts)
     merge.run()  # launches `work` first, then itself with a dependency on it

@@ -1,9 +1,10 @@
 """Cleaning: a text normaliser and small composable document steps.
 
-A step is a callable `(doc) -> None` (keep) or `str` (drop, with that reason). A cleaning
-step may also rewrite `doc.text` (boilerplate removal) and return None. Steps run in order
-and the first reason wins, so every dropped document is counted under exactly one reason.
-Stateful steps (deduplication) see only documents every earlier step kept.
+A step is a callable `(doc) -> None` (keep) or a `Drop` (drop: a `str`, the reason, with
+its `detail`, what was measured, for the exclusion file; a plain `str` is a drop without
+detail). A cleaning step may also rewrite `doc.text` (boilerplate removal) and return None.
+Steps run in order and the first reason wins, so every dropped document is counted under
+exactly one reason. Stateful steps (deduplication) see only documents every earlier step kept.
 
     steps = [strip_boilerplate(), too_short(50), english(0.1), repeated_lines(0.3),
              symbol_ratio(0.25), ExactDedup()]
@@ -23,6 +24,23 @@ from typing import Callable, Iterable, Protocol
 
 class HasText(Protocol):
     text: str
+
+
+class Drop(str):
+    """A step's verdict to drop a document: the reason code (it compares, hashes and counts as
+    that `str`) and `detail`, what the step measured: `Drop("too_short", "12 characters < 50")`."""
+
+    detail: str
+
+    def __new__(cls, reason: str, detail: str = "") -> "Drop":
+        self = super().__new__(cls, reason)
+        self.detail = detail
+        return self
+
+
+def detail_of(reason: str | None) -> str:
+    """The detail of a step's verdict ("" for a keep or a plain reason string)."""
+    return getattr(reason, "detail", "")
 
 
 Filter = Callable[[HasText], "str | None"]
@@ -71,7 +89,8 @@ def too_short(min_chars: int) -> Filter:
     """Drop documents shorter than `min_chars` characters (reason `too_short`)."""
 
     def check(doc: HasText) -> str | None:
-        return "too_short" if len(doc.text) < min_chars else None
+        n = len(doc.text)
+        return Drop("too_short", f"{n} characters < {min_chars}") if n < min_chars else None
 
     check.__name__ = f"too_short({min_chars})"
     return check
@@ -92,7 +111,9 @@ def english(min_ratio: float = 0.1, min_words: int = 30) -> Filter:
 
     def check(doc: HasText) -> str | None:
         ratio, n = stopword_ratio(doc.text)
-        return "not_english" if n >= min_words and ratio < min_ratio else None
+        if n >= min_words and ratio < min_ratio:
+            return Drop("not_english", f"English function words {ratio:.3f} of {n} words < {min_ratio}")
+        return None
 
     check.__name__ = f"english({min_ratio})"
     return check
@@ -121,7 +142,8 @@ def repeated_lines(max_fraction: float = 0.3, min_lines: int = 4) -> Filter:
     def check(doc: HasText) -> str | None:
         if doc.text.count("\n") + 1 < min_lines:
             return None
-        return "repeated_lines" if repeated_line_fraction(doc.text) > max_fraction else None
+        frac = repeated_line_fraction(doc.text)
+        return Drop("repeated_lines", f"repeated lines {frac:.3f} > {max_fraction}") if frac > max_fraction else None
 
     check.__name__ = f"repeated_lines({max_fraction})"
     return check
@@ -140,7 +162,9 @@ def symbol_ratio(max_fraction: float = 0.25) -> Filter:
     (reason `symbol_ratio`): markup, tables of numbers with separators, encoding debris."""
 
     def check(doc: HasText) -> str | None:
-        return "symbol_ratio" if symbol_fraction(doc.text) > max_fraction else None
+        frac = symbol_fraction(doc.text)
+        return Drop("symbol_ratio", f"symbols {frac:.3f} of non-space characters > {max_fraction}") \
+            if frac > max_fraction else None
 
     check.__name__ = f"symbol_ratio({max_fraction})"
     return check
@@ -196,18 +220,31 @@ class ExactDedup:
     """Drop a document whose (normalised) text was seen before (reason `duplicate`).
 
     Keeps a 16-byte digest per distinct text, so memory grows with the number of documents,
-    not their size. One instance shared by several sources dedups across them.
+    not their size. One instance shared by several sources dedups across them. A corpus step
+    in two halves (as `NearDedup` and `Decontaminate`): `key(text)`, computed by parallel
+    workers and stored in the part's docs.jsonl under `field` (the hex digest), and
+    `check(key, doc_id)`, run by one process in corpus order; calling it does both.
     """
+
+    name, field, reason = "exact_dedup", "digest", "duplicate"
 
     def __init__(self) -> None:
         self.seen: set[bytes] = set()
 
-    def __call__(self, doc: HasText) -> str | None:
-        digest = text_digest(doc.text)
+    @staticmethod
+    def key(text: str) -> str:
+        return text_digest(text).hex()
+
+    def check(self, key: str, doc_id: str = "") -> str | None:
+        """`duplicate` when the digest was seen before, else None (and the digest is recorded)."""
+        digest = bytes.fromhex(key)
         if digest in self.seen:
-            return "duplicate"
+            return self.reason
         self.seen.add(digest)
         return None
+
+    def __call__(self, doc: HasText) -> str | None:
+        return self.check(self.key(doc.text))
 
 
 def text_digest(text: str) -> bytes:
@@ -232,10 +269,11 @@ def quality_steps(min_chars: int, boilerplate: bool = True, citation_run: int = 
     return steps, strip
 
 
-def apply_filters(doc: HasText, filters: Iterable[Filter]) -> str | None:
-    """The first drop reason among `filters`, or None when every filter keeps `doc`."""
+def apply_filters(doc: HasText, filters: Iterable[Filter], stats=None) -> str | None:
+    """The first drop reason among `filters`, or None when every filter keeps `doc`; with
+    `stats` (a `pmcllama.data.step_stats.StepStats`) each step is timed and its verdict counted."""
     for f in filters:
-        reason = f(doc)
+        reason = f(doc) if stats is None else stats.run(f, doc)
         if reason is not None:
             return reason
     return None

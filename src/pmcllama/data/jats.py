@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from pmcllama.data.readers import Document, suffix_of
+from pmcllama.data.document import Document, suffix_of
 
 CAPTIONED = {"fig", "fig-group", "table-wrap", "table-wrap-group"}
 DROPPED = CAPTIONED | {

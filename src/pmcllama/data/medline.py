@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from pmcllama.data.readers import Document
+from pmcllama.data.document import Document
 
 RECORDS = {"MedlineCitation", "PubmedArticle", "PubmedBookArticle", "DeleteCitation"}
 _YEAR = re.compile(r"\b(1[89]\d\d|2\d\d\d)\b")

@@ -37,12 +37,12 @@ import json
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from pmcllama.data.document import Document, InputFile, bad_record as _bad, decode as _decode, suffix_of
 from pmcllama.errors import UserError
-from pmcllama.inputs import utf8_error, json_error
+from pmcllama.inputs import json_error
 
 SUFFIXES = {"text": (".txt", ".md"), "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"), "obo": (".obo",),
             "textbook": (".txt", ".md", ".pdf"), "parquet": (".parquet",),
@@ -56,48 +56,6 @@ XML_ROOTS = {"article": "jats", "pmc-articleset": "jats", "PubmedArticleSet": "m
              "MedlineCitationSet": "medline"}
 NOT_DATA = ("LICENSE", "LICENCE", "COPYING", "README", "NOTICE")
 BUILTIN_OBO = "hpo"
-
-
-@dataclass
-class Document:
-    """One input document (or one unreadable record, when `error` is set)."""
-
-    text: str
-    source: str
-    id: str
-    file: str
-    line: int | None = None
-    error: str | None = None  # reason code of an unreadable record, e.g. "bad_json"
-    detail: str = ""  # what is wrong, for the error message and the exclusion file
-    metadata: dict = field(default_factory=dict)  # pmcid, pmid, doi, journal, year, mesh, ...
-    drop: str | None = None  # reason code of a readable record that is not wanted, e.g. "no_abstract"
-
-
-@dataclass
-class InputFile:
-    """A resolved input: a file (or the built-in `hpo`), its format, and whether it exists."""
-
-    path: Path
-    format: str
-    spec: str  # the path as the config gave it (or the folder it was found in)
-    missing: bool = False
-    problem: str = ""  # why it is missing: "file not found", "no matching files in folder"
-    line: int | None = None  # where an `.xml` file whose kind could not be told is broken
-    shard: str = ""  # S2ORC 2020 layout: "metadata" or "pdf_parses" (the kind of shard), else ""
-    paired: Path | None = None  # read with `path` in the same job: a metadata shard's pdf_parses shard
-
-    def paths(self) -> list[Path]:
-        """The files this input reads: its path, and its paired file when it has one."""
-        return [self.path] + ([self.paired] if self.paired is not None else [])
-
-
-def suffix_of(path: Path) -> str:
-    """The file's suffix, compound ones (`.xml.gz`, `.tar.gz`) included, lower case."""
-    name = path.name.lower()
-    for compound in (".xml.gz", ".tar.gz", ".jsonl.gz", ".json.gz"):
-        if name.endswith(compound):
-            return compound
-    return path.suffix.lower()
 
 
 def sniff_xml(path: Path) -> tuple[str | None, str, int | None]:
@@ -204,19 +162,6 @@ def _walked(f: Path, declared: str, spec: str) -> tuple[InputFile | None, str, s
     if kind not in (None, declared):  # an .xml file of the other kind (JATS in a MEDLINE folder)
         return None, "other_xml", f"{kind} XML, not {declared}"
     return InputFile(f, declared, spec), "", ""
-
-
-def _bad(source: str, path: Path, line: int | None, error: str, detail: str) -> Document:
-    where = f"{path}:{line}" if line is not None else str(path)
-    return Document("", source, where, str(path), line, error, detail)
-
-
-def _decode(path: Path, source: str, data: bytes) -> str | Document:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line, what = utf8_error(data, e)
-        return _bad(source, path, line, "not_utf8", what)
 
 
 def read_text(path: Path, source: str, split_paragraphs: bool = False) -> Iterator[Document]:

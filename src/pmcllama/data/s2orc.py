@@ -52,7 +52,7 @@ from pathlib import Path
 from dataclasses import replace
 from typing import Iterator
 
-from pmcllama.data.readers import Document, InputFile, suffix_of
+from pmcllama.data.document import Document, InputFile, suffix_of
 from pmcllama.errors import UserError
 from pmcllama.inputs import json_error
 

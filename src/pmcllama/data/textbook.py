@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from pmcllama.data.readers import Document, _bad, _decode
+from pmcllama.data.document import Document, bad_record as _bad, decode as _decode
 
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?\s*$", re.I)
 _HYPHEN = re.compile(r"(\w)-\n(?=[a-z])")
