@@ -222,9 +222,9 @@ def expected_files(verb: str, writes: dict[str, list[str]]) -> list[str]:
 def check_outputs(cwd: Path, verb: str, words: list[str], writes) -> list[str]:
     """What is missing of what the README says the command writes."""
     out = out_path(words)
-    if verb == "plot":  # "a PNG": the --out file itself
-        png = cwd / out
-        return [] if png.is_file() and png.stat().st_size > 1000 else [out]
+    if verb in ("plot", "export"):  # "a PNG", "the --out file": the --out file itself
+        file = cwd / out
+        return [] if file.is_file() and file.stat().st_size > 1000 else [out]
     if verb == "generate":  # no out=: the completions are printed, one ">>> prompt" per prompt
         return []
     assert out, f"no out= or --out in {' '.join(words)}"

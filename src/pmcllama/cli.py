@@ -202,6 +202,34 @@ def models_cmd(
     guarded(go)
 
 
+@app.command("export", short_help="EXPORT   one GGUF file for llama.cpp (f32, f16 or q8_0)")
+def export_cmd(
+    model: str = typer.Argument(..., help="a model: folder, stage output, .gguf file or built-in name"),
+    options: Optional[List[str]] = typer.Argument(None, metavar="[dtype=f32|f16|q8_0]",
+                                                  help="dtype=f32 (default), f16 or q8_0"),
+    out: Path = typer.Option(..., "--out", help="the .gguf file to write"),
+    force: bool = typer.Option(False, "--force", help="replace a file already at --out"),
+) -> None:
+    """Export a LLaMA-family model as one GGUF file that llama.cpp (and `pmcllama serve`) runs.
+
+    \b
+    pmcllama export runs/finetune --out model.gguf dtype=q8_0
+    pmcllama serve model.gguf
+    """
+    from pmcllama.export import export_gguf
+
+    def go():
+        settings = {"dtype": "f32"}
+        for opt in options or []:
+            key, eq, value = opt.partition("=")
+            if not eq or key not in settings:
+                raise UserError(f"unknown option {opt!r}: export takes dtype=f32|f16|q8_0")
+            settings[key] = value
+        export_gguf(model, out, settings["dtype"], force, say=typer.echo)
+
+    guarded(go)
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="show full tracebacks for errors")) -> None:
     if debug:

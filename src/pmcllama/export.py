@@ -1,0 +1,280 @@
+"""Export a model to one GGUF file that llama.cpp runs (`pmcllama export MODEL --out FILE.gguf`).
+
+LLaMA family only (LlamaForCausalLM: SmolLM2, tiny-llama, PMC-LLaMA). Tensors are named and
+laid out the way llama.cpp's own converter (convert_hf_to_gguf.py) does: Q and K rows are
+permuted from Hugging Face's rotate-half order to llama.cpp's interleaved rope order, 1-D
+tensors (norms) stay F32, and a tied output head is not written (llama.cpp reuses
+token_embd). The tokenizer goes in as byte-level BPE (`gpt2`: tokens, types, merges).
+
+Tensors are streamed: the header and tensor table are written first, then each tensor is read
+from the safetensors files, converted and written, so only one tensor is in memory at a time.
+The file is written under a temporary name beside the target and renamed at the end; an
+existing file is replaced only with `force`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from pmcllama.errors import UserError
+
+DTYPES = ("f32", "f16", "q8_0")
+Q8_BLOCK = 32
+
+# Hugging Face Llama tensor name (after "model.layers.N.") -> llama.cpp name (after "blk.N.")
+LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+
+
+def gguf_name(hf_name: str) -> str | None:
+    """The llama.cpp tensor name for a Hugging Face Llama tensor; None for buffers llama.cpp skips."""
+    if hf_name in TOP_NAMES:
+        return TOP_NAMES[hf_name]
+    parts = hf_name.split(".", 3)
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in LAYER_NAMES:
+        return f"blk.{parts[2]}.{LAYER_NAMES[parts[3]]}"
+    if hf_name.endswith("rotary_emb.inv_freq"):
+        return None
+    raise UserError(f"tensor {hf_name!r} has no llama.cpp name (not a plain Llama checkpoint)")
+
+
+def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Hugging Face's half-split rotary rows -> llama.cpp's pairwise layout (per head)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_config(folder: Path) -> dict:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    archs = config.get("architectures") or [config.get("model_type", "unknown")]
+    if archs[0] != "LlamaForCausalLM":
+        raise UserError(f"export supports the LLaMA family (LlamaForCausalLM) only, not {archs[0]}",
+                        folder / "config.json")
+    return config
+
+
+def _rope_theta(config: dict) -> float:
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default" or config.get("rope_scaling"):
+        raise UserError(f"rope scaling {rope.get('rope_type') or config.get('rope_scaling')!r} is not exported yet")
+    return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def add_hparams(writer, config: dict, name: str, file_type: int) -> None:
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    writer.add_name(name)
+    writer.add_file_type(file_type)
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.get("num_key_value_heads") or heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    writer.add_vocab_size(config["vocab_size"])
+    if head_dim != config["hidden_size"] // heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+
+
+def _pre_tokenizer(tok_json: dict, path: Path) -> str:
+    pre = tok_json.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and tok_json.get("normalizer") is None:
+        return "gpt-2"  # llama.cpp's name for the GPT-2 regex split
+    raise UserError(f"tokenizer pre-tokenizer {json.dumps(pre)[:80]} has no llama.cpp equivalent "
+                    "known to pmcllama (byte-level BPE with the GPT-2 split is exported)", path)
+
+
+def add_tokenizer(writer, folder: Path, config: dict) -> None:
+    """Byte-level BPE vocabulary, merges, special ids, BOS flag and chat template."""
+    from transformers import AutoTokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise UserError("no tokenizer.json (only byte-level BPE tokenizers are exported yet)", folder)
+    tok_json = json.loads(path.read_text(encoding="utf-8"))
+    if (tok_json.get("model") or {}).get("type") != "BPE":
+        raise UserError(f"tokenizer model {tok_json.get('model', {}).get('type')!r} is not exported yet "
+                        "(byte-level BPE only)", path)
+    pre = _pre_tokenizer(tok_json, path)
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    vocab = tok.get_vocab()
+    by_id = {i: t for t, i in vocab.items()}
+    special = {a["id"] for a in tok_json.get("added_tokens", []) if a.get("special")}
+    added = {a["id"] for a in tok_json.get("added_tokens", [])}
+    n = config["vocab_size"]
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n)]
+    # llama.cpp token types: 1 normal, 3 control (special), 4 user-defined (added, not special), 5 unused
+    types = [3 if i in special else 4 if i in added else 1 if i in by_id else 5 for i in range(n)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"].get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    _add_special_ids(writer, tok, config)
+    if tok.chat_template:
+        writer.add_chat_template(tok.chat_template)
+
+
+def _add_special_ids(writer, tok, config: dict) -> None:
+    bos = tok.bos_token_id if tok.bos_token_id is not None else config.get("bos_token_id")
+    eos = tok.eos_token_id if tok.eos_token_id is not None else config.get("eos_token_id")
+    if bos is not None:
+        writer.add_bos_token_id(bos)
+    if eos is not None:
+        writer.add_eos_token_id(eos if isinstance(eos, int) else eos[0])
+    if tok.pad_token_id is not None:
+        writer.add_pad_token_id(tok.pad_token_id)
+    if tok.unk_token_id is not None:
+        writer.add_unk_token_id(tok.unk_token_id)
+    ids = tok("a")["input_ids"]  # does the tokenizer put BOS in front by itself?
+    writer.add_add_bos_token(bool(bos is not None and ids and ids[0] == bos))
+
+
+def _target_type(shape: tuple[int, ...], dtype: str):
+    """(GGML type, note) for one tensor: 1-D in F32; q8_0 needs rows in whole blocks of 32."""
+    from gguf import GGMLQuantizationType as Q
+
+    if len(shape) == 1 or dtype == "f32":
+        return Q.F32, None
+    if dtype == "f16":
+        return Q.F16, None
+    if shape[-1] % Q8_BLOCK:
+        return Q.F16, f"rows of {shape[-1]} are not a multiple of {Q8_BLOCK}: F16 instead of Q8_0"
+    return Q.Q8_0, None
+
+
+def tensor_plan(folder: Path, config: dict, dtype: str) -> list[dict]:
+    """Every tensor to write, in order, with its file, names, shape and GGML type (nothing loaded)."""
+    from safetensors import safe_open
+
+    plan = []
+    tied = config.get("tie_word_embeddings", False)
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for hf in f.keys():
+                name = gguf_name(hf)
+                if name is None or (tied and name == "output.weight"):
+                    continue
+                shape = tuple(f.get_slice(hf).get_shape())
+                qtype, note = _target_type(shape, dtype)
+                plan.append({"file": file, "hf": hf, "name": name, "shape": shape, "type": qtype, "note": note})
+    if not any(p["name"] == "token_embd.weight" for p in plan):
+        raise UserError("no model.embed_tokens.weight in the safetensors files", folder)
+    return plan
+
+
+def _nbytes(item: dict) -> tuple[tuple[int, ...], np.dtype, int]:
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quant_shape_to_byte_shape
+
+    if item["type"] == Q.Q8_0:
+        shape = quant_shape_to_byte_shape(item["shape"], Q.Q8_0)
+        return shape, np.dtype(np.uint8), int(np.prod(shape))
+    dt = np.dtype(np.float32 if item["type"] == Q.F32 else np.float16)
+    return item["shape"], dt, int(np.prod(item["shape"])) * dt.itemsize
+
+
+def convert_tensor(item: dict, data: np.ndarray, config: dict) -> np.ndarray:
+    """Permute Q/K for llama.cpp's rope, then cast or quantise to the planned type."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    heads = config["num_attention_heads"]
+    if item["name"].endswith("attn_q.weight"):
+        data = permute_rope(data, heads)
+    elif item["name"].endswith("attn_k.weight"):
+        data = permute_rope(data, config.get("num_key_value_heads") or heads)
+    if item["type"] == Q.Q8_0:
+        return quantize(data, Q.Q8_0)
+    return np.ascontiguousarray(data, dtype=np.float32 if item["type"] == Q.F32 else np.float16)
+
+
+def _stream(plan: list[dict]) -> Iterator[tuple[dict, np.ndarray]]:
+    """Yield (plan item, float32 array) one tensor at a time, each file opened once."""
+    from safetensors import safe_open
+
+    for file in dict.fromkeys(p["file"] for p in plan):
+        with safe_open(str(file), framework="pt") as f:
+            for item in (p for p in plan if p["file"] == file):
+                yield item, f.get_tensor(item["hf"]).float().numpy()
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    if out.suffix != ".gguf":
+        raise UserError("the output file must end in .gguf", out)
+    if out.is_dir():
+        raise UserError("the output is a folder, not a file", out)
+    if out.exists() and not force:
+        raise UserError("output file exists (pass --force to replace it)", out)
+    if not out.parent.is_dir():
+        raise UserError("the output's folder does not exist", out.parent)
+    if not os.access(out.parent, os.W_OK):
+        raise UserError("the output's folder is not writable", out.parent)
+
+
+def export_gguf(model: str | Path, out: Path, dtype: str = "f32", force: bool = False,
+                say: Callable[[str], None] = print) -> Path:
+    """Write MODEL (any name `models.resolve` accepts) as one llama.cpp GGUF file at OUT."""
+    import gguf
+
+    from pmcllama.models import resolve
+
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    out = Path(out)
+    _check_destination(out, force)
+    folder = resolve(model)
+    config = read_config(folder)
+    plan = tensor_plan(folder, config, dtype)
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        _write(tmp, folder, config, plan, str(model), int(file_type))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for item in plan:
+        if item["note"]:
+            say(f"[export] {item['name']}: {item['note']}")
+    size = out.stat().st_size
+    say(f"[export] wrote {out} ({len(plan)} tensors, {dtype}, {size / 2**20:.1f} MiB)")
+    return out
+
+
+def _write(tmp: Path, folder: Path, config: dict, plan: list[dict], name: str, file_type: int) -> None:
+    import gguf
+
+    writer = gguf.GGUFWriter(tmp, "llama")
+    try:
+        add_hparams(writer, config, Path(name).name, file_type)
+        add_tokenizer(writer, folder, config)
+        for item in plan:
+            shape, dt, nbytes = _nbytes(item)
+            writer.add_tensor_info(item["name"], shape, dt, nbytes, raw_dtype=item["type"])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for item, data in _stream(plan):
+            writer.write_tensor_data(convert_tensor(item, data, config))
+    finally:
+        writer.close()
