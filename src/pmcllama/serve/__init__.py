@@ -2,6 +2,7 @@
 terminal chat. One batched generation engine (`engine.py`) serves `pmcllama generate`, the
 server and the chat.
 
+\b
     pmcllama serve runs/quickstart/finetune            http://127.0.0.1:8000 (chat page at /)
     pmcllama serve MODEL port=8080 api_key=SECRET      or PMCLLAMA_API_KEY=SECRET
     pmcllama chat runs/quickstart/finetune             /reset, /system TEXT, /exit
