@@ -79,8 +79,40 @@ def served_client(url):
 
 
 def ask(client, text="Hello", **kw):
-    kw = {"temperature": 0, "max_tokens": 12, **kw}
-    return client.chat.completions.create(model="served", messages=[{"role": "user", "content": text}], **kw)
+    return chat(client, text, model="served", **kw)
+
+
+def chat(client, text="Hello", **kw):
+    kw = {"model": "tiny-llama", "temperature": 0, "max_tokens": 12, **kw}
+    return client.chat.completions.create(messages=[{"role": "user", "content": text}], **kw)
+
+
+def concurrent_answers_equal_sequential(send, prompts: list[str]) -> None:
+    """`send(prompt)` from one thread per prompt at once gives the answers it gives one by one."""
+    alone = [send(p).choices[0].message.content for p in prompts]
+    together: list = [None] * len(prompts)
+
+    def one(i):
+        together[i] = send(prompts[i]).choices[0].message.content
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert together == alone
+
+
+def leaving_mid_stream_frees_the_server(send, url: str) -> None:
+    """A client that drops a long stream after three chunks leaves the server with no load."""
+    stream = send("Tell me everything", max_tokens=400, stream=True)
+    for _, _chunk in zip(range(3), stream):
+        pass
+    stream.close()
+    deadline = time.time() + 30
+    while time.time() < deadline and httpx.get(url + "/health", timeout=30).json()["load"]:
+        time.sleep(0.2)
+    assert httpx.get(url + "/health", timeout=30).json()["load"] == 0
 
 
 def test_both_backends_stream_stop_auth_and_errors(any_server):
@@ -106,34 +138,14 @@ def test_both_backends_stream_stop_auth_and_errors(any_server):
     for body, status in HOSTILE[:8]:
         r = httpx.post(any_server + "/v1/chat/completions", content=body, headers=h, timeout=60)
         assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}
-    prompts = [f"What does the {w} do?" for w in ("heart", "liver", "kidney", "lung")]
-    alone = [ask(c, p).choices[0].message.content for p in prompts]
-    together: list = [None] * 4
-    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, ask(c, prompts[i]).choices[0].message.content))
-               for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert together == alone
-    stream = ask(c, "Tell me everything", max_tokens=400, stream=True)
-    for _, _chunk in zip(range(3), stream):
-        pass
-    stream.close()
-    deadline = time.time() + 30
-    while time.time() < deadline and httpx.get(any_server + "/health", timeout=30).json()["load"]:
-        time.sleep(0.2)
-    assert httpx.get(any_server + "/health", timeout=30).json()["load"] == 0
+    concurrent_answers_equal_sequential(lambda p: ask(c, p),
+                                        [f"What does the {w} do?" for w in ("heart", "liver", "kidney", "lung")])
+    leaving_mid_stream_frees_the_server(lambda text, **kw: ask(c, text, **kw), any_server)
 
 
 @pytest.fixture
 def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
-
-
-def chat(client, text="Hello", **kw):
-    kw = {"temperature": 0, "max_tokens": 12, **kw}
-    return client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": text}], **kw)
 
 
 def test_models_and_page(client, server):
@@ -214,18 +226,7 @@ def test_wrong_key_and_unknown_model(server, client):
 def test_sixteen_concurrent_requests_equal_their_sequential_answers(client):
     prompts = [f"Question {i}: what does the {w} do?" for i, w in
                enumerate("heart liver kidney lung brain skin bone blood nerve gut eye ear vein aorta spleen gland".split())]
-    alone = [chat(client, p).choices[0].message.content for p in prompts]
-    together: list = [None] * len(prompts)
-
-    def ask(i):
-        together[i] = chat(client, prompts[i]).choices[0].message.content
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert together == alone
+    concurrent_answers_equal_sequential(lambda p: chat(client, p), prompts)
 
 
 HOSTILE = [
@@ -263,14 +264,7 @@ def test_hostile_bodies_get_openai_shaped_4xx_and_the_server_lives(server):
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_rows(server, client):
-    stream = chat(client, "Tell me everything", max_tokens=400, stream=True)
-    for _, _chunk in zip(range(3), stream):
-        pass
-    stream.close()
-    deadline = time.time() + 30
-    while time.time() < deadline and httpx.get(server + "/health", timeout=30).json()["load"]:
-        time.sleep(0.2)
-    assert httpx.get(server + "/health", timeout=30).json()["load"] == 0
+    leaving_mid_stream_frees_the_server(lambda text, **kw: chat(client, text, **kw), server)
     assert chat(client).choices[0].message.content is not None
 
 

@@ -16,13 +16,14 @@ from typing import Any, Iterator, Mapping
 from pmcllama.errors import UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_TEXT = "not UTF-8 text: this is a gzip file (decompress it first)"
 
 
 def utf8_error(data: bytes, err: UnicodeDecodeError) -> tuple[int, str]:
     """(1-based line, description) of a decoding error in `data`."""
     line = data.count(b"\n", 0, err.start) + 1
     if data[:2] == GZIP_MAGIC:
-        return line, "not UTF-8 text: this is a gzip file (decompress it first)"
+        return line, GZIP_TEXT
     column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
     return line, f"not UTF-8 text (column {column}: byte 0x{data[err.start]:02x}, {err.reason})"
 
@@ -46,7 +47,7 @@ def read_text(path: str | Path, what: str = "file", lenient: bool = False) -> st
         raise UserError(f"is a folder; expected a {what}", path)
     data = path.read_bytes()
     if lenient and data[:2] == GZIP_MAGIC:
-        raise UserError("not UTF-8 text: this is a gzip file (decompress it first)", path)
+        raise UserError(GZIP_TEXT, path)
     text = data.decode("utf-8", "surrogateescape") if lenient else decode(data, path)
     return text[1:] if text.startswith("\ufeff") else text
 
@@ -60,12 +61,8 @@ def bad_utf8(value: Any) -> str | None:
         m = _ESCAPED.search(value)
         return None if m is None else \
             f"not UTF-8 text (column {m.start() + 1}: byte 0x{ord(m.group()) - 0xdc00:02x})"
-    items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    for item in items:
-        found = bad_utf8(item) if not isinstance(item, tuple) else bad_utf8(item[0]) or bad_utf8(item[1])
-        if found:
-            return found
-    return None
+    items = [*value, *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else []
+    return next((found for found in map(bad_utf8, items) if found), None)
 
 
 def printable(text: str) -> str:

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from pmcllama import __version__
 from pmcllama.config import dump_yaml
 from pmcllama.errors import UserError
+from pmcllama.inputs import read_json
 
 MANIFEST = "manifest.json"
 
@@ -71,10 +72,7 @@ def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise UserError(f"no {MANIFEST}: not a finished pmcllama stage output", Path(folder))
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"corrupt manifest: {e.msg}", path, e.lineno) from None
+    return read_json(path, MANIFEST)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -105,8 +103,8 @@ def output_folder(out: str | Path) -> Path:
 def own_manifest(folder: Path) -> dict | None:
     """The manifest of a folder pmcllama wrote (stage, fingerprint, version), else None."""
     try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_manifest(folder)
+    except (UserError, OSError):
         return None
     if isinstance(data, dict) and {"stage", "fingerprint", "pmcllama_version"} <= data.keys():
         return data
@@ -152,8 +150,8 @@ def prepare_partial(out: Path, shown: str | Path, fresh: bool) -> Path:
 
 
 def _changes(old: dict, config: dict, described: list[dict]) -> str:
-    changed = sorted(k for k in set(config) | set(old.get("config") or {})
-                     if config.get(k) != (old.get("config") or {}).get(k))
+    before = old.get("config") or {}
+    changed = sorted(k for k in set(config) | set(before) if config.get(k) != before.get(k))
     if old.get("inputs") != described:
         changed.append("inputs")
     if old.get("pmcllama_version") != __version__:

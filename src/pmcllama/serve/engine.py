@@ -215,7 +215,7 @@ class Engine:
         logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.model.config))
         copies = torch.tensor([i for i, r in enumerate(reqs) for _ in range(r.n)])
         cache.batch_select_indices(copies.to(self.device))
-        rows = [_Row(r, k, self._generator(r, k)) for r in reqs for k in range(r.n)]
+        rows = [_Row(r, k, self._generator(r, k), r.token_ids[k]) for r in reqs for k in range(r.n)]
         self._join(rows, cache, mask[copies])
         self._sample(rows, logits[copies])
 
@@ -301,7 +301,7 @@ class Engine:
             if req.on_delta is not None:
                 req.on_delta(row.index, text[row.shown:upto])
             row.shown = upto
-        req.texts[row.index], req.token_ids[row.index] = text[:upto], list(row.ids)
+        req.texts[row.index] = text[:upto]
         if reason:
             self._finish(row, reason)
 

@@ -12,6 +12,7 @@ reports log-probs in its own layout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import threading
@@ -81,13 +82,8 @@ class LlamaCppBackend:
 
     async def answer(self, kind: str, data: dict, req) -> dict:
         handler = self._handler(kind, req)
-        with self.lock:
-            self.inflight += 1
-        try:
+        with self._counted():
             out = await asyncio.to_thread(handler, self._body(data, req))
-        finally:
-            with self.lock:
-                self.inflight -= 1
         return _checked(out)
 
     async def chunks(self, kind: str, data: dict, req) -> AsyncIterator[dict]:
@@ -104,17 +100,14 @@ class LlamaCppBackend:
             return None
 
         def work():
-            with self.lock:
-                self.inflight += 1
             try:
-                out = handler(self._body(data, req), push)
+                with self._counted():
+                    out = handler(self._body(data, req), push)
                 if isinstance(out, dict) and "error" in out:
                     loop.call_soon_threadsafe(queue.put_nowait, out)
             except Exception as e:  # noqa: BLE001
                 loop.call_soon_threadsafe(queue.put_nowait, {"error": {"message": str(e), "code": 500}})
             finally:
-                with self.lock:
-                    self.inflight -= 1
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
         threading.Thread(target=work, daemon=True).start()
@@ -123,6 +116,17 @@ class LlamaCppBackend:
                 yield _checked(chunk)
         finally:  # the client went away: llama.cpp stops at its next token
             gone.set()
+
+    @contextlib.contextmanager
+    def _counted(self):
+        """A request in flight, for the server's queue limit."""
+        with self.lock:
+            self.inflight += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.inflight -= 1
 
     def _handler(self, kind: str, req):
         if kind == "completions" and (req.echo or req.logprobs is not None):

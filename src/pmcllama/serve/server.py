@@ -51,12 +51,15 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
         return JSONResponse(ApiError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
                             status_code=500)
 
-    async def body_of(request: HttpRequest, cls):
+    def check_key(request: HttpRequest) -> None:
         if api_key is not None:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 raise ApiError(401, "invalid API key (send Authorization: Bearer KEY)",
                                type="authentication_error", code="invalid_api_key")
+
+    async def body_of(request: HttpRequest, cls):
+        check_key(request)
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
@@ -97,9 +100,7 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
 
     @app.get("/v1/models")
     async def models(request: HttpRequest):
-        if api_key is not None and not secrets.compare_digest(
-                request.headers.get("authorization", "").encode(), f"Bearer {api_key}".encode()):
-            raise ApiError(401, "invalid API key", type="authentication_error", code="invalid_api_key")
+        check_key(request)
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(time.time()),
                                             "owned_by": "pmcllama"}]}
 
