@@ -32,39 +32,59 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
                max_body: int = 4 << 20, max_queue: int = 64) -> FastAPI:
     app = FastAPI(title="pmcllama", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.backend = backend
+    api = Api(backend, model_name, api_key, max_body, max_queue)
+    for kind, handler in ((ApiError, _api_error), (HTTPException, _http_error),
+                          (RequestValidationError, _validation), (Exception, _internal)):
+        app.add_exception_handler(kind, handler)
+    app.add_api_route("/", lambda: HTMLResponse(chat_page(model_name)), methods=["GET"])
+    app.add_api_route("/favicon.ico", lambda: None, methods=["GET"], status_code=204)
+    app.add_api_route("/health", lambda: {"status": "ok", "model": model_name, "load": backend.load},
+                      methods=["GET"])
+    app.add_api_route("/v1/models", api.models, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
+    app.add_api_route("/v1/completions", api.completions, methods=["POST"])
+    return app
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_, e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_, e: HTTPException):
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse(ApiError(e.status_code, str(e.detail), type=kind).body(), status_code=e.status_code)
+async def _api_error(_, e: ApiError):
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_, e: RequestValidationError):
-        return JSONResponse(ApiError(400, str(e.errors()[0].get("msg"))).body(), status_code=400)
 
-    @app.exception_handler(Exception)
-    async def _internal(_, e: Exception):  # a bug: still OpenAI's shape, and the server lives on
-        return JSONResponse(ApiError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
-                            status_code=500)
+async def _http_error(_, e: HTTPException):
+    kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+    return JSONResponse(ApiError(e.status_code, str(e.detail), type=kind).body(), status_code=e.status_code)
 
-    def check_key(request: HttpRequest) -> None:
-        if api_key is not None:
+
+async def _validation(_, e: RequestValidationError):
+    return JSONResponse(ApiError(400, str(e.errors()[0].get("msg"))).body(), status_code=400)
+
+
+async def _internal(_, e: Exception):  # a bug: still OpenAI's shape, and the server lives on
+    return JSONResponse(ApiError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
+                        status_code=500)
+
+
+class Api:
+    """The OpenAI routes over one backend: key check, body limits, queue bound, answers and streams."""
+
+    def __init__(self, backend: Backend, model_name: str, api_key: str | None, max_body: int, max_queue: int):
+        self.backend, self.model_name, self.api_key = backend, model_name, api_key
+        self.max_body, self.max_queue = max_body, max_queue
+
+    def check_key(self, request: HttpRequest) -> None:
+        if self.api_key is not None:
             given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            if not secrets.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
                 raise ApiError(401, "invalid API key (send Authorization: Bearer KEY)",
                                type="authentication_error", code="invalid_api_key")
 
-    async def body_of(request: HttpRequest, cls):
-        check_key(request)
+    async def body_of(self, request: HttpRequest, cls):
+        self.check_key(request)
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
-            if len(raw) > max_body:
-                raise ApiError(413, f"request body larger than {max_body} bytes", code="body_too_large")
+            if len(raw) > self.max_body:
+                raise ApiError(413, f"request body larger than {self.max_body} bytes", code="body_too_large")
         try:
             data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -77,60 +97,45 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
             req = cls.model_validate(data)
         except ValidationError as e:
             raise validation_error(e) from None
-        if req.model not in (None, model_name):
-            raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{model_name}'",
+        if req.model not in (None, self.model_name):
+            raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{self.model_name}'",
                            "model", "model_not_found", type="not_found_error")
         req.unsupported()
-        if backend.load >= max_queue:
+        if self.backend.load >= self.max_queue:
             raise ApiError(503, "the server is busy: the request queue is full; retry shortly",
                            code="queue_full", type="server_error", headers={"Retry-After": "1"})
         return req, data
 
-    @app.get("/", response_class=HTMLResponse)
-    async def index():
-        return chat_page(model_name)
-
-    @app.get("/favicon.ico", status_code=204)
-    async def favicon():
-        return None
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": model_name, "load": backend.load}
-
-    @app.get("/v1/models")
-    async def models(request: HttpRequest):
-        check_key(request)
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(time.time()),
+    async def models(self, request: HttpRequest):
+        self.check_key(request)
+        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": int(time.time()),
                                             "owned_by": "pmcllama"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: HttpRequest):
-        req, data = await body_of(request, ChatRequest)
-        if getattr(backend, "proxy", False):
-            return await proxied(req, data, "chat")
+    async def chat(self, request: HttpRequest):
+        req, data = await self.body_of(request, ChatRequest)
+        if getattr(self.backend, "proxy", False):
+            return await self.proxied(req, data, "chat")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
                     for i, m in enumerate(req.messages)]
-        ids = backend.chat_ids(messages)
-        return await respond(request, req, [ids], chat=True)
+        return await self.respond(req, [self.backend.chat_ids(messages)], chat=True)
 
-    @app.post("/v1/completions")
-    async def completions(request: HttpRequest):
-        req, data = await body_of(request, CompletionRequest)
-        if getattr(backend, "proxy", False):
-            return await proxied(req, data, "completions")
+    async def completions(self, request: HttpRequest):
+        req, data = await self.body_of(request, CompletionRequest)
+        if getattr(self.backend, "proxy", False):
+            return await self.proxied(req, data, "completions")
+        backend = self.backend
         prompts = [backend.text_ids(p) if isinstance(p, str) else p for p in req.prompts()]
         if any(not p or not all(isinstance(t, int) and 0 <= t < backend.vocab for t in p) for p in prompts):
             raise ApiError(400, f"prompt token ids must be in [0, {backend.vocab})", "prompt")
         if req.stream and (req.echo or req.logprobs is not None):
             raise ApiError(400, "echo and logprobs are not supported with stream", "stream")
-        return await respond(request, req, prompts, chat=False)
+        return await self.respond(req, prompts, chat=False)
 
-    async def proxied(req, data: dict, kind: str):
+    async def proxied(self, req, data: dict, kind: str):
         """A backend that answers OpenAI requests itself (llama.cpp): its answers, our name."""
         if not req.stream:
-            return {**await backend.answer(kind, data, req), "model": model_name}
-        chunks = backend.chunks(kind, data, req).__aiter__()
+            return {**await self.backend.answer(kind, data, req), "model": self.model_name}
+        chunks = self.backend.chunks(kind, data, req).__aiter__()
         try:
             first = await chunks.__anext__()  # an error before any text is still an HTTP error
         except StopAsyncIteration:
@@ -139,23 +144,21 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
         async def events():
             try:
                 if first is not None:
-                    yield sse({**first, "model": model_name})
+                    yield sse({**first, "model": self.model_name})
                     async for chunk in chunks:
-                        yield sse({**chunk, "model": model_name})
+                        yield sse({**chunk, "model": self.model_name})
             except ApiError as e:
                 yield sse(e.body())
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(events())
 
-    async def respond(request: HttpRequest, req, prompts: list[list[int]], chat: bool):
-        jobs = [backend.job(ids, req) for ids in prompts]
+    async def respond(self, req, prompts: list[list[int]], chat: bool):
+        jobs = [self.backend.job(ids, req) for ids in prompts]
         meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
-                "model": model_name, "object": "chat.completion" if chat else "text_completion"}
+                "model": self.model_name, "object": "chat.completion" if chat else "text_completion"}
         if req.stream:
-            return StreamingResponse(stream(request, jobs, req, meta, chat), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return event_stream(stream(jobs, req, meta, chat))
         try:
             await asyncio.gather(*(j.wait() for j in jobs))
         except asyncio.CancelledError:
@@ -172,39 +175,43 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
                 if chat:
                     c["message"] = {"role": "assistant", "content": job.text(i)}
                 else:
-                    c["text"] = (backend.decode(job.prompt_ids) if req.echo else "") + job.text(i)
+                    c["text"] = (self.backend.decode(job.prompt_ids) if req.echo else "") + job.text(i)
                     if req.logprobs is not None:
-                        c["logprobs"] = await asyncio.to_thread(backend.logprobs, job, i, req.logprobs, req.echo)
+                        c["logprobs"] = await asyncio.to_thread(self.backend.logprobs, job, i, req.logprobs, req.echo)
                 choices.append(c)
         return {**meta, "choices": choices, "usage": usage(jobs)}
 
-    async def stream(request: HttpRequest, jobs: list[Job], req, meta: dict, chat: bool) -> AsyncIterator[str]:
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        base = {**meta, "object": obj}
-        try:
-            if chat:
-                for i in range(req.n):
-                    yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                    "finish_reason": None}]})
-            async for index, text, reason in merged(jobs, req.n):
-                if reason == FINISH_ERROR:
-                    yield sse(ApiError(503, "generation failed on the server", type="server_error",
-                                       code="generation_failed").body())
-                    break
-                if chat:
-                    delta = {"content": text} if text else {}
-                    c = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
-                else:
-                    c = {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
-                yield sse({**base, "choices": [c]})
-            if req.stream_options and req.stream_options.include_usage:
-                yield sse({**base, "choices": [], "usage": usage(jobs)})
-            yield "data: [DONE]\n\n"
-        finally:  # the client went away (or we are done): stop generating
-            for j in jobs:
-                j.cancel()
 
-    return app
+def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def stream(jobs: list[Job], req, meta: dict, chat: bool) -> AsyncIterator[str]:
+    """Server-sent events of a streamed answer; the jobs stop when the client goes away."""
+    base = {**meta, "object": "chat.completion.chunk" if chat else "text_completion"}
+    try:
+        if chat:
+            for i in range(req.n):
+                yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                "finish_reason": None}]})
+        async for index, text, reason in merged(jobs, req.n):
+            if reason == FINISH_ERROR:
+                yield sse(ApiError(503, "generation failed on the server", type="server_error",
+                                   code="generation_failed").body())
+                break
+            if chat:
+                c = {"index": index, "delta": {"content": text} if text else {}, "finish_reason": reason,
+                     "logprobs": None}
+            else:
+                c = {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+            yield sse({**base, "choices": [c]})
+        if req.stream_options and req.stream_options.include_usage:
+            yield sse({**base, "choices": [], "usage": usage(jobs)})
+        yield "data: [DONE]\n\n"
+    finally:  # the client went away (or we are done): stop generating
+        for j in jobs:
+            j.cancel()
 
 
 async def merged(jobs: list[Job], n: int) -> AsyncIterator[tuple[int, str, str | None]]:
