@@ -73,7 +73,8 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
         force: bool = typer.Option(False, "--force", help="redo the stage even if its output is current"),
         section: Optional[str] = typer.Option(
             None, "--section", help="read the config from this section of the YAML file, e.g. "
-            "--config recipes/paper-7b.yaml --section pretrain (a recipe's stage, run on its own)"),
+            "--config recipes/paper-7b.yaml --section pretrain (a recipe's stage, run on its own; "
+            "nested: --section ablation.finetune)"),
     ) -> None:
         def go():
             mod = importlib.import_module(module)

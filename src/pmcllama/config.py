@@ -190,15 +190,17 @@ def build_config(cls: type[C], data: dict, overrides: list[str] | None = None, s
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
                 section: str | None = None) -> C:
-    """Read a YAML file (optional; only its `section` mapping if given) plus overrides into a validated `cls`."""
+    """Read a YAML file (optional; only its `section` mapping if given, dotted for a nested one:
+    `ablation.finetune`) plus overrides into a validated `cls`."""
     data = read_yaml(path) if path else {}
     if section is not None:
         if not path:
             raise UserError("--section needs --config FILE.yaml")
-        if not isinstance(data.get(section), dict):
-            raise UserError(f"no section '{section}' (a mapping) in the config file; its sections: "
-                            f"{', '.join(k for k, v in data.items() if isinstance(v, dict)) or 'none'}", path)
-        data = data[section]
+        for part in section.split("."):  # a dotted section: a mapping inside a mapping
+            if not isinstance(data.get(part), dict):
+                raise UserError(f"no section '{section}' (a mapping) in the config file; its sections: "
+                                f"{', '.join(k for k, v in data.items() if isinstance(v, dict)) or 'none'}", path)
+            data = data[part]
     source = f"{path} [{section}]" if section else str(path) if path else ""
     return build_config(cls, data, overrides, source=source)
 

@@ -131,6 +131,10 @@ def decontaminate(records: list[dict], cfg: InstructionsConfig, per_source: dict
             kept.append(r)
     for name, s in per_source.items():
         s["decontaminated"] = dropped[name]
+        if dropped[name] and dropped[name] == s["records"]:
+            raise UserError(f"source '{name}': decontamination dropped all its {dropped[name]} records (they "
+                            f"share {index.n}-grams with {', '.join(cfg.decontaminate)}); is a benchmark's "
+                            "evaluation file also a training file?")
     write_jsonl(folder / "decontamination.jsonl", report)
     return kept, sum(dropped.values()), {"ngram": index.n, "benchmarks": index.stats}
 

@@ -28,24 +28,41 @@ def loss_series(path: str | Path, x: str = "tokens") -> dict[str, list[float]]:
             "val_x": [r[x] for r in val], "val_loss": [r["val_loss"] for r in val]}
 
 
+def smooth_ema(values: list[float], alpha: float) -> list[float]:
+    """Exponential moving average (alpha = weight of the past, 0 = the values themselves),
+    bias-corrected so the first points are not pulled towards zero."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = alpha * avg + (1 - alpha) * v
+        out.append(avg / (1 - alpha ** i) if alpha else v)
+    return out
+
+
 def plot_losses(runs: dict[str, str | Path], png: str | Path, title: str = "training loss",
-                x: str = "tokens") -> Path:
+                x: str = "tokens", ema: float = 0.0, twins: dict[str, str] | None = None) -> Path:
     """Overlay the loss curves (loss vs tokens seen, or vs step) of several runs' metrics.jsonl;
-    validation losses, where logged, are dashed lines with markers in the same colour."""
+    validation losses, where logged, are dashed lines with markers in the same colour. `ema`
+    smooths the training curves; `twins` {run: its control} draws each control in its twin's
+    colour, dotted (the paper's Fig. 2: PMC-LLaMA against LLaMA under the same fine-tuning)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, path in runs.items():
-        series = loss_series(path, x)
+    controls = {c: r for r, c in (twins or {}).items()}
+    colours: dict[str, str] = {}
+    for label in sorted(runs, key=lambda k: k in controls):  # a run before its control
+        series = loss_series(runs[label], x)
         if not series["x"]:
             continue
-        (line,) = ax.plot(series["x"], series["loss"], label=f"{label} train")
+        style = {"color": colours[controls[label]], "linestyle": ":"} if colours.get(controls.get(label)) else {}
+        smooth = smooth_ema(series["loss"], ema)
+        (line,) = ax.plot(series["x"], smooth, label=f"{label} train" + (f" (EMA {ema:g})" if ema else ""), **style)
+        colours[label] = line.get_color()
         if series["val_x"]:
             ax.plot(series["val_x"], series["val_loss"], "o--", color=line.get_color(), label=f"{label} val")
     ax.set_xlabel("tokens seen" if x == "tokens" else "optimizer step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
@@ -53,15 +70,16 @@ def plot_losses(runs: dict[str, str | Path], png: str | Path, title: str = "trai
 
 
 def plot_accuracy_bars(table: dict[str, dict[str, dict]], png: str | Path, metric: str = "acc") -> Path:
-    """Grouped bars: benchmark x model state, with 95% CI error bars when present.
+    """Grouped bars: benchmark x model state, with 95% CI error bars when present, and each
+    benchmark's majority-class and best-constant-choice baselines as lines across its group.
 
-    `table[model_label][benchmark] = {"acc": .., "acc_ci95": [lo, hi], ...}`.
+    `table[model_label][benchmark] = {"acc": .., "acc_ci95": [lo, hi], "baselines": {...}, ...}`.
     """
     plt = _pyplot()
     labels = list(table)
     benches = sorted({b for row in table.values() for b in row})
     width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(5, 2 + 1.6 * len(benches)), 4))
+    fig, ax = plt.subplots(figsize=(max(5, 2 + 1.6 * len(benches) + 0.3 * len(labels)), 4))
     for i, label in enumerate(labels):
         xs, ys, lo, hi = [], [], [], []
         for j, b in enumerate(benches):
@@ -75,12 +93,29 @@ def plot_accuracy_bars(table: dict[str, dict[str, dict]], png: str | Path, metri
             lo.append(v - 100 * ci[0])
             hi.append(100 * ci[1] - v)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label)
+    _baselines(ax, table, benches, width * len(labels))
     ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(benches))], benches)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return Path(png)
+
+
+def _baselines(ax, table: dict[str, dict[str, dict]], benches: list[str], span: float) -> None:
+    """Majority class (dashed) and best constant choice (dotted) across each benchmark's bars."""
+    styles = {"majority class": ("--", "black"), "best constant choice": (":", "dimgray")}
+    shown = set()
+    for j, b in enumerate(benches):
+        base = next((row[b].get("baselines") for row in table.values() if b in row), None) or {}
+        values = {"majority class": base.get("majority"),
+                  "best constant choice": (base.get("constant_choice") or {}).get("max")}
+        for name, v in values.items():
+            if isinstance(v, (int, float)):
+                ls, colour = styles[name]
+                ax.hlines(100 * v, j - 0.5 * span / len(table) - 0.05, j + span - 0.5 * span / len(table) + 0.05,
+                          linestyles=ls, colors=colour, label=None if name in shown else name)
+                shown.add(name)

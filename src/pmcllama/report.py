@@ -5,9 +5,11 @@ output folders (`results.json` + `predictions/`) and recipe run folders (every
 `eval/<state>/` inside, in the recipe's order), and writes into `--out`:
 
     report.md    models x benchmarks, each cell "accuracy (95% CI)" in %, then for each
-                 benchmark the paired comparison of every model against the first one:
-                 difference (later - first) with its 95% paired-bootstrap CI and the exact
-                 McNemar p-value, on the items both scored (matched by id)
+                 benchmark the paired comparison of every model against the first one
+                 (for a recipe run: the pairs it recorded, every later state against the
+                 base model and every ablation arm against its twin): difference (model -
+                 other) with its 95% paired-bootstrap CI and the exact McNemar p-value, on
+                 the items both scored (matched by id)
     report.json  the same numbers
     report.png   grouped bars with 95% CIs
 
@@ -34,7 +36,18 @@ class Run:
 
     @property
     def benchmarks(self) -> dict[str, dict]:
-        return {k: v for k, v in self.results.items() if k != "model" and isinstance(v, dict)}
+        return {k: one_accuracy(v) for k, v in self.results.items() if k != "model" and isinstance(v, dict)}
+
+
+GENERATED = ("generate", "cot")
+
+
+def one_accuracy(entry: dict) -> dict:
+    """A benchmark's results; answers read from generated text (mode generate or cot) have one
+    accuracy, which stands for acc_norm as well, so such runs sit in the same table and pairs."""
+    if entry.get("mode") in GENERATED and entry.get("acc_norm") is None and "acc" in entry:
+        return {**entry, "acc_norm": entry["acc"], "acc_norm_ci95": entry.get("acc_ci95")}
+    return entry
 
 
 def _read_results(folder: Path) -> dict | None:
@@ -102,25 +115,48 @@ def read_predictions(run: Run, bench: str) -> list[dict]:
     for lineno, row in iter_jsonl(path, "predictions file"):
         if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)):
             raise UserError("a prediction must be a JSON object with an 'id'", path, lineno)
+        if run.benchmarks.get(bench, {}).get("mode") in GENERATED:
+            row.setdefault("correct_norm", row.get("correct"))
         rows.append(row)
     return rows
 
 
-def comparisons(runs: list[Run], metric: str, n_boot: int, seed: int) -> dict[str, list[dict]]:
-    """{benchmark: [paired comparison of run i against runs[0]]} for i >= 1."""
+def recipe_pairs(runs: list[Run]) -> list[tuple[Run, Run]] | None:
+    """The pairs a recipe run recorded in its results.json ([[model, against], ...] by state:
+    later states against the base model, ablation arms against their twins); None if none did."""
+    by_state = {(r.folder.parent.parent.resolve(), r.folder.name): r for r in runs}
+    pairs, recorded = [], False
+    for folder in dict.fromkeys(k[0] for k in by_state):
+        try:
+            listed = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("pairs")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(listed, list):
+            recorded = True
+            pairs += [(by_state[(folder, m)], by_state[(folder, a)]) for m, a in
+                      (p for p in listed if isinstance(p, list) and len(p) == 2)
+                      if (folder, m) in by_state and (folder, a) in by_state]
+    return pairs if recorded else None
+
+
+def comparisons(runs: list[Run], metric: str, n_boot: int, seed: int,
+                pairs: list[tuple[Run, Run]] | None = None) -> dict[str, list[dict]]:
+    """{benchmark: [paired comparison of each (model, against) pair]}; by default every run
+    against runs[0]."""
     from pmcllama.benchmarks.stats import paired_comparison
 
     key = "correct" if metric == "acc" else "correct_norm"
-    first, out = runs[0], {}
-    for bench in first.benchmarks:
-        base = read_predictions(first, bench)
+    pairs = [(run, runs[0]) for run in runs[1:]] if pairs is None else pairs
+    out = {}
+    for bench in dict.fromkeys(b for r in runs for b in r.benchmarks):
         rows = []
-        for run in runs[1:]:
-            if bench not in run.benchmarks:
+        for run, against in pairs:
+            if bench not in run.benchmarks or bench not in against.benchmarks:
                 continue
-            where = f"benchmark '{bench}', {run.folder} vs {first.folder}: "
-            cmp = paired_comparison(base, read_predictions(run, bench), key, n_boot, seed, where)
-            rows.append({"model": run.label, "against": first.label, **cmp})
+            where = f"benchmark '{bench}', {run.folder} vs {against.folder}: "
+            cmp = paired_comparison(read_predictions(against, bench), read_predictions(run, bench), key,
+                                    n_boot, seed, where)
+            rows.append({"model": run.label, "against": against.label, **cmp})
         if rows:
             out[bench] = rows
     return out
@@ -152,21 +188,28 @@ def markdown(runs: list[Run], benches: list[str], cmps: dict[str, list[dict]], m
                 if v.get("unparsable") is not None]
     if unparsed:
         lines.append("Unparsable generated answers (counted wrong): " + "; ".join(unparsed))
+    generated = sorted({r.label for r in runs for v in r.benchmarks.values() if v.get("mode") in GENERATED})
+    if generated and metric == "acc_norm":
+        lines.append("Answers read from generated text have one accuracy, shown as acc_norm: "
+                     + ", ".join(generated))
     for b in benches:
         templates = {r.benchmarks[b].get("prompt_template") for r in runs if b in r.benchmarks}
         if len(templates) > 1:
             lines.append(f"Note: {b} was scored with different prompt templates "
                          f"({', '.join(sorted(map(str, templates)))}): its numbers are not comparable.")
     if cmps:
-        lines += ["", f"Paired comparison against {runs[0].label} (same items, matched by id; "
+        against = {c["against"] for rows in cmps.values() for c in rows}
+        head = f"against {next(iter(against))}" if len(against) == 1 else "of each model against the one named"
+        lines += ["", f"Paired comparison {head} (same items, matched by id; "
                   "difference in points, 95% paired-bootstrap CI, exact McNemar p):", "",
-                  "| benchmark | model | n | difference | 95% CI | only first right | only model right | McNemar p |",
+                  "| benchmark | model | n | difference | 95% CI | only other right | only model right | McNemar p |",
                   "|---|---|---|---|---|---|---|---|"]
         for bench, rows in cmps.items():
             for c in rows:
+                model = c["model"] if len(against) == 1 else f"{c['model']} vs {c['against']}"
                 ci = c["diff_ci95"]
                 ci_text = f"{_pct(ci[0], True)} to {_pct(ci[1], True)}" if ci else "-"
-                lines.append(f"| {bench} | {c['model']} | {c['n']} | {_pct(c['diff'], True)} | {ci_text} | "
+                lines.append(f"| {bench} | {model} | {c['n']} | {_pct(c['diff'], True)} | {ci_text} | "
                              f"{c['only_first_correct']} | {c['only_second_correct']} | {_p(c['mcnemar_p'])} |")
     return "\n".join(lines) + "\n"
 
@@ -182,7 +225,7 @@ def make_report(paths: list[str | Path], out: str | Path, metric: str = "acc",
     for r in runs:
         check_results(r, metric)
     benches = list(dict.fromkeys(b for r in runs for b in r.benchmarks))
-    cmps = comparisons(runs, metric, n_boot, seed)
+    cmps = comparisons(runs, metric, n_boot, seed, recipe_pairs(runs))
     text = markdown(runs, benches, cmps, metric)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
