@@ -26,6 +26,7 @@ from pmcllama.errors import ConfigError, UserError
 from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
 from pmcllama.generate import GenerateConfig
 from pmcllama.instructions import InstructionsConfig
+from pmcllama.judge import JudgeSection, judge_recipe
 from pmcllama.plots import plot_accuracy_bars, plot_losses
 from pmcllama.report import make_report
 from pmcllama.stage import read_manifest, write_json
@@ -60,6 +61,8 @@ class RecipeConfig(Config):
     probe: Optional[ProbeConfig] = Field(
         ProbeConfig(), description="also score the instructions stage's knowledge probe (null: do not)")
     generate: GenerateConfig = Field(GenerateConfig(), description="completion case studies on the first and last model")
+    judge: Optional[JudgeSection] = Field(
+        JudgeSection(), description="LLM judge of the first vs last model's completions (skipped without base_url)")
 
     @model_validator(mode="after")
     def _no_links(self) -> "RecipeConfig":
@@ -195,5 +198,6 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
             text = make_report([out], out, metric="acc_norm")
             if "Paired comparison" in text:
                 print(text[text.index("Paired comparison"):])
+    judge_recipe(cfg.judge, out, states, cfg.generate.prompts, force)
     print(f"[run] {cfg.name} done in {time.perf_counter() - t0:.0f}s; outputs in {out}")
     return out

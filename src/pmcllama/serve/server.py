@@ -32,6 +32,7 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
                max_body: int = 4 << 20, max_queue: int = 64) -> FastAPI:
     app = FastAPI(title="pmcllama", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.backend = backend
+    app.state.requests = 0  # completion requests accepted (GET /health shows it)
 
     @app.exception_handler(ApiError)
     async def _api_error(_, e: ApiError):
@@ -84,6 +85,7 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
         if backend.load >= max_queue:
             raise ApiError(503, "the server is busy: the request queue is full; retry shortly",
                            code="queue_full", type="server_error", headers={"Retry-After": "1"})
+        app.state.requests += 1
         return req, data
 
     @app.get("/", response_class=HTMLResponse)
@@ -96,7 +98,7 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "load": backend.load}
+        return {"status": "ok", "model": model_name, "load": backend.load, "requests": app.state.requests}
 
     @app.get("/v1/models")
     async def models(request: HttpRequest):
