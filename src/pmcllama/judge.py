@@ -91,6 +91,8 @@ class JudgeConfig(JudgeSection):
             raise ValueError("give two files (a=, b=) or two models (model_a=, model_b=), not both")
         if not all(files) and not all(models_):
             raise ValueError("judge needs two sides: pmcllama judge A.jsonl B.jsonl, or model_a=M1 model_b=M2")
+        if all(files) and "prompts" in self.model_fields_set:
+            raise ValueError("prompts= is for model_a/model_b; with two files, the pairs are the files' prompts")
         return self
 
 
