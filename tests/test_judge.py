@@ -187,7 +187,7 @@ def test_length_control_pulls_a_longer_text_judge_towards_half(tmp_path, fake):
 
 def test_cache_second_run_makes_no_calls_and_429_is_retried(tmp_path, fake):
     rows = [(f"P{i}", f"c{i}") for i in range(4)]
-    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", rows)
+    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", [(p, c + "!") for p, c in rows])
     fake.fail_next = 2  # two 429s: the client backs off and retries
     run(judge_cfg(tmp_path, fake, a, b))
     assert fake.calls == 8 + 2
@@ -200,7 +200,7 @@ def test_cache_second_run_makes_no_calls_and_429_is_retried(tmp_path, fake):
 @pytest.mark.parametrize("fake", ["no-verdict"], indirect=True)
 def test_unparsable_replies_are_retried_once_then_listed(tmp_path, fake):
     rows = [(f"P{i}", f"c{i}") for i in range(3)]
-    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", rows)
+    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", [(p, c + "!") for p, c in rows])
     run(judge_cfg(tmp_path, fake, a, b))
     assert fake.calls == 3 * 2 * 2
     s = summary(tmp_path)
@@ -214,7 +214,7 @@ def test_unparsable_replies_are_retried_once_then_listed(tmp_path, fake):
 @pytest.mark.parametrize("fake", ["huge"], indirect=True)
 def test_long_replies_and_long_outputs_are_listed_not_read(tmp_path, fake):
     rows = [("P0", "short"), ("P1", "z" * 500)]
-    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", rows)
+    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", [("P0", "brief"), ("P1", "y" * 500)])
     run(judge_cfg(tmp_path, fake, a, b, max_reply_chars=100, max_output_chars=200))
     s = summary(tmp_path)
     assert (s["n"], s["unjudged"]) == (0, 1)
@@ -276,21 +276,23 @@ def test_refused_key_and_unknown_model_are_one_line_before_any_work(tmp_path, fa
 
 def test_resume_after_kill_asks_only_what_is_not_cached(tmp_path, fake):
     rows = [(f"Prompt number {i}", f"c{i}") for i in range(20)]
-    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", rows)
+    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", [(p, c + "!") for p, c in rows])
     fake.delay = 0.05
     cache = tmp_path / "cache.jsonl"
     args = [a, b, f"base_url={fake.url}", "api_key_env=JUDGE_KEY", f"out={tmp_path / 'out'}", f"cache={cache}",
             "concurrency=2"]
     proc = subprocess.Popen([sys.executable, "-m", "pmcllama", "judge", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
+    deadline = time.time() + 240  # a busy machine starts Python slowly
     while fake.calls < 10 and time.time() < deadline:
         time.sleep(0.02)
     proc.kill()
     proc.wait()
     assert not (tmp_path / "out").exists()
-    cached = len(cache.read_text().splitlines())
-    assert 0 < cached < 40
+    from pmcllama.judging.client import Cache
+
+    cached = len(Cache(cache).data)  # whole lines only: the kill may tear the last one
+    assert 0 < cached < 40, (fake.calls, cached)
     before = fake.calls
     done = cli(*args)
     assert done.returncode == 0, done.stderr
