@@ -360,3 +360,15 @@ def test_cache_cuts_a_line_torn_by_a_kill_and_appends_clean(tmp_path):
     path.write_text('{"key": "k1"}\n')
     with pytest.raises(UserError, match=r"c.jsonl:1: not a judge cache row"):
         Cache(path)
+
+
+def test_endpoint_that_keeps_failing_stops_in_one_line_and_keeps_what_it_has(tmp_path, fake):
+    rows = [(f"P{i}", f"c{i}") for i in range(2)]
+    a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", [(p, c + "!") for p, c in rows])
+    fake.fail_next = 100  # 429 on every call: after max_retries=2 the run stops
+    with pytest.raises(UserError, match="answered 429: rate limited; rerun to resume"):
+        run(judge_cfg(tmp_path, fake, a, b, concurrency=1))
+    assert fake.calls == 3 and not (tmp_path / "out").exists()
+    fake.fail_next = 0
+    run(judge_cfg(tmp_path, fake, a, b))
+    assert summary(tmp_path)["n"] == 2

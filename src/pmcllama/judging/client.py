@@ -58,6 +58,7 @@ class Endpoint:
     cache: Cache
     calls: int = 0
     cached: int = 0
+    stopped: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ask(self, template: Template, messages: list[dict], attempt: int) -> dict:
@@ -71,16 +72,24 @@ class Endpoint:
             return hit
         import openai
 
+        if self.stopped:  # another game met a fatal error: ask nothing more
+            raise UserError(self.stopped, self.base_url)
+        fatal = ""
         try:
             resp = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0,
                                                        max_tokens=self.max_tokens)
-        except openai.AuthenticationError as e:
-            raise UserError(f"the judge endpoint refused the API key: {_message(e)}", self.base_url) from None
-        except openai.APIConnectionError as e:
-            raise UserError(f"lost the judge endpoint ({e}); rerun to resume: answers so far are cached",
-                            self.base_url) from None
         except openai.BadRequestError as e:  # e.g. a prompt longer than the judge's context
             return {"reply": None, "error": f"refused by the endpoint: {_message(e)}"}
+        except openai.AuthenticationError as e:
+            fatal = f"the judge endpoint refused the API key: {_message(e)}"
+        except openai.APIConnectionError as e:
+            fatal = f"lost the judge endpoint ({e}); rerun to resume: answers so far are cached"
+        except openai.APIStatusError as e:  # 429/5xx after the client's retries, or another refusal
+            fatal = f"the judge endpoint answered {e.status_code}: {_message(e)}; rerun to resume: " \
+                    "answers so far are cached"
+        if fatal:
+            self.stopped = fatal
+            raise UserError(fatal, self.base_url)
         with self.lock:
             self.calls += 1
         choice = resp.choices[0]
