@@ -68,8 +68,8 @@ class JudgeSection(Config):
     concurrency: int = Field(4, ge=1, description="judge calls in flight at once")
     max_retries: int = Field(5, ge=0, description="retries (exponential backoff) on 429, 5xx and lost connections")
     timeout: float = Field(300.0, gt=0, description="seconds per judge call")
-    cache: Optional[str] = Field(None, description="judge reply cache (JSONL; default: "
-                                                   "$PMCLLAMA_CACHE/judge-cache.jsonl)")
+    cache: Optional[str] = Field(None, description="judge reply cache (JSONL; default: judge-cache.jsonl in "
+                                                   "$PMCLLAMA_CACHE, else ~/.cache/pmcllama)")
     vs_reference: bool = Field(True, description="also judge each side against the reference answer, where one is given")
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the win rate's CI")
     seed: int = Field(0, description="bootstrap seed")
