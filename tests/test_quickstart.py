@@ -89,6 +89,7 @@ def test_quickstart_writes_every_stage_and_the_table(quickstart_run):
             f"best constant choice {100 * base['constant_choice']['max']:.1f}") in table
     assert all(line in proc.stdout for line in rows)  # the run prints the same table
     assert "base" in proc.stdout and "instruction-tuned" in proc.stdout
+    assert "[judge] skipped: no judge.base_url" in proc.stdout and not (out / "judge").exists()  # offline
     report = json.loads((out / "report.json").read_text())  # paired tests against the base model
     cmps = report["comparisons"]["kg-probe"]
     assert [c["model"] for c in cmps] == ["run/knowledge-injected", "run/instruction-tuned"]

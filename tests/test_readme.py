@@ -31,8 +31,14 @@ SKIPPED = {
     "head=$(scontrol show hostnames": "Slurm batch script: needs scontrol inside a Slurm allocation",
     "srun torchrun": "Slurm batch script: 4 nodes x 8 GPUs and a 13B model; training under torchrun is "
                      "tested by tests/test_distributed.py",
-    "pmcllama serve": "a server that runs until stopped: tests/test_serve.py starts the same command "
+    "pmcllama serve runs/quickstart/finetune": "a server that runs until stopped: tests/test_serve.py starts the same command "
                       "(tiny-llama, port=0) and talks to it with the openai client, httpx and a browser",
+    "pmcllama serve smollm2-135m port=8001": "the judge server of the Judge section, running until stopped: "
+                                             "tests/test_judge.py starts `pmcllama serve tiny-llama` as a judge",
+    "pmcllama judge runs/quickstart": "needs a running judge server and the quickstart's completions: "
+                                      "tests/test_judge.py runs the same command against a live `pmcllama serve`",
+    "pmcllama run recipes/quickstart.yaml judge.base_url": "the whole quickstart recipe with a judge server: "
+                                                           "tests/test_judge.py runs the recipe's judge step",
     "curl -s http://127.0.0.1:8000": "talks to the server above; tests/test_serve.py posts the same kind of "
                                      "body to a live server with httpx",
 }

@@ -28,6 +28,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "generate": ("pmcllama.generate", "GenerateConfig", "STAGE 5  complete prompts, streamed"),
     "serve": ("pmcllama.serve", "ServeConfig", "STAGE 5  OpenAI-compatible API server with a web chat page"),
     "chat": ("pmcllama.serve.chat", "ChatConfig", "STAGE 5  chat with a model in the terminal"),
+    "judge": ("pmcllama.judge", "JudgeConfig", "JUDGE    two sets of completions compared by an LLM judge, both orders"),
     "run": ("pmcllama.run", "RecipeConfig", "RECIPE   every stage in order, then the results table"),
 }
 
@@ -88,6 +89,12 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
                                 "(recipes/quickstart.yaml is one)")
             if name in ("serve", "chat") and overs and not _OVERRIDE.match(overs[0]):
                 overs[0] = f"model={overs[0]}"  # `pmcllama serve MODEL`
+            if name == "judge":  # `pmcllama judge A.jsonl B.jsonl`
+                bare = [o for o in overs if not _OVERRIDE.match(o)]
+                if len(bare) not in (0, 2):
+                    raise UserError(f"pmcllama judge takes two generations files (A and B), not {len(bare)}: "
+                                    "pmcllama judge A.jsonl B.jsonl base_url=URL")
+                overs = [f"{k}={v}" for k, v in zip("ab", bare)] + [o for o in overs if _OVERRIDE.match(o)]
             prompts = []
             if name == "generate":  # bare arguments are prompts
                 prompts = [o for o in overs if not _OVERRIDE.match(o)]
@@ -109,6 +116,9 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
         usage += ' ["prompt" ...]'
     if name in ("serve", "chat"):
         usage = f"pmcllama {name} MODEL [key=value ...]"
+    if name == "judge":
+        usage = "pmcllama judge A.jsonl B.jsonl base_url=URL [key=value ...]\n" \
+            "pmcllama judge model_a=M1 model_b=M2 base_url=URL [prompts_file=FILE] [key=value ...]"
     command.__doc__ = f"{(mod.__doc__ or summary).strip()}\n\n\b\n{usage}"
     app.command(name=name, help=command.__doc__, short_help=summary, epilog=fields)(command)
 

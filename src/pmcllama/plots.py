@@ -119,3 +119,31 @@ def _baselines(ax, table: dict[str, dict[str, dict]], benches: list[str], span: 
                 ax.hlines(100 * v, j - 0.5 * span / len(table) - 0.05, j + span - 0.5 * span / len(table) + 0.05,
                           linestyles=ls, colors=colour, label=None if name in shown else name)
                 shown.add(name)
+
+
+def plot_judgments(summaries: dict[str, dict], png: str | Path) -> Path:
+    """Stacked horizontal bars of a judge run, {comparison title: summary}: the first-named side's
+    wins, ties and losses (share of the judged pairs), its win rate and 95% CI beside each bar."""
+    plt = _pyplot()
+    kinds = list(summaries)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.7 * len(kinds)))
+    for i, kind in enumerate(kinds):
+        s = summaries[kind]
+        n = max(1, s["n"])
+        left = 0.0
+        for part, color in (("wins", "tab:green"), ("ties", "tab:gray"), ("losses", "tab:red")):
+            ax.barh(i, 100 * s[part] / n, left=left, color=color, label=part if i == 0 else None)
+            left += 100 * s[part] / n
+        ci = s["win_rate_ci95"]
+        note = "no judged pairs" if s["win_rate"] is None else f"win rate {100 * s['win_rate']:.1f}%" + (
+            f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})" if ci else "") + f", n={s['n']}"
+        ax.text(101, i, note, va="center", fontsize=8)
+    ax.set_yticks(range(len(kinds)), kinds)
+    ax.set_xlim(0, 150)
+    ax.set_xticks([0, 25, 50, 75, 100])
+    ax.set_xlabel("% of judged pairs")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return Path(png)

@@ -33,6 +33,7 @@ from pmcllama.errors import ConfigError, UserError
 from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
 from pmcllama.generate import GenerateConfig
 from pmcllama.instructions import InstructionsConfig
+from pmcllama.judge import JudgeSection, judge_recipe
 from pmcllama.plots import plot_accuracy_bars, plot_losses
 from pmcllama.report import make_report, one_accuracy
 from pmcllama.stage import read_manifest, write_json
@@ -71,6 +72,8 @@ class RecipeConfig(Config):
     probe: Optional[ProbeConfig] = Field(
         ProbeConfig(), description="also score the instructions stage's knowledge probe (null: do not)")
     generate: GenerateConfig = Field(GenerateConfig(), description="completion case studies on the first and last model")
+    judge: Optional[JudgeSection] = Field(
+        JudgeSection(), description="LLM judge of the first vs last model's completions (skipped without base_url)")
 
     def section(self, name: str):
         """Recipe section by its LINKS name ('finetune', 'ablation.finetune', ...); None when absent."""
@@ -320,5 +323,6 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
             text = make_report([out], out, metric="acc_norm")
             if "Paired comparison" in text:
                 print(text[text.index("Paired comparison"):])
+    judge_recipe(cfg.judge, out, main, cfg.generate.prompts, force)
     print(f"[run] {cfg.name} done in {time.perf_counter() - t0:.0f}s; outputs in {out}")
     return out

@@ -11,7 +11,8 @@ plus `pred_share`, how often the model picked each choice, which shows such a co
 Also here: calibration (`calibration`: expected calibration error over 10 equal-width
 confidence bins, confidence = the softmax over a question's per-choice logliks at the
 predicted choice), accuracy per subject, and the paired comparison of two runs on the same
-items (`pair_records` matches them by id; `mcnemar_exact`, `paired_bootstrap_ci`).
+items (`pair_records` matches them by id; `mcnemar_exact`, `paired_bootstrap_ci`), and for pairwise
+judging the sign test and AlpacaEval 2's length-controlled win rate.
 """
 from __future__ import annotations
 
@@ -200,3 +201,33 @@ def paired_comparison(first: Sequence[dict], second: Sequence[dict], key: str = 
         "only_second_correct": only_b,
         "mcnemar_p": mcnemar_exact(only_a, only_b),
     }
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of wins against losses (ties left out): binomial(wins + losses, 1/2)."""
+    return mcnemar_exact(wins, losses)
+
+
+def length_controlled_win_rate(scores: Sequence[float], len_a: Sequence[float], len_b: Sequence[float],
+                               ridge: float = 1e-3, iters: int = 100) -> float | None:
+    """AlpacaEval 2's length control: a logistic regression of B's preference (1 win, 0.5 tie,
+    0 loss) on an intercept and tanh((len_b - len_a) / std), fitted by Newton's method with a
+    small ridge; the win rate it predicts at zero length difference, sigmoid(intercept)."""
+    import numpy as np
+
+    y = np.asarray(scores, dtype=np.float64)
+    if y.size == 0:
+        return None
+    d = np.asarray(len_b, dtype=np.float64) - np.asarray(len_a, dtype=np.float64)
+    sd = d.std()
+    X = np.stack([np.ones_like(d), np.tanh(d / sd) if sd > 0 else np.zeros_like(d)], axis=1)
+    w = np.zeros(2)
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (p - y) + ridge * w
+        hess = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(1.0 / (1.0 + np.exp(-w[0])))

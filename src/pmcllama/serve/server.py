@@ -38,8 +38,8 @@ def create_app(backend: Backend, model_name: str, api_key: str | None = None,
         app.add_exception_handler(kind, handler)
     app.add_api_route("/", lambda: HTMLResponse(chat_page(model_name)), methods=["GET"])
     app.add_api_route("/favicon.ico", lambda: None, methods=["GET"], status_code=204)
-    app.add_api_route("/health", lambda: {"status": "ok", "model": model_name, "load": backend.load},
-                      methods=["GET"])
+    app.add_api_route("/health", lambda: {"status": "ok", "model": model_name, "load": backend.load,
+                                          "requests": api.requests}, methods=["GET"])
     app.add_api_route("/v1/models", api.models, methods=["GET"])
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
     app.add_api_route("/v1/completions", api.completions, methods=["POST"])
@@ -70,6 +70,7 @@ class Api:
     def __init__(self, backend: Backend, model_name: str, api_key: str | None, max_body: int, max_queue: int):
         self.backend, self.model_name, self.api_key = backend, model_name, api_key
         self.max_body, self.max_queue = max_body, max_queue
+        self.requests = 0  # completion requests accepted (GET /health shows it)
 
     def check_key(self, request: HttpRequest) -> None:
         if self.api_key is not None:
@@ -104,6 +105,7 @@ class Api:
         if self.backend.load >= self.max_queue:
             raise ApiError(503, "the server is busy: the request queue is full; retry shortly",
                            code="queue_full", type="server_error", headers={"Retry-After": "1"})
+        self.requests += 1
         return req, data
 
     async def models(self, request: HttpRequest):
