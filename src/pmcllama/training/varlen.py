@@ -13,6 +13,13 @@ Models whose attention does not go through transformers' attention interface ref
 implementation, and models whose attention is not plain causal softmax over the whole sequence
 (logit soft-capping, a sliding window shorter than seq_len) are not switched: `enable` returns
 None and the loop collates padded micro-batches for them.
+
+Scoring (benchmarks/packed.py) calls the same implementation with `pmcllama_tree` instead:
+segments `(start, end, context)` where `context` is an earlier `(start, end)` of the row that
+the segment sees in full before its own causal tokens (a question's prompt shared by its
+choices' continuations), and optionally `pmcllama_prefix`, per-layer keys and values that
+every segment sees first (fixed few-shot examples computed once), or `pmcllama_capture`, a
+dict that receives each layer's keys and values (to compute such a prefix).
 """
 from __future__ import annotations
 
@@ -32,15 +39,45 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if pmcllama_segments is None:
+    if pmcllama_segments is None and "pmcllama_tree" not in kwargs:
         raise RuntimeError(f"attention '{NAME}' needs the segment bounds of the batch (pmcllama_segments=...)")
     kwargs.pop("is_causal", None)
+    tree = kwargs.pop("pmcllama_tree", None)
+    if tree is not None:
+        return _tree_attention(module, query, key, value, tree, dropout, scaling, kwargs)
     sizes = [b - a for a, b in zip(pmcllama_segments[:-1], pmcllama_segments[1:])]
     # split, not slices: the backward of a slice writes its gradient into a zeroed full-size
     # tensor (one per segment, per q/k/v, per layer); split's backward is one concatenation
     outs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True,
                                    **kwargs)[0]
             for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))]
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None
+
+
+def _tree_attention(module, query, key, value, tree, dropout, scaling, kwargs):
+    """Each segment attends to the shared prefix, its context range, then causally to itself."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    prefix, capture = kwargs.pop("pmcllama_prefix", None), kwargs.pop("pmcllama_capture", None)
+    if capture is not None:
+        capture[module.layer_idx] = (key, value)
+    before = prefix[module.layer_idx] if prefix is not None else None
+    sizes = [end - start for start, end, _ in tree]
+    outs = []
+    for (_, _, ctx), q, k, v in zip(tree, query.split(sizes, dim=2), key.split(sizes, dim=2),
+                                    value.split(sizes, dim=2)):
+        ks, vs = ([before[0]], [before[1]]) if before is not None else ([], [])
+        if ctx is not None:
+            ks.append(key[:, :, ctx[0]:ctx[1]])
+            vs.append(value[:, :, ctx[0]:ctx[1]])
+        mask = None
+        if ks:
+            seen = sum(x.shape[2] for x in ks)
+            mask = torch.ones(q.shape[2], seen + q.shape[2], dtype=torch.bool, device=q.device).tril(seen)
+            k, v, mask = torch.cat(ks + [k], dim=2), torch.cat(vs + [v], dim=2), mask[None, None]
+        outs.append(sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling,
+                                           is_causal=mask is None, **kwargs)[0])
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None
 
 
