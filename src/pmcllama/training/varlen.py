@@ -55,30 +55,62 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
 
 
 def _tree_attention(module, query, key, value, tree, dropout, scaling, kwargs):
-    """Each segment attends to the shared prefix, its context range, then causally to itself."""
+    """Each segment attends to the shared prefix, its context range, then causally to itself.
+
+    The segments without a context range go through ONE attention call: gathered into a
+    (segments x longest segment) batch whose slots past a segment's end come after all of its
+    tokens (so causality hides them from it) and are dropped afterwards; many short questions
+    cost one kernel launch per layer instead of one each. Only attention sees those slots."""
     import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     prefix, capture = kwargs.pop("pmcllama_prefix", None), kwargs.pop("pmcllama_capture", None)
     if capture is not None:
         capture[module.layer_idx] = (key, value)
     before = prefix[module.layer_idx] if prefix is not None else None
-    sizes = [end - start for start, end, _ in tree]
-    outs = []
-    for (_, _, ctx), q, k, v in zip(tree, query.split(sizes, dim=2), key.split(sizes, dim=2),
-                                    value.split(sizes, dim=2)):
-        ks, vs = ([before[0]], [before[1]]) if before is not None else ([], [])
-        if ctx is not None:
-            ks.append(key[:, :, ctx[0]:ctx[1]])
-            vs.append(value[:, :, ctx[0]:ctx[1]])
-        mask = None
-        if ks:
-            seen = sum(x.shape[2] for x in ks)
-            mask = torch.ones(q.shape[2], seen + q.shape[2], dtype=torch.bool, device=q.device).tril(seen)
-            k, v, mask = torch.cat(ks + [k], dim=2), torch.cat(vs + [v], dim=2), mask[None, None]
-        outs.append(sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling,
-                                           is_causal=mask is None, **kwargs)[0])
-    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None
+    plain = [(a, b) for a, b, ctx in tree if ctx is None]
+    parts = []  # (rows of the row, their outputs)
+    if plain:
+        rows = torch.tensor([i for a, b in plain for i in range(a, b)], device=query.device)
+        parts.append((rows, _batched(module, query, key, value, plain, before, dropout, scaling, kwargs)))
+    for a, b, ctx in tree:
+        if ctx is None:
+            continue
+        ks = [before[0]] if before is not None else []
+        vs = [before[1]] if before is not None else []
+        k = torch.cat(ks + [key[:, :, ctx[0]:ctx[1]], key[:, :, a:b]], dim=2)
+        v = torch.cat(vs + [value[:, :, ctx[0]:ctx[1]], value[:, :, a:b]], dim=2)
+        seen = k.shape[2] - (b - a)
+        mask = torch.ones(b - a, k.shape[2], dtype=torch.bool, device=query.device).tril(seen)[None, None]
+        parts.append((slice(a, b), _sdpa(module, query[:, :, a:b], k, v, mask, dropout, scaling, kwargs)[0]))
+    out = parts[0][1].new_empty(query.shape[2], query.shape[1], query.shape[3])  # (tokens, heads, dim)
+    for rows, values in parts:
+        out[rows] = values
+    return out[None], None
+
+
+def _sdpa(module, q, k, v, mask, dropout, scaling, kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling,
+                                  is_causal=mask is None, **kwargs)[0]
+
+
+def _batched(module, query, key, value, spans, before, dropout, scaling, kwargs):
+    """Attention of the segments `spans` (each after the prefix `before`), as one call; returns
+    the outputs of their real tokens, (tokens, heads, head_dim), in order."""
+    import torch
+
+    longest = max(b - a for a, b in spans)
+    idx = torch.tensor([[min(a + j, b - 1) for j in range(longest)] for a, b in spans], device=query.device)
+    real = torch.tensor([[j < b - a for j in range(longest)] for a, b in spans], device=query.device)
+    q, k, v = (x[0][:, idx].transpose(0, 1) for x in (query, key, value))  # (segments, heads, longest, dim)
+    mask = None
+    if before is not None:
+        seen = before[0].shape[2]
+        k = torch.cat([before[0].expand(len(spans), -1, -1, -1), k], dim=2)
+        v = torch.cat([before[1].expand(len(spans), -1, -1, -1), v], dim=2)
+        mask = torch.ones(longest, seen + longest, dtype=torch.bool, device=query.device).tril(seen)[None, None]
+    return _sdpa(module, q, k, v, mask, dropout, scaling, kwargs)[real]
 
 
 def plain_causal(config, seq_len: int) -> bool:
