@@ -16,6 +16,10 @@ hub copies (never the hub: HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1). The shapes:
 - mmlu_anatomy: the 10 rows of format_samples/mmlu_anatomy_test_sample.csv repeated to N (~70
   tokens).
 
+A repeated row's r-th copy has " (r)" after its question, so that every prompt is distinct:
+lm-eval groups requests with equal contexts across documents into one forward, which would
+time 10 questions for N.
+
 pmcllama reads the original layouts with its own loaders and scores them with
 `benchmarks.scoring.evaluate_items` (padding-free, `--max-batch-tokens` per forward, no
 question cap); lm-eval with `--lmeval-batch-size` questions per forward (its default
@@ -27,14 +31,15 @@ both accuracies, the largest loglik difference, and questions/s of each. Timed: 
 tokenizing and scoring, without its task building and metrics), the fastest of `--repeat`
 runs of each, model loading excluded for both.
 
-Ceiling: the tokens of the forward inputs each question needs (one sequence per question for
-single-token choices) times 2 x non-embedding parameters, plus causal attention (QK and AV
-over each question's own tokens), against the matmul peak measured in the same run with the
+Ceiling: the forward input tokens pmcllama runs (one sequence per question for single-token
+choices; a prefix common to every prompt, such as MMLU's subject header, once) times 2 x
+non-embedding parameters, plus causal attention (QK and AV over the tokens each one sees),
+against the matmul peak measured in the same run with the
 model's own shapes (its q/k/v/o and MLP projections on `--max-batch-tokens` rows) and, as
 before, 1024^3 square matmuls: each tool's share of the peak.
 
-    python bench/bench_eval_parity.py --limit 20                 # a quick check, ~2 min
-    python bench/bench_eval_parity.py --repeat 2                 # the full run, ~8 min on 2 idle cores
+    python bench/bench_eval_parity.py --limit 20 --repeat 1      # a quick check
+    python bench/bench_eval_parity.py                            # the full run (460 questions, 2 repeats)
     python bench/bench_eval_parity.py --device cuda --precision bf16   # a GPU: lm-eval in bf16
 
 Writes bench/results/eval_parity.json (or --out).
@@ -64,8 +69,8 @@ MEDMCQA_FILE = BENCH / "train" / "medmcqa_train_subset_340.jsonl"
 MEDQA_FILE = BENCH / "format_samples" / "medqa_us_4options_sample.jsonl"
 MMLU_FILE = BENCH / "format_samples" / "mmlu_anatomy_test_sample.csv"
 # shape -> (lm-eval task, pmcllama format, default N)
-SHAPES = {"pubmedqa": ("pubmedqa_local", "pubmedqa", 100), "medmcqa": ("medmcqa_local", "medmcqa", 150),
-          "medqa_4options": ("medqa_4options_local", "medqa", 100),
+SHAPES = {"pubmedqa": ("pubmedqa_local", "pubmedqa", 80), "medmcqa": ("medmcqa_local", "medmcqa", 150),
+          "medqa_4options": ("medqa_4options_local", "medqa", 80),
           "mmlu_anatomy": ("mmlu_anatomy_local", "mmlu", 150)}
 
 
@@ -83,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (both tools)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32 for parity; bf16: pmcllama autocasts, lm-eval loads bfloat16 weights")
-    p.add_argument("--repeat", type=int, default=1,
+    p.add_argument("--repeat", type=int, default=2,
                    help="time each tool this many times and keep the fastest (noisy machines)")
     p.add_argument("--no-logits-cache", action="store_true",
                    help="run lm-eval with logits_cache=False (one sequence per choice, lm-eval's "
@@ -92,8 +97,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _repeat_to(rows: list, n: int) -> list:
-    return [rows[i % len(rows)] for i in range(n)]
+def _repeat_to(rows: list, n: int, question) -> list:
+    """rows repeated to n, copy r > 0 with " (r)" after its question: distinct prompts, so
+    neither tool can reuse one forward for several questions (lm-eval groups equal contexts)."""
+    out = []
+    for i in range(n):
+        r, row = divmod(i, len(rows))
+        out.append(question(rows[row], f" ({r})") if r else rows[row])
+    return out
 
 
 def _write_jsonl(path: Path, rows) -> Path:
@@ -107,10 +118,12 @@ def source_rows(shape: str, n: int) -> tuple[list, Path]:
         return list(json.loads(PQA_FILE.read_text(encoding="utf-8")).items())[:n], PQA_FILE
     if shape == "mmlu_anatomy":
         with open(MMLU_FILE, newline="", encoding="utf-8") as f:
-            return _repeat_to([r for r in csv.reader(f) if r], n), MMLU_FILE
+            return _repeat_to([r for r in csv.reader(f) if r], n, lambda r, tag: [r[0] + tag, *r[1:]]), MMLU_FILE
     path = MEDMCQA_FILE if shape == "medmcqa" else MEDQA_FILE
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    return (rows[:n] if shape == "medmcqa" else _repeat_to(rows, n)), path
+    if shape == "medmcqa":
+        return rows[:n], path
+    return _repeat_to(rows, n, lambda r, tag: {**r, "question": r["question"] + tag}), path
 
 
 def write_pmcllama_file(tmp: Path, shape: str, rows: list) -> Path:
@@ -217,22 +230,25 @@ def run_pmcllama(folder: Path, items: dict, args) -> tuple[dict, dict, dict]:
 
 
 def work(model, tok, items) -> dict:
-    """Forward input tokens (a question's distinct inputs, its shared context once), 2 x
-    non-embedding parameters FLOPs per token, and causal attention FLOPs."""
-    from pmcllama.benchmarks.packed import layout
+    """What pmcllama runs: forward input tokens (a prefix common to every prompt once, each
+    question's shared context once), 2 x non-embedding parameters FLOPs per token, and causal
+    attention FLOPs."""
+    from pmcllama.benchmarks.packed import layout, shared_prefix
     from pmcllama.benchmarks.scoring import build_requests, context_length
 
     cfg = model.config
-    qs = [layout(reqs, 0) for reqs in build_requests(tok, items, context_length(model, tok))]
-    tokens = sum(q.tokens for q in qs)
+    requests = build_requests(tok, items, context_length(model, tok))
+    skip = shared_prefix(requests)
+    qs = [layout(reqs, skip) for reqs in requests]
+    tokens = skip + sum(q.tokens for q in qs)
     embedding = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     body = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
     width = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
-    pairs = sum(len(q.context) * (len(q.context) + 1) / 2 + sum(
-        len(t) * len(q.context) + len(t) * (len(t) + 1) / 2 for t in q.tails) for q in qs)
-    attention = 4.0 * width * cfg.num_hidden_layers * pairs
-    return {"forward_tokens": tokens, "non_embedding_parameters": body, "body_flops": 2.0 * body * tokens,
-            "attention_flops": attention}
+    pairs = skip * (skip + 1) / 2 + sum(
+        len(q.context) * (skip + (len(q.context) + 1) / 2)
+        + sum(len(t) * (skip + len(q.context)) + len(t) * (len(t) + 1) / 2 for t in q.tails) for q in qs)
+    return {"forward_tokens": tokens, "shared_prefix_tokens": skip, "non_embedding_parameters": body,
+            "body_flops": 2.0 * body * tokens, "attention_flops": 4.0 * width * cfg.num_hidden_layers * pairs}
 
 
 def model_shape_peak(model_cfg, device, precision: str, rows: int, seconds: float = 2.0) -> float:
