@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    + "; medmcqa at most 340)")
     p.add_argument("--tasks", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both")
-    p.add_argument("--max-batch-tokens", type=int, default=4096, help="pmcllama: model-input tokens per forward")
+    p.add_argument("--max-batch-tokens", type=int, default=2048, help="pmcllama: model-input tokens per forward")
     p.add_argument("--lmeval-batch-size", "--batch-size", type=int, default=8, help="lm-eval: questions per forward")
     p.add_argument("--device", default="cpu", help="cpu or cuda (both tools)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

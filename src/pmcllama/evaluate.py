@@ -102,7 +102,7 @@ class EvaluateConfig(Config):
     batch_size: int | None = Field(None, ge=1, description="loglik: at most this many questions per "
                                    "forward (default: as many as max_batch_tokens holds); generate/cot: "
                                    "prompts per batch (default 8)")
-    max_batch_tokens: int = Field(4096, ge=1, description="loglik: model-input tokens per forward, "
+    max_batch_tokens: int = Field(2048, ge=1, description="loglik: model-input tokens per forward, "
                                   "filled longest question first (one longer question goes alone)")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="fp32, or bf16 autocast (about 2x faster on CPUs with AMX; log-probs move)")

@@ -38,7 +38,7 @@ from pmcllama.benchmarks.base import Item
 from pmcllama.errors import UserError
 
 DEFAULT_CONTEXT = 2048
-DEFAULT_BATCH_TOKENS = 4096  # model-input tokens per forward
+DEFAULT_BATCH_TOKENS = 2048  # model-input tokens per forward (CPU: cache-sized activations)
 
 
 @dataclass
