@@ -32,8 +32,9 @@ Output folder (`out`):
     results.json              {"model": ..., <benchmark name>: {n, acc, acc_ci95, acc_norm,
                               acc_norm_ci95, baselines, pred_share, truncated, unparsable,
                               calibration, subjects (when items have one), mode, shots,
-                              fewshot_fixed, seed, chat_template, fewshot_path, prompt_template, choices_mode,
-                              format, path, model_path, model_manifest, precision, max_length,
+                              fewshot_fixed, seed, chat_template, fewshot_path,
+                              prompt_template, choices_mode, format, path, model_path,
+                              model_manifest, precision, max_length,
                               generation (generate/cot), seconds, questions_per_s}}
     results.md                the same as a table
     predictions/<name>.jsonl  one line per question: id, gold, pred, correct, truncated,
