@@ -1,44 +1,53 @@
 """Parity and speed: `pmcllama evaluate` (mode loglik) vs lm-evaluation-harness on the same
-model, questions, thread count and precision (fp32).
+model, questions, thread count and precision, on four item shapes.
 
 lm-eval runs its own HF backend (`lm_eval.models.huggingface.HFLM`) on the local Hugging
 Face folder of the model (for smollm2-135m: the dequantised cache that pmcllama.models
-resolves), with the task YAMLs of bench/lmeval_tasks/: lm-eval's `pubmedqa` and
-`medqa_4options` tasks with lm-eval's own prompt functions, reading local JSONL written
-here to a temporary folder (never the hub: HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1):
+resolves), with the task YAMLs of bench/lmeval_tasks/ (lm-eval's own prompt functions and
+templates) reading local JSONL written here to a temporary folder in the layouts of lm-eval's
+hub copies (never the hub: HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1). The shapes:
 
 - pubmedqa: the first N records of ../shared/data/benchmarks/pubmedqa/ori_pqal_trainval.json
-  (PQA-L train/dev; the official test split is never read);
-- medqa_4options: ../shared/data/benchmarks/format_samples/medqa_us_4options_sample.jsonl,
-  rewritten in the layout of lm-eval's hub copy (sent1, ending0..3, label).
+  (PQA-L train/dev with their abstracts, ~320 tokens; the official test split is never read);
+- medmcqa: the first N rows of ../shared/data/benchmarks/train/medmcqa_train_subset_340.jsonl
+  (MedMCQA train rows, ~60 tokens);
+- medqa_4options: the 10 rows of format_samples/medqa_us_4options_sample.jsonl repeated to N
+  (~230 tokens);
+- mmlu_anatomy: the 10 rows of format_samples/mmlu_anatomy_test_sample.csv repeated to N (~70
+  tokens).
 
-pmcllama reads the original files with its own loaders and scores them with
-`benchmarks.scoring.evaluate_items`. The script checks that every pmcllama prompt is
-character-for-character lm-eval's `doc_to_text`, then reports per-question agreement of
-the acc predictions (argmax of summed logliks) and of acc_norm, the accuracy difference,
-the largest loglik difference, and questions/s of each (model loading excluded for both).
+A repeated row's r-th copy has " (r)" after its question, so that every prompt is distinct:
+lm-eval groups requests with equal contexts across documents into one forward, which would
+time 10 questions for N.
 
-Speed: lm-eval 0.4.13 already scores single-token choices (" A".." D", " yes"/" no"/
-" maybe") with one forward per question (`logits_cache`, requests grouped by context), so
-both tools run the same transformer work; pmcllama saves the output layer and the
-full-vocabulary log-softmax at every position (it computes them only where a choice token
-is predicted) and the attention mask. `--no-logits-cache` times lm-eval with one sequence
-per choice instead (its behaviour with logits_cache=False).
+pmcllama reads the original layouts with its own loaders and scores them with
+`benchmarks.scoring.evaluate_items` (padding-free, `--max-batch-tokens` per forward, no
+question cap); lm-eval with `--lmeval-batch-size` questions per forward (its default
+`logits_cache` groups single-token choices into one forward per question; `--no-logits-cache`
+gives one sequence per choice). The script checks that every pmcllama prompt is character for
+character lm-eval's context, then reports per shape the agreement of the acc predictions,
+both accuracies, the largest loglik difference, and questions/s of each. Timed: pmcllama's
+`evaluate_items` call (tokenizing included) against lm-eval's `loglikelihood` call (its
+tokenizing and scoring, without its task building and metrics), the fastest of `--repeat`
+runs of each, model loading excluded for both.
 
-Ceiling: the script counts the tokens of the forward inputs both tools run (one per question
-for single-token choices), takes 2 x non-embedding parameters FLOPs per token (a lower bound
-of the transformer work: attention scores and the output layer left out), measures the fp32
-matmul peak with the same threads, and reports each tool's share of it and the speed-up over
-lm-eval that a scorer doing that work at the peak would reach (`ceiling_ratio_vs_lmeval`).
+Ceiling: the forward input tokens pmcllama runs (one sequence per question for single-token
+choices; a prefix common to every prompt, such as MMLU's subject header, once) times 2 x
+non-embedding parameters, plus causal attention (QK and AV over the tokens each one sees),
+against the matmul peak measured in the same run with the
+model's own shapes (its q/k/v/o and MLP projections on `--max-batch-tokens` rows) and, as
+before, 1024^3 square matmuls: each tool's share of the peak.
 
-    .venv/bin/python bench/bench_eval_parity.py --limit 20
-    .venv/bin/python bench/bench_eval_parity.py --limit 100 --repeat 2   # ~8 min on 2 idle cores
+    python bench/bench_eval_parity.py --limit 20 --repeat 1      # a quick check
+    python bench/bench_eval_parity.py                            # the full run (460 questions, 2 repeats)
+    python bench/bench_eval_parity.py --device cuda --precision bf16   # a GPU: lm-eval in bf16
 
 Writes bench/results/eval_parity.json (or --out).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -54,21 +63,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = Path(__file__).resolve().parent / "lmeval_tasks"
 SHARED = Path(os.environ.get("PMCLLAMA_SHARED_DATA", ROOT.parent / "shared" / "data"))
-PQA_FILE = SHARED / "benchmarks" / "pubmedqa" / "ori_pqal_trainval.json"
-MEDQA_FILE = SHARED / "benchmarks" / "format_samples" / "medqa_us_4options_sample.jsonl"
-TASKS = {"pubmedqa": "pubmedqa_local", "medqa_4options": "medqa_4options_local"}
+BENCH = SHARED / "benchmarks"
+PQA_FILE = BENCH / "pubmedqa" / "ori_pqal_trainval.json"
+MEDMCQA_FILE = BENCH / "train" / "medmcqa_train_subset_340.jsonl"
+MEDQA_FILE = BENCH / "format_samples" / "medqa_us_4options_sample.jsonl"
+MMLU_FILE = BENCH / "format_samples" / "mmlu_anatomy_test_sample.csv"
+# shape -> (lm-eval task, pmcllama format, default N)
+SHAPES = {"pubmedqa": ("pubmedqa_local", "pubmedqa", 80), "medmcqa": ("medmcqa_local", "medmcqa", 150),
+          "medqa_4options": ("medqa_4options_local", "medqa", 80),
+          "mmlu_anatomy": ("mmlu_anatomy_local", "mmlu", 150)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="pmcllama model name or HF folder")
-    p.add_argument("--limit", type=int, default=50,
-                   help="questions per benchmark (size option; MedQA sample has 10)")
-    p.add_argument("--tasks", default="pubmedqa,medqa_4options", help=f"comma list of {', '.join(TASKS)}")
+    p.add_argument("--limit", type=int, default=None,
+                   help="questions per shape (default: " + ", ".join(f"{k} {v[2]}" for k, v in SHAPES.items())
+                   + "; medmcqa at most 340)")
+    p.add_argument("--tasks", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size for both")
-    p.add_argument("--repeat", type=int, default=1,
+    p.add_argument("--max-batch-tokens", type=int, default=2048, help="pmcllama: model-input tokens per forward")
+    p.add_argument("--lmeval-batch-size", "--batch-size", type=int, default=8, help="lm-eval: questions per forward")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both tools)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 for parity; bf16: pmcllama autocasts, lm-eval loads bfloat16 weights")
+    p.add_argument("--repeat", type=int, default=2,
                    help="time each tool this many times and keep the fastest (noisy machines)")
     p.add_argument("--no-logits-cache", action="store_true",
                    help="run lm-eval with logits_cache=False (one sequence per choice, lm-eval's "
@@ -77,84 +97,185 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def write_data(tmp: Path, limit: int) -> dict[str, Path]:
-    """JSONL for lm-eval (its hub layouts) + the original files cut to `limit` for pmcllama."""
-    pqa = json.loads(PQA_FILE.read_text(encoding="utf-8"))
-    pqa = dict(list(pqa.items())[:limit])
-    (tmp / "ori_pqal_part.json").write_text(json.dumps(pqa), encoding="utf-8")
-    with open(tmp / "pubmedqa.jsonl", "w", encoding="utf-8") as f:
-        for pmid, rec in pqa.items():
-            f.write(json.dumps({"id": pmid, "QUESTION": rec["QUESTION"], "CONTEXTS": rec["CONTEXTS"],
-                                "final_decision": rec["final_decision"]}) + "\n")
-    rows = [json.loads(x) for x in MEDQA_FILE.read_text(encoding="utf-8").splitlines() if x.strip()][:limit]
-    (tmp / "medqa_part.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    with open(tmp / "medqa_4options.jsonl", "w", encoding="utf-8") as f:
-        for k, r in enumerate(rows, 1):
-            o = r["options"]
-            f.write(json.dumps({"id": f"line-{k}", "sent1": r["question"], "ending0": o["A"],
-                                "ending1": o["B"], "ending2": o["C"], "ending3": o["D"],
-                                "label": "ABCD".index(r["answer_idx"])}) + "\n")
-    for name in ("pubmedqa_local.yaml", "medqa_4options_local.yaml"):
-        text = (TASKS_DIR / name).read_text(encoding="utf-8").replace("__DATA_DIR__", str(tmp))
-        (tmp / name).write_text(text, encoding="utf-8")
+def _repeat_to(rows: list, n: int, question) -> list:
+    """rows repeated to n, copy r > 0 with " (r)" after its question: distinct prompts, so
+    neither tool can reuse one forward for several questions (lm-eval groups equal contexts)."""
+    out = []
+    for i in range(n):
+        r, row = divmod(i, len(rows))
+        out.append(question(rows[row], f" ({r})") if r else rows[row])
+    return out
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def source_rows(shape: str, n: int) -> tuple[list, Path]:
+    """The shape's first n source records (the format samples repeated) and the original file."""
+    if shape == "pubmedqa":
+        return list(json.loads(PQA_FILE.read_text(encoding="utf-8")).items())[:n], PQA_FILE
+    if shape == "mmlu_anatomy":
+        with open(MMLU_FILE, newline="", encoding="utf-8") as f:
+            return _repeat_to([r for r in csv.reader(f) if r], n, lambda r, tag: [r[0] + tag, *r[1:]]), MMLU_FILE
+    path = MEDMCQA_FILE if shape == "medmcqa" else MEDQA_FILE
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if shape == "medmcqa":
+        return rows[:n], path
+    return _repeat_to(rows, n, lambda r, tag: {**r, "question": r["question"] + tag}), path
+
+
+def write_pmcllama_file(tmp: Path, shape: str, rows: list) -> Path:
+    if shape == "pubmedqa":
+        path = tmp / "ori_pqal_part.json"
+        path.write_text(json.dumps(dict(rows)), encoding="utf-8")
+        return path
+    if shape == "mmlu_anatomy":
+        path = tmp / "anatomy_part.csv"
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+        return path
+    return _write_jsonl(tmp / f"{shape}_part.jsonl", rows)
+
+
+def lmeval_doc(shape: str, row, item_id: str) -> dict:
+    """One source record in the layout of lm-eval's hub copy of the task, with pmcllama's id."""
+    if shape == "pubmedqa":
+        rec = row[1]
+        return {"id": item_id, "QUESTION": rec["QUESTION"], "CONTEXTS": rec["CONTEXTS"],
+                "final_decision": rec["final_decision"]}
+    if shape == "medmcqa":
+        cop = int(row["cop"])
+        return {"id": item_id, **{k: row[k] for k in ("question", "opa", "opb", "opc", "opd")}, "cop": cop - 1}
+    if shape == "mmlu_anatomy":
+        return {"id": item_id, "question": row[0], "choices": row[1:5], "answer": "ABCD".index(row[5].strip())}
+    o = row["options"]
+    return {"id": item_id, "sent1": row["question"], "ending0": o["A"], "ending1": o["B"], "ending2": o["C"],
+            "ending3": o["D"], "label": "ABCD".index(row["answer_idx"])}
+
+
+def write_data(tmp: Path, shapes: list[str], limit: int | None) -> dict:
+    """Per shape: pmcllama's items (read from the original layout) and lm-eval's task files."""
+    from pmcllama.benchmarks import load_benchmark
+
+    items = {}
+    for shape in shapes:
+        task, fmt, default = SHAPES[shape]
+        rows, _ = source_rows(shape, limit or default)
+        loaded = load_benchmark(fmt, write_pmcllama_file(tmp, shape, rows),
+                                **({"subject": "anatomy"} if fmt == "mmlu" else {}))
+        assert len(loaded.items) == len(rows), f"{shape}: {len(rows)} rows but {len(loaded.items)} items"
+        items[shape] = loaded.items
+        _write_jsonl(tmp / f"{shape}.jsonl", [lmeval_doc(shape, r, it.id) for r, it in zip(rows, loaded.items)])
+        text = (TASKS_DIR / f"{task}.yaml").read_text(encoding="utf-8").replace("__DATA_DIR__", str(tmp))
+        (tmp / f"{task}.yaml").write_text(text, encoding="utf-8")
     shutil.copy(TASKS_DIR / "lmeval_prompts.py", tmp / "lmeval_prompts.py")
-    return {"pubmedqa": tmp / "ori_pqal_part.json", "medqa_4options": tmp / "medqa_part.jsonl"}
+    return items
 
 
-def run_lmeval(folder: Path, tmp: Path, tasks: list[str], batch_size: int, repeat: int,
-               logits_cache: bool) -> tuple[dict, list[float]]:
+def run_lmeval(folder: Path, tmp: Path, shapes: list[str], args) -> tuple[dict, dict]:
+    """lm-eval on each shape; returns its per-question results and the fastest scoring seconds."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=str(folder), dtype="float32", device="cpu", batch_size=batch_size,
-              logits_cache=logits_cache)
-    tm = TaskManager(include_path=str(tmp))
-    seconds = []
-    for _ in range(max(1, repeat)):
+    lm = HFLM(pretrained=str(folder), dtype="bfloat16" if args.precision == "bf16" else "float32",
+              device=args.device, batch_size=args.lmeval_batch_size, logits_cache=not args.no_logits_cache)
+    timed, inner = [0.0], lm.loglikelihood
+
+    def loglikelihood(*a, **k):
         t0 = time.perf_counter()
-        out = simple_evaluate(model=lm, tasks=[TASKS[t] for t in tasks], task_manager=tm, num_fewshot=0,
-                              log_samples=True, bootstrap_iters=0)
-        seconds.append(round(time.perf_counter() - t0, 3))
-    per_task = {}
-    for t in tasks:
-        samples = sorted(out["samples"][TASKS[t]], key=lambda s: s["doc_id"])
-        per_task[t] = [{"id": s["doc"]["id"], "prompt": s["arguments"][0][0] if isinstance(
+        try:
+            return inner(*a, **k)
+        finally:
+            timed[0] += time.perf_counter() - t0
+
+    lm.loglikelihood = loglikelihood
+    tm = TaskManager(include_path=str(tmp))
+    per_task, seconds = {}, {}
+    for shape in shapes:
+        task = SHAPES[shape][0]
+        for _ in range(max(1, args.repeat)):
+            timed[0] = 0.0
+            out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, num_fewshot=0, log_samples=True,
+                                  bootstrap_iters=0)
+            seconds.setdefault(shape, []).append(round(timed[0], 3))
+        samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+        per_task[shape] = [{"id": s["doc"]["id"], "prompt": s["arguments"][0][0] if isinstance(
             s["arguments"][0], (list, tuple)) else None,
             "loglik": [float(r[0]) for r in s["filtered_resps"]], "acc": s["acc"],
             "acc_norm": s.get("acc_norm")} for s in samples]
     return per_task, seconds
 
 
-def run_pmcllama(folder: Path, files: dict[str, Path], tasks: list[str], batch_size: int,
-                 repeat: int) -> tuple[dict, dict, list[float]]:
-    from pmcllama.benchmarks import load_benchmark
+def run_pmcllama(folder: Path, items: dict, args) -> tuple[dict, dict, dict]:
+    import torch
+
     from pmcllama.benchmarks.scoring import evaluate_items
     from pmcllama.models import load_model
 
-    model, tok = load_model(folder)
-    loaded = {"pubmedqa": load_benchmark("pubmedqa", files["pubmedqa"]) if "pubmedqa" in tasks else None,
-              "medqa_4options": load_benchmark("medqa", files["medqa_4options"])
-              if "medqa_4options" in tasks else None}
-    per_task, seconds = {}, []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        for t in tasks:
-            per_task[t] = evaluate_items(model, tok, loaded[t].items, batch_size=batch_size, progress=False)
-        seconds.append(round(time.perf_counter() - t0, 3))
-    return per_task, {t: loaded[t].items for t in tasks}, seconds, work(model, tok, [loaded[t].items for t in tasks])
+    model, tok = load_model(folder, device=None if args.device == "cpu" else args.device)
+    per_task, seconds = {}, {}
+    for shape, its in items.items():
+        evaluate_items(model, tok, its[:2], precision=args.precision, progress=False)  # warm-up
+        for _ in range(max(1, args.repeat)):
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            per_task[shape] = evaluate_items(model, tok, its, precision=args.precision, progress=False,
+                                             max_batch_tokens=args.max_batch_tokens)
+            seconds.setdefault(shape, []).append(round(time.perf_counter() - t0, 3))
+    return per_task, seconds, {shape: work(model, tok, its) for shape, its in items.items()}
 
 
-def work(model, tok, item_lists) -> dict:
-    """Forward input tokens (distinct model inputs per question) and 2 x non-embedding params FLOPs."""
+def work(model, tok, items) -> dict:
+    """What pmcllama runs: forward input tokens (a prefix common to every prompt once, each
+    question's shared context once), 2 x non-embedding parameters FLOPs per token, and causal
+    attention FLOPs."""
+    from pmcllama.benchmarks.packed import layout, shared_prefix
     from pmcllama.benchmarks.scoring import build_requests, context_length
 
-    max_length = context_length(model, tok)
-    tokens = sum(len(inp) for items in item_lists for reqs in build_requests(tok, items, max_length)
-                 for inp in {r.inp for r in reqs})
+    cfg = model.config
+    requests = build_requests(tok, items, context_length(model, tok))
+    skip = shared_prefix(requests)
+    qs = [layout(reqs, skip) for reqs in requests]
+    tokens = skip + sum(q.tokens for q in qs)
     embedding = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     body = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
-    return {"forward_tokens": tokens, "non_embedding_parameters": body, "body_flops": 2.0 * body * tokens}
+    width = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    pairs = skip * (skip + 1) / 2 + sum(
+        len(q.context) * (skip + (len(q.context) + 1) / 2)
+        + sum(len(t) * (skip + len(q.context)) + len(t) * (len(t) + 1) / 2 for t in q.tails) for q in qs)
+    return {"forward_tokens": tokens, "shared_prefix_tokens": skip, "non_embedding_parameters": body,
+            "body_flops": 2.0 * body * tokens, "attention_flops": 4.0 * width * cfg.num_hidden_layers * pairs}
+
+
+def model_shape_peak(model_cfg, device, precision: str, rows: int, seconds: float = 2.0) -> float:
+    """Best FLOP/s of one layer's projections (q, k, v, o, gate, up, down) on `rows` tokens."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    d, f = model_cfg.hidden_size, model_cfg.intermediate_size
+    heads, kv = model_cfg.num_attention_heads, model_cfg.num_key_value_heads
+    hd = getattr(model_cfg, "head_dim", d // heads)
+    shapes = [(d, heads * hd), (d, kv * hd), (d, kv * hd), (heads * hd, d), (d, f), (d, f), (f, d)]
+    mats = [(torch.randn(rows, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype))
+            for k, n in shapes]
+    flops = sum(2 * rows * k * n for k, n in shapes)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    for i in range(200):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for a, b in mats:
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, flops / (time.perf_counter() - t0))
+        if i >= 3 and time.perf_counter() > t_end:
+            break
+    return best
 
 
 def compare(ours: list[dict], items, theirs: list[dict]) -> dict:
@@ -180,69 +301,87 @@ def compare(ours: list[dict], items, theirs: list[dict]) -> dict:
     }
 
 
+def speed(shape_items: int, ours: list[float], theirs: list[float], done: dict, peaks: dict) -> dict:
+    """questions/s of each, the ratio, and each tool's share of the two peaks."""
+    s_ours, s_theirs = min(ours), min(theirs)
+    useful = done["body_flops"] + done["attention_flops"]
+    return {"pmcllama_seconds": s_ours, "lmeval_seconds": s_theirs, "pmcllama_seconds_runs": ours,
+            "lmeval_seconds_runs": theirs, "pmcllama_q_per_s": round(shape_items / s_ours, 3),
+            "lmeval_q_per_s": round(shape_items / s_theirs, 3), "speed_ratio": round(s_theirs / s_ours, 2),
+            **done, **{f"{tool}_share_of_{name}": round(useful / sec / peak, 3)
+                       for tool, sec in (("pmcllama", s_ours), ("lmeval", s_theirs)) for name, peak in peaks.items()}}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
     from pmcllama.models import resolve
+    from pmcllama.training.metrics import matmul_peak
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        sys.exit(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
-    for f in (PQA_FILE, MEDQA_FILE):
+    shapes = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in shapes if t not in SHAPES]
+    if unknown or not shapes:
+        sys.exit(f"unknown task(s) {unknown}; known: {', '.join(SHAPES)}")
+    for f in (PQA_FILE, MEDMCQA_FILE, MEDQA_FILE, MMLU_FILE):
         if not f.is_file():
             sys.exit(f"missing {f} (set PMCLLAMA_SHARED_DATA)")
     torch.set_num_threads(args.threads)
     folder = resolve(args.model)
     with tempfile.TemporaryDirectory(prefix="pmcllama-parity-") as d:
         tmp = Path(d)
-        files = write_data(tmp, args.limit)
-        ours, items, runs_ours, done = run_pmcllama(folder, files, tasks, args.batch_size, args.repeat)
-        theirs, runs_theirs = run_lmeval(folder, tmp, tasks, args.batch_size, args.repeat,
-                                         not args.no_logits_cache)
-    s_ours, s_theirs = min(runs_ours), min(runs_theirs)
-    from pmcllama.training.metrics import matmul_peak
+        items = write_data(tmp, shapes, args.limit)
+        ours, runs_ours, done = run_pmcllama(folder, items, args)
+        theirs, runs_theirs = run_lmeval(folder, tmp, shapes, args)
+    from transformers import AutoConfig
 
-    peak = matmul_peak(torch.device("cpu"), "fp32", size=1024, seconds=2.0)
-    ceiling = {**done, "matmul_peak_flops_per_s": peak,
-               "pmcllama_share_of_peak": round(done["body_flops"] / s_ours / peak, 3),
-               "lmeval_share_of_peak": round(done["body_flops"] / s_theirs / peak, 3),
-               "ceiling_ratio_vs_lmeval": round(s_theirs / (done["body_flops"] / peak), 2)}
+    device = torch.device(args.device)
+    peaks = {"model_shape_peak": model_shape_peak(AutoConfig.from_pretrained(folder), device, args.precision,
+                                                  min(args.max_batch_tokens, 2048)),
+             "square_peak": matmul_peak(device, args.precision, size=1024, seconds=2.0)}
+    per_task = {t: {**compare(ours[t], items[t], theirs[t]),
+                    **speed(len(items[t]), runs_ours[t], runs_theirs[t], done[t], peaks)} for t in shapes}
     n = sum(len(v) for v in ours.values())
-    per_task = {t: compare(ours[t], items[t], theirs[t]) for t in tasks}
-    agree = sum(per_task[t]["agreement_acc"] * per_task[t]["n"] for t in tasks) / n
+    total_ours = sum(min(runs_ours[t]) for t in shapes)
+    total_theirs = sum(min(runs_theirs[t]) for t in shapes)
+    agree = sum(per_task[t]["agreement_acc"] * per_task[t]["n"] for t in shapes) / n
     result = {
-        "model": args.model, "model_folder": str(folder), "threads": args.threads,
-        "batch_size": args.batch_size, "precision": "fp32", "limit": args.limit, "repeat": args.repeat,
-        "lm_eval_version": __import__("lm_eval").__version__,
-        "lmeval_logits_cache": not args.no_logits_cache, "tasks": per_task,
-        "questions": n, "agreement_acc": agree,
-        "pmcllama_seconds": s_ours, "lmeval_seconds": s_theirs,
-        "pmcllama_seconds_runs": runs_ours, "lmeval_seconds_runs": runs_theirs,
-        "pmcllama_q_per_s": round(n / s_ours, 3), "lmeval_q_per_s": round(n / s_theirs, 3),
-        "speed_ratio": round(s_theirs / s_ours, 2), "ceiling": ceiling,
-        "note": "seconds: fastest of `repeat` runs each (the first run of each pays one-off "
-                "warm-up); lm-eval seconds include its request building and metric aggregation; "
-                "model loading excluded for both",
+        "model": args.model, "model_folder": str(folder), "threads": args.threads, "device": args.device,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": args.precision,
+        "max_batch_tokens": args.max_batch_tokens, "lmeval_batch_size": args.lmeval_batch_size,
+        "limit": args.limit, "repeat": args.repeat, "lm_eval_version": __import__("lm_eval").__version__,
+        "lmeval_logits_cache": not args.no_logits_cache, "peaks_flops_per_s": peaks, "tasks": per_task,
+        "questions": n, "agreement_acc": agree, "pmcllama_seconds": round(total_ours, 3),
+        "lmeval_seconds": round(total_theirs, 3), "pmcllama_q_per_s": round(n / total_ours, 3),
+        "lmeval_q_per_s": round(n / total_theirs, 3), "speed_ratio": round(total_theirs / total_ours, 2),
+        "load_average_1min": os.getloadavg()[0],
+        "note": "seconds per shape: fastest of `repeat` runs; pmcllama: its evaluate_items call; lm-eval: "
+                "its loglikelihood call (tokenizing and scoring; task building and metrics left out); model "
+                "loading excluded for both; shares of peak count 2 x non-embedding parameters per forward "
+                "token plus causal attention",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    for t, r in per_task.items():
+    report(result, args)
+    return 0
+
+
+def report(result: dict, args) -> None:
+    for t, r in result["tasks"].items():
         print(f"{t}: n={r['n']} prompts identical {r['prompts_identical']}/{r['n']}  "
               f"agreement {100 * r['agreement_acc']:.1f}%  acc pmcllama {100 * r['acc_pmcllama']:.1f} "
-              f"lm-eval {100 * r['acc_lmeval']:.1f} (diff {r['acc_diff_points']:+.2f} pts)  "
-              f"max |dloglik| {r['max_abs_loglik_diff']:.2e}")
-    print(f"all: {n} questions, agreement {100 * agree:.1f}%; pmcllama {result['pmcllama_q_per_s']} q/s, "
-          f"lm-eval {result['lmeval_q_per_s']} q/s -> {result['speed_ratio']}x "
-          f"({args.threads} threads, fp32, batch {args.batch_size}, lm-eval logits_cache="
-          f"{not args.no_logits_cache}; runs pmcllama {runs_ours} s, lm-eval {runs_theirs} s); wrote {args.out}")
-    print(f"work: {done['forward_tokens']} forward tokens, {done['body_flops'] / 1e12:.2f} TFLOP (2 x "
-          f"{done['non_embedding_parameters'] / 1e6:.1f}M non-embedding params per token); fp32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s: pmcllama at {100 * ceiling['pmcllama_share_of_peak']:.0f}%, lm-eval at "
-          f"{100 * ceiling['lmeval_share_of_peak']:.0f}%; at the peak a scorer would be "
-          f"{ceiling['ceiling_ratio_vs_lmeval']}x lm-eval")
-    return 0
+              f"lm-eval {100 * r['acc_lmeval']:.1f}  max |dloglik| {r['max_abs_loglik_diff']:.1e}  "
+              f"pmcllama {r['pmcllama_q_per_s']} q/s, lm-eval {r['lmeval_q_per_s']} q/s -> {r['speed_ratio']}x; "
+              f"share of the model-shape matmul peak: pmcllama {100 * r['pmcllama_share_of_model_shape_peak']:.0f}%"
+              f", lm-eval {100 * r['lmeval_share_of_model_shape_peak']:.0f}%")
+    peaks = result["peaks_flops_per_s"]
+    print(f"all: {result['questions']} questions, agreement {100 * result['agreement_acc']:.1f}%; pmcllama "
+          f"{result['pmcllama_q_per_s']} q/s, lm-eval {result['lmeval_q_per_s']} q/s -> {result['speed_ratio']}x "
+          f"({args.threads} threads, {args.device} {result['cpu_capability']}, {args.precision}, pmcllama "
+          f"max_batch_tokens {args.max_batch_tokens}, lm-eval batch {args.lmeval_batch_size}); matmul peak "
+          f"{peaks['model_shape_peak'] / 1e9:.1f} GFLOP/s at the model's shapes, "
+          f"{peaks['square_peak'] / 1e9:.1f} GFLOP/s square; load average {result['load_average_1min']:.1f}; "
+          f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ mode=cot: a reason-then-answer prompt ("Think step by step, then finish with 'Th
 is X'"), `self_consistency` sampled answers per question and a majority vote.
 
 `shots=k` puts k solved examples from each benchmark's `fewshot_path` (a train/dev file,
-never the evaluated one) before every question, drawn with `seed`; `chat_template=true`
+never the evaluated one) before every question, drawn with `seed` (per question, or once for
+all with `fewshot_fixed=true`, whose shared examples are then computed once); `chat_template=true`
 wraps the prompt in the model's chat template (`benchmarks.prompting`).
 
 Every accuracy comes with a 95% bootstrap CI and the baselines a model must beat
@@ -31,8 +32,9 @@ Output folder (`out`):
     results.json              {"model": ..., <benchmark name>: {n, acc, acc_ci95, acc_norm,
                               acc_norm_ci95, baselines, pred_share, truncated, unparsable,
                               calibration, subjects (when items have one), mode, shots,
-                              seed, chat_template, fewshot_path, prompt_template, choices_mode,
-                              format, path, model_path, model_manifest, precision, max_length,
+                              fewshot_fixed, seed, chat_template, fewshot_path,
+                              prompt_template, choices_mode, format, path, model_path,
+                              model_manifest, precision, max_length,
                               generation (generate/cot), seconds, questions_per_s}}
     results.md                the same as a table
     predictions/<name>.jsonl  one line per question: id, gold, pred, correct, truncated,
@@ -98,7 +100,11 @@ class EvaluateConfig(Config):
     model: str = Field("smollm2-135m", description="model to score: HF folder, .gguf file, stage output, or built-in name")
     out: str = Field("runs/eval", description="output folder (results.json, predictions/)")
     benchmarks: list[BenchmarkSpec] = Field([], description="benchmarks to score (at least one)")
-    batch_size: int = Field(8, ge=1, description="questions per forward batch")
+    batch_size: int | None = Field(None, ge=1, description="loglik: at most this many questions per "
+                                   "forward (default: as many as max_batch_tokens holds); generate/cot: "
+                                   "prompts per batch (default 8)")
+    max_batch_tokens: int = Field(2048, ge=1, description="loglik: model-input tokens per forward, "
+                                  "filled longest question first (one longer question goes alone)")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="fp32, or bf16 autocast (about 2x faster on CPUs with AMX; log-probs move)")
     max_length: int | None = Field(None, ge=2, description="max tokens per sequence (default: the "
@@ -110,6 +116,9 @@ class EvaluateConfig(Config):
         "from generated text; cot: reason then answer, `self_consistency` samples voted")
     shots: int = Field(0, ge=0, description="solved examples before each question, drawn from each "
                        "benchmark's fewshot_path (loglik and generate)")
+    fewshot_fixed: bool = Field(False, description="shots: the same k examples (drawn once with seed) "
+                                "before every question, as lm-eval's fewshot_config; loglik computes "
+                                "their keys and values once")
     chat_template: bool = Field(False, description="wrap each prompt in the model's chat template")
     max_new_tokens: int | None = Field(None, ge=1, description="generate/cot: tokens per answer "
                                        "(default 16 for generate, 256 for cot)")
@@ -135,6 +144,8 @@ class EvaluateConfig(Config):
                 raise ValueError(f"shots={self.shots} needs fewshot_path for benchmark '{b.name}'")
             if b.fewshot_path and not self.shots:
                 raise ValueError(f"benchmark '{b.name}' has a fewshot_path but shots=0")
+        if self.fewshot_fixed and not self.shots:
+            raise ValueError("fewshot_fixed applies when shots > 0")
         return self
 
     @property
@@ -186,7 +197,7 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
     for spec in cfg.benchmarks:
         bench = loaded[spec.name]
         items = build(bench.items, cfg.mode, cfg.shots, pools.get(spec.name, ()), cfg.seed, tok,
-                      cfg.chat_template)
+                      cfg.chat_template, cfg.fewshot_fixed)
         entry = _evaluate_one(cfg, spec, bench, items, model, tok, tmp)
         if entry["truncated"]:
             print(f"warning: {spec.name}: {entry['truncated']} of {entry['n']} prompts were longer "
@@ -217,12 +228,13 @@ def _model_manifest(folder: Path) -> dict:
 
 def _score(cfg: EvaluateConfig, spec: BenchmarkSpec, items, model, tok, max_length: int) -> list[dict]:
     if cfg.mode == "loglik":
-        return evaluate_items(model, tok, items, cfg.batch_size, cfg.precision, max_length, desc=spec.name)
+        return evaluate_items(model, tok, items, cfg.batch_size, cfg.precision, max_length, desc=spec.name,
+                              max_batch_tokens=cfg.max_batch_tokens)
     lengths = token_lengths(tok, [it.prompt for it in items])
     room = max(1, max_length - cfg.new_tokens)
     fn = hf_generate_fn(model, tok, max_new_tokens=cfg.new_tokens, temperature=cfg.temperature,
                         top_p=cfg.top_p, seed=cfg.seed, max_length=max_length)
-    return evaluate_generated(items, fn, samples=cfg.self_consistency, batch_size=cfg.batch_size,
+    return evaluate_generated(items, fn, samples=cfg.self_consistency, batch_size=cfg.batch_size or 8,
                               cot=cfg.mode == "cot", truncated=[n > room for n in lengths],
                               lengths=lengths, desc=spec.name)
 
@@ -249,7 +261,8 @@ def _evaluate_one(cfg: EvaluateConfig, spec: BenchmarkSpec, bench, items, model,
         **summary,
         "calibration": calib,
         **({"subjects": per_subject} if per_subject else {}),
-        "mode": cfg.mode, "shots": cfg.shots, "seed": cfg.seed, "chat_template": cfg.chat_template,
+        "mode": cfg.mode, "shots": cfg.shots, "fewshot_fixed": cfg.fewshot_fixed, "seed": cfg.seed,
+        "chat_template": cfg.chat_template,
         "fewshot_path": spec.fewshot_path,
         "prompt_template": template_name(bench.template, cfg.mode, cfg.shots, cfg.chat_template),
         "choices_mode": spec.choices if spec.format in CHOICE_FORMATS else

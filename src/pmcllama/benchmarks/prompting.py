@@ -22,7 +22,10 @@ top of it:
   MMLU header. The examples come from `fewshot_path`, a train/dev file of the
   same format (never the evaluated file), drawn for each item with a generator seeded by
   (seed, item id), so a question keeps its examples whatever the order, limit or batch;
-  an example with the item's id or prompt is never used for that item;
+  an example with the item's id or prompt is never used for that item. With `fixed=True`
+  (`fewshot_fixed: true`, lm-eval's `fewshot_config`) k+1 examples are drawn once with
+  `seed` and every question gets the first k of them that are not itself, so the prompts
+  share one token prefix that the scorer computes once (`benchmarks.packed`);
 - `chat_template=True` sends the whole text as one user message through the tokenizer's
   chat template with the assistant turn opened (loglik continuations follow that turn).
 
@@ -86,6 +89,15 @@ def draw_examples(item: Item, pool: Sequence[Item], k: int, seed: int) -> list[I
     return random.Random(_seed_for(seed, item.id)).sample(usable, k)
 
 
+def fixed_examples(item: Item, drawn: Sequence[Item], k: int) -> list[Item]:
+    """The first k of the once-drawn examples that are not `item` itself."""
+    usable = [ex for ex in drawn if ex.id != item.id and ex.prompt != item.prompt]
+    if len(usable) < k:
+        raise UserError(f"item {item.id}: {k} shots asked but the few-shot file has only "
+                        f"{len(usable)} other items")
+    return usable[:k]
+
+
 def fewshot_prompt(item: Item, examples: Sequence[Item]) -> str:
     """lm-eval's few-shot layout: the description once, then each example's text with its
     gold choice, then the question, joined by a blank line."""
@@ -120,13 +132,17 @@ def check_fewshot_file(fewshot_path: str | Path, path: str | Path) -> None:
 
 
 def build(items: Sequence[Item], mode: str, shots: int = 0, pool: Sequence[Item] = (),
-          seed: int = 0, tokenizer=None, chat: bool = False) -> list[Item]:
-    """Items whose prompt is the final text for `mode`, `shots` and the chat template."""
+          seed: int = 0, tokenizer=None, chat: bool = False, fixed: bool = False) -> list[Item]:
+    """Items whose prompt is the final text for `mode`, `shots` and the chat template
+    (`fixed`: the same examples before every question)."""
     out = []
+    drawn = random.Random(_seed_for(seed, "fewshot_fixed")).sample(
+        list(pool), min(len(pool), shots + 1)) if fixed and shots else []
     for it in items:
         text = it.prompt
         if shots:
-            text = fewshot_prompt(it, draw_examples(it, pool, shots, seed))
+            examples = fixed_examples(it, drawn, shots) if fixed else draw_examples(it, pool, shots, seed)
+            text = fewshot_prompt(it, examples)
         if mode == "cot":  # from the document, unless examples were put before it
             text = cot_prompt(replace(it, prompt=text, doc=None) if shots else it)
         if chat:

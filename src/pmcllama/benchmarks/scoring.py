@@ -15,12 +15,17 @@ backend adds no BOS unless `add_bos_token=True`: for tokenizers that add one (no
 tiny-llama), numbers match lm-eval run with `add_bos_token=True`. An empty context is
 replaced by the EOS token, as lm-eval's `prefix_token_id`.
 
-Batching: the sequences of `batch_size` questions (longest first, as lm-eval sorts) are
-right-padded into one forward, without an attention mask (causal attention never lets a
-real token see the pads after it; as lm-eval, and the fast causal attention kernel). Requests whose model input is identical share one row, so
-single-token choices (" A".." D") cost one sequence per question, like lm-eval's grouping
-by context. Only the hidden states at continuation positions go through the output layer,
-and log_softmax is computed in fp32 (`precision="bf16"` autocasts the transformer only).
+Batching: questions, longest first, fill each forward up to `max_batch_tokens` model-input
+tokens (at most `batch_size` questions when it is set). Models that take the segment
+attention of `training/varlen.py` are scored padding-free by `benchmarks.packed`: the
+questions of a batch laid end to end in one row, each attending to itself only, a question's
+prompt computed once for all its choices, and a prefix common to every prompt (fixed few-shot
+examples) computed once for the whole run. Other models get the sequences right-padded into
+one forward, without an attention mask (causal attention never lets a real token see the pads
+after it). Requests whose model input is identical share one row, so single-token choices
+(" A".." D") cost one sequence per question, like lm-eval's grouping by context. Only the
+hidden states at continuation positions go through the output layer, and log_softmax is
+computed in fp32 (`precision="bf16"` autocasts the transformer only).
 `acc` takes the argmax of summed logliks, `acc_norm` of loglik / len(choice text in
 characters, without the leading delimiter space), as lm-eval's `acc_norm`.
 """
@@ -33,6 +38,7 @@ from pmcllama.benchmarks.base import Item
 from pmcllama.errors import UserError
 
 DEFAULT_CONTEXT = 2048
+DEFAULT_BATCH_TOKENS = 2048  # model-input tokens per forward (CPU: cache-sized activations)
 
 
 @dataclass
@@ -116,6 +122,22 @@ def _decoder_and_head(model) -> tuple[Any, Any]:
     return decoder, head
 
 
+def _autocast(device, precision: str):
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def continuation_sums(logits, requests: Sequence[Request]) -> list[float]:
+    """Summed fp32 log-probs of each request's continuation from its logits rows (in order)."""
+    import torch
+
+    targets = torch.tensor([t for r in requests for t in r.cont], device=logits.device)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tok_lp = logp[torch.arange(len(targets), device=logits.device), targets]
+    return [float(s.sum()) for s in torch.split(tok_lp.double(), [len(r.cont) for r in requests])]
+
+
 def score_requests(model, requests: Sequence[Request], pad_id: int = 0, precision: str = "fp32") -> list[float]:
     """Summed log-probs of each request's continuation, with one right-padded forward."""
     import torch
@@ -128,37 +150,31 @@ def score_requests(model, requests: Sequence[Request], pad_id: int = 0, precisio
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for inp, i in rows.items():
         ids[i, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-    row_idx, pos_idx, targets = [], [], []
+    row_idx, pos_idx = [], []
     for r in requests:
         row, start = rows[r.inp], len(r.inp) - len(r.cont)
         row_idx += [row] * len(r.cont)
         pos_idx += range(start, start + len(r.cont))
-        targets += r.cont
     row_t, pos_t = torch.tensor(row_idx, device=device), torch.tensor(pos_idx, device=device)
-    logits = _logits_at(model, ids.to(device), row_t, pos_t, precision)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    tok_lp = logp[torch.arange(len(targets), device=device), torch.tensor(targets, device=device)]
-    sums = torch.split(tok_lp.double(), [len(r.cont) for r in requests])
-    return [float(s.sum()) for s in sums]
+    return continuation_sums(_logits_at(model, ids.to(device), row_t, pos_t, precision), requests)
 
 
-def _logits_at(model, ids, row_t, pos_t, precision: str):
+def _logits_at(model, ids, row_t, pos_t, precision: str, **extra):
     """Logits (K, vocab) at the (row, position) pairs, the output layer run outside autocast.
 
-    No attention mask: the rows are right-padded and attention is causal, so a real token
-    never sees a pad (pads only come after it), and the position ids 0..n-1 are right. The
-    plain causal path is the fast SDPA kernel; a padding mask would force the slow one."""
+    Padded rows get no attention mask: they are right-padded and attention is causal, so a
+    real token never sees a pad (pads only come after it), and the position ids 0..n-1 are
+    right. The plain causal path is the fast SDPA kernel; a padding mask would force the slow
+    one. `extra` goes to the forward (the flattened rows of `benchmarks.packed`)."""
     import torch
 
-    autocast = torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16,
-                              enabled=precision == "bf16")
     decoder, head = _decoder_and_head(model)
     with torch.inference_mode():
         if decoder is None:
-            with autocast:
-                return model(input_ids=ids, use_cache=False).logits[row_t, pos_t].float()
-        with autocast:
-            out = decoder(input_ids=ids, use_cache=False)
+            with _autocast(ids.device, precision):
+                return model(input_ids=ids, use_cache=False, **extra).logits[row_t, pos_t].float()
+        with _autocast(ids.device, precision):
+            out = decoder(input_ids=ids, use_cache=False, **extra)
         hidden = out[0]
         h = hidden[row_t, pos_t]
         return head(h.to(head.weight.dtype)).float()
@@ -180,34 +196,56 @@ def evaluate_items(
     model,
     tokenizer,
     items: Sequence[Item],
-    batch_size: int = 8,
+    batch_size: int | None = None,
     precision: str = "fp32",
     max_length: int | None = None,
     progress: bool = True,
     desc: str = "scoring",
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    share_prefix: bool = True,
 ) -> list[dict]:
-    """Score every item (questions batched `batch_size` at a time); records in input order."""
+    """Score every item in token-budget batches; records in input order.
+
+    `max_batch_tokens`: model-input tokens per forward (a longer question goes alone);
+    `batch_size`: at most this many questions per forward (None: no limit);
+    `share_prefix`: compute a token prefix common to every prompt once (padding-free path)."""
+    from pmcllama.benchmarks import packed
     from pmcllama.progress import progress as progress_bar
+    from pmcllama.training import varlen
 
     if precision not in ("fp32", "bf16"):
         raise UserError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
     max_length = max_length or context_length(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     requests = build_requests(tokenizer, items, max_length)
-    order = sorted(range(len(items)), key=lambda i: -max(len(r.inp) for r in requests[i]))
-    logliks: list[list[float]] = [[] for _ in items]
     was_training = model.training
     model.eval()
+    before = varlen.enable(model, max_length)
     try:
         with progress_bar(total=len(items), unit="q", desc=desc, disable=not progress) as bar:
-            for start in range(0, len(order), max(1, batch_size)):
-                chunk = order[start:start + max(1, batch_size)]
-                flat = [r for i in chunk for r in requests[i]]
-                values = iter(score_requests(model, flat, pad_id, precision))
-                for i in chunk:
-                    logliks[i] = [next(values) for _ in requests[i]]
-                bar.update(len(chunk))
+            if before is not None:
+                logliks = packed.score_all(model, requests, max_batch_tokens, batch_size, precision,
+                                           share_prefix, bar)
+            else:
+                pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+                logliks = _score_padded(model, requests, max_batch_tokens, batch_size, pad_id, precision, bar)
     finally:
+        if before is not None:
+            varlen.disable(model, before)
         model.train(was_training)
     return [predict(it, ll, any(r.truncated for r in reqs))
             for it, ll, reqs in zip(items, logliks, requests)]
+
+
+def _score_padded(model, requests, max_batch_tokens, batch_size, pad_id, precision, bar) -> list[list[float]]:
+    """Models without segment attention: right-padded batches (rows x longest row <= budget)."""
+    from pmcllama.benchmarks.packed import plan
+
+    widths = [max(len(r.inp) for r in reqs) * len({r.inp for r in reqs}) for reqs in requests]
+    logliks: list[list[float]] = [[] for _ in requests]
+    for chunk in plan(widths, max_batch_tokens, batch_size):
+        flat = [r for i in chunk for r in requests[i]]
+        values = iter(score_requests(model, flat, pad_id, precision))
+        for i in chunk:
+            logliks[i] = [next(values) for _ in requests[i]]
+        bar.update(len(chunk))
+    return logliks

@@ -13,6 +13,13 @@ Models whose attention does not go through transformers' attention interface ref
 implementation, and models whose attention is not plain causal softmax over the whole sequence
 (logit soft-capping, a sliding window shorter than seq_len) are not switched: `enable` returns
 None and the loop collates padded micro-batches for them.
+
+Scoring (benchmarks/packed.py) calls the same implementation with `pmcllama_tree` instead:
+segments `(start, end, context)` where `context` is an earlier `(start, end)` of the row that
+the segment sees in full before its own causal tokens (a question's prompt shared by its
+choices' continuations), and optionally `pmcllama_prefix`, per-layer keys and values that
+every segment sees first (fixed few-shot examples computed once), or `pmcllama_capture`, a
+dict that receives each layer's keys and values (to compute such a prefix).
 """
 from __future__ import annotations
 
@@ -32,9 +39,12 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if pmcllama_segments is None:
+    if pmcllama_segments is None and "pmcllama_tree" not in kwargs:
         raise RuntimeError(f"attention '{NAME}' needs the segment bounds of the batch (pmcllama_segments=...)")
     kwargs.pop("is_causal", None)
+    tree = kwargs.pop("pmcllama_tree", None)
+    if tree is not None:
+        return _tree_attention(module, query, key, value, tree, dropout, scaling, kwargs)
     sizes = [b - a for a, b in zip(pmcllama_segments[:-1], pmcllama_segments[1:])]
     # split, not slices: the backward of a slice writes its gradient into a zeroed full-size
     # tensor (one per segment, per q/k/v, per layer); split's backward is one concatenation
@@ -42,6 +52,65 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
                                    **kwargs)[0]
             for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))]
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), None
+
+
+def _tree_attention(module, query, key, value, tree, dropout, scaling, kwargs):
+    """Each segment attends to the shared prefix, its context range, then causally to itself.
+
+    The segments without a context range go through ONE attention call: gathered into a
+    (segments x longest segment) batch whose slots past a segment's end come after all of its
+    tokens (so causality hides them from it) and are dropped afterwards; many short questions
+    cost one kernel launch per layer instead of one each. Only attention sees those slots."""
+    import torch
+
+    prefix, capture = kwargs.pop("pmcllama_prefix", None), kwargs.pop("pmcllama_capture", None)
+    if capture is not None:
+        capture[module.layer_idx] = (key, value)
+    before = prefix[module.layer_idx] if prefix is not None else None
+    plain = [(a, b) for a, b, ctx in tree if ctx is None]
+    parts = []  # (rows of the row, their outputs)
+    if plain:
+        rows = torch.tensor([i for a, b in plain for i in range(a, b)], device=query.device)
+        parts.append((rows, _batched(module, query, key, value, plain, before, dropout, scaling, kwargs)))
+    for a, b, ctx in tree:
+        if ctx is None:
+            continue
+        ks = [before[0]] if before is not None else []
+        vs = [before[1]] if before is not None else []
+        k = torch.cat(ks + [key[:, :, ctx[0]:ctx[1]], key[:, :, a:b]], dim=2)
+        v = torch.cat(vs + [value[:, :, ctx[0]:ctx[1]], value[:, :, a:b]], dim=2)
+        seen = k.shape[2] - (b - a)
+        mask = torch.ones(b - a, k.shape[2], dtype=torch.bool, device=query.device).tril(seen)[None, None]
+        parts.append((slice(a, b), _sdpa(module, query[:, :, a:b], k, v, mask, dropout, scaling, kwargs)[0]))
+    out = parts[0][1].new_empty(query.shape[2], query.shape[1], query.shape[3])  # (tokens, heads, dim)
+    for rows, values in parts:
+        out[rows] = values
+    return out[None], None
+
+
+def _sdpa(module, q, k, v, mask, dropout, scaling, kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling,
+                                  is_causal=mask is None, **kwargs)[0]
+
+
+def _batched(module, query, key, value, spans, before, dropout, scaling, kwargs):
+    """Attention of the segments `spans` (each after the prefix `before`), as one call; returns
+    the outputs of their real tokens, (tokens, heads, head_dim), in order."""
+    import torch
+
+    longest = max(b - a for a, b in spans)
+    idx = torch.tensor([[min(a + j, b - 1) for j in range(longest)] for a, b in spans], device=query.device)
+    real = torch.tensor([[j < b - a for j in range(longest)] for a, b in spans], device=query.device)
+    q, k, v = (x[0][:, idx].transpose(0, 1) for x in (query, key, value))  # (segments, heads, longest, dim)
+    mask = None
+    if before is not None:
+        seen = before[0].shape[2]
+        k = torch.cat([before[0].expand(len(spans), -1, -1, -1), k], dim=2)
+        v = torch.cat([before[1].expand(len(spans), -1, -1, -1), v], dim=2)
+        mask = torch.ones(longest, seen + longest, dtype=torch.bool, device=query.device).tril(seen)[None, None]
+    return _sdpa(module, q, k, v, mask, dropout, scaling, kwargs)[real]
 
 
 def plain_causal(config, seq_len: int) -> bool:
