@@ -22,8 +22,8 @@ import numpy as np
 
 from pmcllama.errors import UserError
 
-DTYPES = ("f32", "f16", "q8_0")
-Q8_BLOCK = 32
+DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+Q_BLOCK = 32  # Q8_0 and Q4_0 quantise rows in blocks of 32 values
 
 # Hugging Face Llama tensor name (after "model.layers.N.") -> llama.cpp name (after "blk.N.")
 LAYER_NAMES = {
@@ -150,16 +150,15 @@ def _add_special_ids(writer, tok, config: dict) -> None:
 
 
 def _target_type(shape: tuple[int, ...], dtype: str):
-    """(GGML type, note) for one tensor: 1-D in F32; q8_0 needs rows in whole blocks of 32."""
+    """(GGML type, note) for one tensor: 1-D in F32; Q8_0/Q4_0 need rows in whole blocks of 32."""
     from gguf import GGMLQuantizationType as Q
 
     if len(shape) == 1 or dtype == "f32":
         return Q.F32, None
-    if dtype == "f16":
-        return Q.F16, None
-    if shape[-1] % Q8_BLOCK:
-        return Q.F16, f"rows of {shape[-1]} are not a multiple of {Q8_BLOCK}: F16 instead of Q8_0"
-    return Q.Q8_0, None
+    qtype = Q[dtype.upper()]
+    if qtype in (Q.Q8_0, Q.Q4_0) and shape[-1] % Q_BLOCK:
+        return Q.F16, f"rows of {shape[-1]} are not a multiple of {Q_BLOCK}: F16 instead of {qtype.name}"
+    return qtype, None
 
 
 def tensor_plan(folder: Path, config: dict, dtype: str) -> list[dict]:
@@ -186,8 +185,8 @@ def _nbytes(item: dict) -> tuple[tuple[int, ...], np.dtype, int]:
     from gguf import GGMLQuantizationType as Q
     from gguf.quants import quant_shape_to_byte_shape
 
-    if item["type"] == Q.Q8_0:
-        shape = quant_shape_to_byte_shape(item["shape"], Q.Q8_0)
+    if item["type"] not in (Q.F32, Q.F16):  # BF16, Q8_0, Q4_0: written as bytes
+        shape = quant_shape_to_byte_shape(item["shape"], item["type"])
         return shape, np.dtype(np.uint8), int(np.prod(shape))
     dt = np.dtype(np.float32 if item["type"] == Q.F32 else np.float16)
     return item["shape"], dt, int(np.prod(item["shape"])) * dt.itemsize
@@ -203,8 +202,8 @@ def convert_tensor(item: dict, data: np.ndarray, config: dict) -> np.ndarray:
         data = permute_rope(data, heads)
     elif item["name"].endswith("attn_k.weight"):
         data = permute_rope(data, config.get("num_key_value_heads") or heads)
-    if item["type"] == Q.Q8_0:
-        return quantize(data, Q.Q8_0)
+    if item["type"] not in (Q.F32, Q.F16):
+        return quantize(data, item["type"])
     return np.ascontiguousarray(data, dtype=np.float32 if item["type"] == Q.F32 else np.float16)
 
 
@@ -236,8 +235,10 @@ def export_gguf(model: str | Path, out: Path, dtype: str = "f32", force: bool = 
     """Write MODEL (any name `models.resolve` accepts) as one llama.cpp GGUF file at OUT."""
     import gguf
 
+    from pmcllama.export_hf import refuse_adapter
     from pmcllama.models import resolve
 
+    refuse_adapter(model)
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     out = Path(out)
@@ -245,8 +246,7 @@ def export_gguf(model: str | Path, out: Path, dtype: str = "f32", force: bool = 
     folder = resolve(model)
     config = read_config(folder)
     plan = tensor_plan(folder, config, dtype)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    file_type = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType[f"MOSTLY_{dtype.upper()}"]
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         _write(tmp, folder, config, plan, str(model), int(file_type))

@@ -24,6 +24,7 @@ from pmcllama.config import C, Config
 from pmcllama.corpus import CorpusConfig
 from pmcllama.errors import ConfigError, UserError
 from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
+from pmcllama.export_hf import RecipeExport, export_run
 from pmcllama.generate import GenerateConfig
 from pmcllama.instructions import InstructionsConfig
 from pmcllama.plots import plot_accuracy_bars, plot_losses
@@ -60,6 +61,7 @@ class RecipeConfig(Config):
     probe: Optional[ProbeConfig] = Field(
         ProbeConfig(), description="also score the instructions stage's knowledge probe (null: do not)")
     generate: GenerateConfig = Field(GenerateConfig(), description="completion case studies on the first and last model")
+    export: Optional[RecipeExport] = Field(None, description="export the last model: GGUF files, a model-card folder")
 
     @model_validator(mode="after")
     def _no_links(self) -> "RecipeConfig":
@@ -195,5 +197,6 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
             text = make_report([out], out, metric="acc_norm")
             if "Paired comparison" in text:
                 print(text[text.index("Paired comparison"):])
+    export_run(cfg.export, states[-1][1], out, force)
     print(f"[run] {cfg.name} done in {time.perf_counter() - t0:.0f}s; outputs in {out}")
     return out
