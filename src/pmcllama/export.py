@@ -4,7 +4,8 @@ LLaMA family only (LlamaForCausalLM: SmolLM2, tiny-llama, PMC-LLaMA). Tensors ar
 laid out the way llama.cpp's own converter (convert_hf_to_gguf.py) does: Q and K rows are
 permuted from Hugging Face's rotate-half order to llama.cpp's interleaved rope order, 1-D
 tensors (norms) stay F32, and a tied output head is not written (llama.cpp reuses
-token_embd). The tokenizer goes in as byte-level BPE (`gpt2`: tokens, types, merges).
+token_embd). The tokenizer goes in as byte-level BPE (`gpt2`) or SentencePiece BPE (`llama`);
+see `pmcllama.export_vocab`. Mistral checkpoints share Llama's layout and are written the same way.
 
 Tensors are streamed: the header and tensor table are written first, then each tensor is read
 from the safetensors files, converted and written, so only one tensor is in memory at a time.
@@ -21,6 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pmcllama.errors import UserError
+from pmcllama.export_vocab import add_tokenizer
 
 DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 Q_BLOCK = 32  # Q8_0 and Q4_0 quantise rows in blocks of 32 values
@@ -58,12 +60,19 @@ def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+LAYOUT_LIKE_LLAMA = ("LlamaForCausalLM", "MistralForCausalLM")
+NOT_YET = {"Qwen2ForCausalLM": "q/k/v biases, NEOX rope and Qwen2's own pre-tokenizer are not written yet"}
+
+
 def read_config(folder: Path) -> dict:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     archs = config.get("architectures") or [config.get("model_type", "unknown")]
-    if archs[0] != "LlamaForCausalLM":
-        raise UserError(f"export supports the LLaMA family (LlamaForCausalLM) only, not {archs[0]}",
-                        folder / "config.json")
+    if archs[0] in NOT_YET:
+        raise UserError(f"{archs[0]} is not exported: {NOT_YET[archs[0]]} (LlamaForCausalLM and "
+                        "MistralForCausalLM are)", folder / "config.json")
+    if archs[0] not in LAYOUT_LIKE_LLAMA:
+        raise UserError(f"export supports the LLaMA family (LlamaForCausalLM, MistralForCausalLM) only, "
+                        f"not {archs[0]}", folder / "config.json")
     return config
 
 
@@ -94,63 +103,10 @@ def add_hparams(writer, config: dict, name: str, file_type: int) -> None:
         writer.add_value_length(head_dim)
 
 
-def _pre_tokenizer(tok_json: dict, path: Path) -> str:
-    pre = tok_json.get("pre_tokenizer") or {}
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and tok_json.get("normalizer") is None:
-        return "gpt-2"  # llama.cpp's name for the GPT-2 regex split
-    raise UserError(f"tokenizer pre-tokenizer {json.dumps(pre)[:80]} has no llama.cpp equivalent "
-                    "known to pmcllama (byte-level BPE with the GPT-2 split is exported)", path)
-
-
-def add_tokenizer(writer, folder: Path, config: dict) -> None:
-    """Byte-level BPE vocabulary, merges, special ids, BOS flag and chat template."""
-    from transformers import AutoTokenizer
-
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise UserError("no tokenizer.json (only byte-level BPE tokenizers are exported yet)", folder)
-    tok_json = json.loads(path.read_text(encoding="utf-8"))
-    if (tok_json.get("model") or {}).get("type") != "BPE":
-        raise UserError(f"tokenizer model {tok_json.get('model', {}).get('type')!r} is not exported yet "
-                        "(byte-level BPE only)", path)
-    pre = _pre_tokenizer(tok_json, path)
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    vocab = tok.get_vocab()
-    by_id = {i: t for t, i in vocab.items()}
-    special = {a["id"] for a in tok_json.get("added_tokens", []) if a.get("special")}
-    added = {a["id"] for a in tok_json.get("added_tokens", [])}
-    n = config["vocab_size"]
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n)]
-    # llama.cpp token types: 1 normal, 3 control (special), 4 user-defined (added, not special), 5 unused
-    types = [3 if i in special else 4 if i in added else 1 if i in by_id else 5 for i in range(n)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"].get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    _add_special_ids(writer, tok, config)
-    if tok.chat_template:
-        writer.add_chat_template(tok.chat_template)
-
-
-def _add_special_ids(writer, tok, config: dict) -> None:
-    bos = tok.bos_token_id if tok.bos_token_id is not None else config.get("bos_token_id")
-    eos = tok.eos_token_id if tok.eos_token_id is not None else config.get("eos_token_id")
-    if bos is not None:
-        writer.add_bos_token_id(bos)
-    if eos is not None:
-        writer.add_eos_token_id(eos if isinstance(eos, int) else eos[0])
-    if tok.pad_token_id is not None:
-        writer.add_pad_token_id(tok.pad_token_id)
-    if tok.unk_token_id is not None:
-        writer.add_unk_token_id(tok.unk_token_id)
-    ids = tok("a")["input_ids"]  # does the tokenizer put BOS in front by itself?
-    writer.add_add_bos_token(bool(bos is not None and ids and ids[0] == bos))
-
-
-def _target_type(shape: tuple[int, ...], dtype: str):
-    """(GGML type, note) for one tensor: 1-D in F32; Q8_0/Q4_0 need rows in whole blocks of 32."""
+def _target_type(name: str, shape: tuple[int, ...], dtype: str):
+    """(GGML type, note) for one tensor: 1-D in F32; Q8_0/Q4_0 need rows in whole blocks of 32;
+    with q4_0 the embeddings / output head stay Q8_0 (as llama.cpp's own quantiser keeps the head
+    at higher precision: it is the tensor 4 bits hurt most)."""
     from gguf import GGMLQuantizationType as Q
 
     if len(shape) == 1 or dtype == "f32":
@@ -158,6 +114,8 @@ def _target_type(shape: tuple[int, ...], dtype: str):
     qtype = Q[dtype.upper()]
     if qtype in (Q.Q8_0, Q.Q4_0) and shape[-1] % Q_BLOCK:
         return Q.F16, f"rows of {shape[-1]} are not a multiple of {Q_BLOCK}: F16 instead of {qtype.name}"
+    if qtype == Q.Q4_0 and name in ("token_embd.weight", "output.weight"):
+        return Q.Q8_0, "the embeddings / output head: Q8_0 instead of Q4_0"
     return qtype, None
 
 
@@ -174,7 +132,7 @@ def tensor_plan(folder: Path, config: dict, dtype: str) -> list[dict]:
                 if name is None or (tied and name == "output.weight"):
                     continue
                 shape = tuple(f.get_slice(hf).get_shape())
-                qtype, note = _target_type(shape, dtype)
+                qtype, note = _target_type(name, shape, dtype)
                 plan.append({"file": file, "hf": hf, "name": name, "shape": shape, "type": qtype, "note": note})
     if not any(p["name"] == "token_embd.weight" for p in plan):
         raise UserError("no model.embed_tokens.weight in the safetensors files", folder)
