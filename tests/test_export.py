@@ -247,3 +247,45 @@ def test_a_failure_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         export.export_gguf("tiny-llama", tmp_path / "m.gguf", "f16", say=lambda s: None)
     assert len(calls) == 3 and list(tmp_path.iterdir()) == []
+
+
+# What the shipped SmolLM2 GGUF holds that an export of it cannot: the descriptive general.* keys
+# come from the Hugging Face repository (its card and name), not from config.json or the weights;
+# add_space_prefix is a SentencePiece setting llama.cpp does not read for a gpt2 vocabulary.
+NOT_IN_AN_EXPORT = {"general.basename", "general.finetune", "general.languages", "general.license",
+                    "general.organization", "general.size_label", "general.type", "tokenizer.ggml.add_space_prefix"}
+
+
+@pytest.mark.slow
+@pytest.mark.smollm2
+def test_smollm2_round_trip_keeps_the_shipped_gguf_vocabulary_and_keys(smollm2, tmp_path):
+    """smollm2-135m (the shipped Q4_1 GGUF, dequantised to a cached HF folder) exported back to q8_0.
+    Differences: general.name (our model name), file_type (q8_0, not Q4_1) and the pre-tokenizer:
+    transformers' GGUF loader builds the cached folder's tokenizer.json with the plain GPT-2 split,
+    dropping SmolLM's one-digit-at-a-time step, so the export says gpt-2 where the shipped file says
+    smollm (a real SmolLM2 folder's tokenizer.json exports as smollm)."""
+    from pmcllama.models import smollm2_gguf
+
+    out = tmp_path / "s.gguf"
+    res = cli(smollm2, "--out", str(out), "dtype=q8_0")
+    assert res.returncode == 0, res.stderr
+    ours, ours_t = fields(out)
+    shipped, shipped_t = fields(smollm2_gguf())
+    assert set(shipped) - set(ours) == NOT_IN_AN_EXPORT and set(ours) <= set(shipped)
+    differ = {k for k in set(ours) & set(shipped) if ours[k] != shipped[k]}
+    assert differ == {"general.name", "general.file_type", "tokenizer.ggml.pre"}
+    assert (shipped["tokenizer.ggml.pre"], ours["tokenizer.ggml.pre"]) == ("smollm", "gpt-2")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.chat_template"):
+        assert ours[key] == shipped[key], key
+    assert {n: list(t.shape) for n, t in ours_t.items()} == {n: list(t.shape) for n, t in shipped_t.items()}
+
+
+def test_smollm_digit_split_is_written_as_smollm():
+    from pmcllama.export_vocab import _pre_tokenizer
+
+    seq = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                  {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}]}
+    assert _pre_tokenizer({"normalizer": None, "pre_tokenizer": seq}, Path("t.json")) == "smollm"
+    seq["pretokenizers"][0]["individual_digits"] = False
+    with pytest.raises(Exception, match="no llama.cpp equivalent"):
+        _pre_tokenizer({"normalizer": None, "pre_tokenizer": seq}, Path("t.json"))

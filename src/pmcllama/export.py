@@ -225,6 +225,8 @@ def _write(tmp: Path, folder: Path, config: dict, plan: list[dict], name: str, f
     writer = gguf.GGUFWriter(tmp, "llama")
     try:
         add_hparams(writer, config, Path(name).name, file_type)
+        if any(item["type"] in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0) for item in plan):
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_tokenizer(writer, folder, config)
         for item in plan:
             shape, dt, nbytes = _nbytes(item)

@@ -24,8 +24,13 @@ BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
 
 def _pre_tokenizer(tok_json: dict, path: Path) -> str:
     pre = tok_json.get("pre_tokenizer") or {}
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and tok_json.get("normalizer") is None:
-        return "gpt-2"  # llama.cpp's name for the GPT-2 regex split
+    if tok_json.get("normalizer") is None:
+        if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+            return "gpt-2"  # llama.cpp's name for the GPT-2 regex split
+        steps = pre.get("pretokenizers") or []
+        if pre.get("type") == "Sequence" and [p.get("type") for p in steps] == ["Digits", "ByteLevel"] \
+                and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+            return "smollm"  # SmolLM's: every digit alone, then the GPT-2 split
     raise UserError(f"tokenizer pre-tokenizer {json.dumps(pre)[:80]} has no llama.cpp equivalent "
                     "known to pmcllama (byte-level BPE with the GPT-2 split, or SentencePiece BPE, is exported)", path)
 
