@@ -289,3 +289,25 @@ def test_smollm_digit_split_is_written_as_smollm():
     seq["pretokenizers"][0]["individual_digits"] = False
     with pytest.raises(Exception, match="no llama.cpp equivalent"):
         _pre_tokenizer({"normalizer": None, "pre_tokenizer": seq}, Path("t.json"))
+
+
+def test_bf16_and_f16_source_weights_are_read_exactly(tmp_path):
+    """Tensors are read from the safetensors bytes (no memory map): bf16/f16 sources come out as
+    their exact float32 values."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pmcllama.models import load_model, save_model
+
+    model, tok = load_model("tiny-llama")
+    for dtype in (torch.bfloat16, torch.float16):
+        src = save_model(model.to(dtype), tok, tmp_path / str(dtype))
+        _, tensors = fields(export_gguf_quiet(src, tmp_path / f"{dtype}.gguf"))
+        want = load_file(str(src / "model.safetensors"))["model.layers.1.mlp.up_proj.weight"].float().numpy()
+        assert np.array_equal(np.asarray(tensors["blk.1.ffn_up.weight"].data), want)
+
+
+def export_gguf_quiet(src, out: Path) -> Path:
+    from pmcllama.export import export_gguf
+
+    return export_gguf(src, out, "f32", say=lambda s: None)

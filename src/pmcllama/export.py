@@ -165,14 +165,31 @@ def convert_tensor(item: dict, data: np.ndarray, config: dict) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32 if item["type"] == Q.F32 else np.float16)
 
 
+SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+
+
+def _read_tensor(fh, header: dict, start: int, name: str) -> np.ndarray:
+    """One tensor as float32, read with plain file reads (no memory map, so the pages of the
+    tensors already written do not stay resident: peak memory is about one tensor)."""
+    meta = header[name]
+    if meta["dtype"] not in SAFETENSORS_DTYPES:
+        raise UserError(f"tensor {name!r} has dtype {meta['dtype']}; floating-point weights are exported")
+    begin, end = meta["data_offsets"]
+    fh.seek(start + begin)
+    data = np.frombuffer(fh.read(end - begin), dtype=SAFETENSORS_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+    if meta["dtype"] == "BF16":  # bfloat16 is the high half of a float32
+        return (data.astype(np.uint32) << 16).view(np.float32)
+    return data.astype(np.float32, copy=False)
+
+
 def _stream(plan: list[dict]) -> Iterator[tuple[dict, np.ndarray]]:
     """Yield (plan item, float32 array) one tensor at a time, each file opened once."""
-    from safetensors import safe_open
-
     for file in dict.fromkeys(p["file"] for p in plan):
-        with safe_open(str(file), framework="pt") as f:
+        with open(file, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
             for item in (p for p in plan if p["file"] == file):
-                yield item, f.get_tensor(item["hf"]).float().numpy()
+                yield item, _read_tensor(fh, header, 8 + n, item["hf"])
 
 
 def _check_destination(out: Path, force: bool) -> None:
