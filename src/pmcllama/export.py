@@ -7,8 +7,12 @@ tensors (norms) stay F32, and a tied output head is not written (llama.cpp reuse
 token_embd). The tokenizer goes in as byte-level BPE (`gpt2`) or SentencePiece BPE (`llama`);
 see `pmcllama.export_vocab`. Mistral checkpoints share Llama's layout and are written the same way.
 
+dtypes: f32, f16, bf16, q8_0 and q4_0 (through gguf.quants); Q8_0/Q4_0 rows must be whole
+blocks of 32 (else F16, said), and q4_0 keeps the embeddings / output head at Q8_0.
+
 Tensors are streamed: the header and tensor table are written first, then each tensor is read
-from the safetensors files, converted and written, so only one tensor is in memory at a time.
+from the safetensors files (plain reads, no memory map), converted and written, so only one
+tensor is in memory at a time.
 The file is written under a temporary name beside the target and renamed at the end; an
 existing file is replaced only with `force`.
 """
