@@ -53,6 +53,7 @@ def test_folder_export_is_sharded_and_gives_identical_logits(tmp_path):
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
+@pytest.mark.slow
 def test_folder_export_keeps_the_users_files(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
