@@ -125,3 +125,22 @@ def test_a_lora_adapter_alone_is_refused_and_the_merged_model_exports(lora_run, 
     res = cli(str(lora_run / "finetune"), "--out", str(tmp_path / "m.gguf"))
     assert res.returncode == 0, res.stderr
     assert _llama_cpp_greedy(tmp_path / "m.gguf", 12) == _hf_greedy(str(lora_run / "finetune"), 12)
+
+
+@pytest.mark.slow
+def test_the_card_follows_a_run_folder_read_from_another_working_folder(lora_run, tmp_path):
+    """Links recorded relative to the working folder of the run (runs/quickstart/pretrain) are
+    found as siblings when the run is read from elsewhere."""
+    from pmcllama.card import lineage
+
+    for stage in ("corpus", "pretrain", "instructions", "finetune"):
+        m = json.loads((lora_run / stage / "manifest.json").read_text())
+        for key in ("data", "model"):
+            if str(m["config"].get(key, "")).startswith(str(lora_run)):
+                m["config"][key] = "runs/quickstart/" + Path(m["config"][key]).name
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "manifest.json").write_text(json.dumps(m))
+    chain, base = lineage(tmp_path / "finetune")
+    assert [(f.name, m["stage"]) for f, m in chain] == [("finetune", "finetune"), ("instructions", "instructions"),
+                                                        ("pretrain", "pretrain"), ("corpus", "corpus")]
+    assert base == "tiny-llama"

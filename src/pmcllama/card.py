@@ -32,6 +32,15 @@ def stage_manifest(folder: str | Path | None) -> dict | None:
     return data if isinstance(data, dict) and "stage" in data else None
 
 
+def _linked(folder: Path, path: str | None) -> str | None:
+    """A stage's link as recorded, or, when it was relative to another working folder, the
+    sibling of the same name (a run folder moved or read from elsewhere)."""
+    if path is None or Path(path).is_dir():
+        return path
+    sibling = folder.parent / Path(path).name
+    return str(sibling) if (sibling / "manifest.json").is_file() else path
+
+
 def lineage(model_folder: str | Path) -> tuple[list[tuple[Path, dict]], str]:
     """([(folder, manifest)] from the model back to the corpus, base model name)."""
     chain: list[tuple[Path, dict]] = []
@@ -39,12 +48,13 @@ def lineage(model_folder: str | Path) -> tuple[list[tuple[Path, dict]], str]:
     while (m := stage_manifest(current)) is not None and m["stage"] in MODEL_STAGES:
         if any(Path(current) == f for f, _ in chain):
             break
-        chain.append((Path(current), m))
+        folder = Path(current)
+        chain.append((folder, m))
         config = m.get("config") or {}
-        data = stage_manifest(config.get("data"))
-        if data is not None:
-            chain.append((Path(config["data"]), data))
-        current = str(config.get("model") or m.get("base_model") or "unknown")
+        data = _linked(folder, config.get("data"))
+        if stage_manifest(data) is not None:
+            chain.append((Path(data), stage_manifest(data)))
+        current = _linked(folder, config.get("model")) or str(m.get("base_model") or "unknown")
     return chain, current
 
 
