@@ -90,8 +90,7 @@ def _source_paths(source: dict) -> list[Path]:
 
 
 def source_licence(source: dict) -> str:
-    if source.get("license") or source.get("licence"):
-        return str(source.get("license") or source.get("licence"))
+    """What the source's data files state (source configs have no licence field)."""
     found = [lic for p in _source_paths(source) if (lic := licence_of(p))]
     return found[0] if found else UNKNOWN
 
