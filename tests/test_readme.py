@@ -39,6 +39,9 @@ SKIPPED = {
                                       "tests/test_judge.py runs the same command against a live `pmcllama serve`",
     "pmcllama run recipes/quickstart.yaml judge.base_url": "the whole quickstart recipe with a judge server: "
                                                            "tests/test_judge.py runs the recipe's judge step",
+    "pmcllama export runs/quickstart/finetune": "reads runs/quickstart from `make quickstart`; "
+                                                "tests/test_export_folder.py exports a shrunk quickstart run's model "
+                                                "and checks its card against the run's manifests",
     "curl -s http://127.0.0.1:8000": "talks to the server above; tests/test_serve.py posts the same kind of "
                                      "body to a live server with httpx",
 }
@@ -228,6 +231,8 @@ def expected_files(verb: str, writes: dict[str, list[str]]) -> list[str]:
 def check_outputs(cwd: Path, verb: str, words: list[str], writes) -> list[str]:
     """What is missing of what the README says the command writes."""
     out = out_path(words)
+    if verb == "export" and not out.endswith(".gguf"):  # a Hugging Face folder: the files the table names
+        return [f"{out}/{n}" for n in expected_files(verb, writes) if n != ".gguf" and not list((cwd / out).glob(n))]
     if verb in ("plot", "export"):  # "a PNG", "the --out file": the --out file itself
         file = cwd / out
         return [] if file.is_file() and file.stat().st_size > 1000 else [out]

@@ -213,30 +213,46 @@ def models_cmd(
     guarded(go)
 
 
-@app.command("export", short_help="EXPORT   one GGUF file for llama.cpp (f32, f16 or q8_0)")
+@app.command("export", short_help="EXPORT   a GGUF file for llama.cpp, or a Hugging Face folder with a model card")
 def export_cmd(
     model: str = typer.Argument(..., help="a model: folder, stage output, .gguf file or built-in name"),
-    options: Optional[List[str]] = typer.Argument(None, metavar="[dtype=f32|f16|q8_0]",
-                                                  help="dtype=f32 (default), f16 or q8_0"),
-    out: Path = typer.Option(..., "--out", help="the .gguf file to write"),
-    force: bool = typer.Option(False, "--force", help="replace a file already at --out"),
+    options: Optional[List[str]] = typer.Argument(
+        None, metavar="[dtype=...] [max_shard_size=...]",
+        help="FILE.gguf: dtype=f32 (default), f16, bf16, q8_0 or q4_0; FOLDER: max_shard_size=5GB (default)"),
+    out: Path = typer.Option(..., "--out", help="a .gguf file to write, or else a Hugging Face folder"),
+    force: bool = typer.Option(False, "--force", help="replace a .gguf file, or redo a folder pmcllama wrote "
+                               "(a folder of yours gets the files beside its own, none removed or overwritten)"),
 ) -> None:
-    """Export a LLaMA-family model as one GGUF file that llama.cpp (and `pmcllama serve`) runs.
+    """Export a LLaMA-family model as one GGUF file that llama.cpp (and `pmcllama serve`) runs,
+    or as a Hugging Face folder (safetensors shards, tokenizer, README.md model card written from
+    the stage manifests). A LoRA adapter folder alone is refused with the command to merge it.
 
     \b
-    pmcllama export runs/finetune --out model.gguf dtype=q8_0
+    pmcllama export runs/quickstart/finetune --out model.gguf dtype=q8_0
     pmcllama serve model.gguf
+    pmcllama export runs/quickstart/finetune --out runs/card max_shard_size=2GB
     """
-    from pmcllama.export import export_gguf
-
     def go():
-        settings = {"dtype": "f32"}
+        gguf_out = out.suffix == ".gguf"
+        allowed = {"dtype": "f32"} if gguf_out else {"max_shard_size": "5GB"}
+        settings = dict(allowed)
         for opt in options or []:
             key, eq, value = opt.partition("=")
-            if not eq or key not in settings:
-                raise UserError(f"unknown option {opt!r}: export takes dtype=f32|f16|q8_0")
+            if not eq or key not in allowed:
+                raise UserError(f"unknown option {opt!r}: export to {'a .gguf file' if gguf_out else 'a folder'} "
+                                f"takes {' '.join(k + '=' for k in allowed)}"
+                                + ("" if gguf_out else " (dtype= is for .gguf outputs)"))
             settings[key] = value
-        export_gguf(model, out, settings["dtype"], force, say=typer.echo)
+        if gguf_out:
+            from pmcllama.export import export_gguf
+
+            export_gguf(model, out, settings["dtype"], force, say=typer.echo)
+        else:
+            from pmcllama.config import build_config
+            from pmcllama.export_hf import FolderExportConfig, export_folder
+
+            export_folder(build_config(FolderExportConfig, {"model": model, "out": str(out), **settings}), force,
+                          say=typer.echo)
 
     guarded(go)
 

@@ -4,10 +4,15 @@ LLaMA family only (LlamaForCausalLM: SmolLM2, tiny-llama, PMC-LLaMA). Tensors ar
 laid out the way llama.cpp's own converter (convert_hf_to_gguf.py) does: Q and K rows are
 permuted from Hugging Face's rotate-half order to llama.cpp's interleaved rope order, 1-D
 tensors (norms) stay F32, and a tied output head is not written (llama.cpp reuses
-token_embd). The tokenizer goes in as byte-level BPE (`gpt2`: tokens, types, merges).
+token_embd). The tokenizer goes in as byte-level BPE (`gpt2`) or SentencePiece BPE (`llama`);
+see `pmcllama.export_vocab`. Mistral checkpoints share Llama's layout and are written the same way.
+
+dtypes: f32, f16, bf16, q8_0 and q4_0 (through gguf.quants); Q8_0/Q4_0 rows must be whole
+blocks of 32 (else F16, said), and q4_0 keeps the embeddings / output head at Q8_0.
 
 Tensors are streamed: the header and tensor table are written first, then each tensor is read
-from the safetensors files, converted and written, so only one tensor is in memory at a time.
+from the safetensors files (plain reads, no memory map), converted and written, so only one
+tensor is in memory at a time.
 The file is written under a temporary name beside the target and renamed at the end; an
 existing file is replaced only with `force`.
 """
@@ -21,9 +26,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pmcllama.errors import UserError
+from pmcllama.export_vocab import add_tokenizer
 
-DTYPES = ("f32", "f16", "q8_0")
-Q8_BLOCK = 32
+DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+Q_BLOCK = 32  # Q8_0 and Q4_0 quantise rows in blocks of 32 values
 
 # Hugging Face Llama tensor name (after "model.layers.N.") -> llama.cpp name (after "blk.N.")
 LAYER_NAMES = {
@@ -58,12 +64,19 @@ def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+LAYOUT_LIKE_LLAMA = ("LlamaForCausalLM", "MistralForCausalLM")
+NOT_YET = {"Qwen2ForCausalLM": "q/k/v biases, NEOX rope and Qwen2's own pre-tokenizer are not written yet"}
+
+
 def read_config(folder: Path) -> dict:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     archs = config.get("architectures") or [config.get("model_type", "unknown")]
-    if archs[0] != "LlamaForCausalLM":
-        raise UserError(f"export supports the LLaMA family (LlamaForCausalLM) only, not {archs[0]}",
-                        folder / "config.json")
+    if archs[0] in NOT_YET:
+        raise UserError(f"{archs[0]} is not exported: {NOT_YET[archs[0]]} (LlamaForCausalLM and "
+                        "MistralForCausalLM are)", folder / "config.json")
+    if archs[0] not in LAYOUT_LIKE_LLAMA:
+        raise UserError(f"export supports the LLaMA family (LlamaForCausalLM, MistralForCausalLM) only, "
+                        f"not {archs[0]}", folder / "config.json")
     return config
 
 
@@ -94,72 +107,20 @@ def add_hparams(writer, config: dict, name: str, file_type: int) -> None:
         writer.add_value_length(head_dim)
 
 
-def _pre_tokenizer(tok_json: dict, path: Path) -> str:
-    pre = tok_json.get("pre_tokenizer") or {}
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and tok_json.get("normalizer") is None:
-        return "gpt-2"  # llama.cpp's name for the GPT-2 regex split
-    raise UserError(f"tokenizer pre-tokenizer {json.dumps(pre)[:80]} has no llama.cpp equivalent "
-                    "known to pmcllama (byte-level BPE with the GPT-2 split is exported)", path)
-
-
-def add_tokenizer(writer, folder: Path, config: dict) -> None:
-    """Byte-level BPE vocabulary, merges, special ids, BOS flag and chat template."""
-    from transformers import AutoTokenizer
-
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise UserError("no tokenizer.json (only byte-level BPE tokenizers are exported yet)", folder)
-    tok_json = json.loads(path.read_text(encoding="utf-8"))
-    if (tok_json.get("model") or {}).get("type") != "BPE":
-        raise UserError(f"tokenizer model {tok_json.get('model', {}).get('type')!r} is not exported yet "
-                        "(byte-level BPE only)", path)
-    pre = _pre_tokenizer(tok_json, path)
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    vocab = tok.get_vocab()
-    by_id = {i: t for t, i in vocab.items()}
-    special = {a["id"] for a in tok_json.get("added_tokens", []) if a.get("special")}
-    added = {a["id"] for a in tok_json.get("added_tokens", [])}
-    n = config["vocab_size"]
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n)]
-    # llama.cpp token types: 1 normal, 3 control (special), 4 user-defined (added, not special), 5 unused
-    types = [3 if i in special else 4 if i in added else 1 if i in by_id else 5 for i in range(n)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"].get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    _add_special_ids(writer, tok, config)
-    if tok.chat_template:
-        writer.add_chat_template(tok.chat_template)
-
-
-def _add_special_ids(writer, tok, config: dict) -> None:
-    bos = tok.bos_token_id if tok.bos_token_id is not None else config.get("bos_token_id")
-    eos = tok.eos_token_id if tok.eos_token_id is not None else config.get("eos_token_id")
-    if bos is not None:
-        writer.add_bos_token_id(bos)
-    if eos is not None:
-        writer.add_eos_token_id(eos if isinstance(eos, int) else eos[0])
-    if tok.pad_token_id is not None:
-        writer.add_pad_token_id(tok.pad_token_id)
-    if tok.unk_token_id is not None:
-        writer.add_unk_token_id(tok.unk_token_id)
-    ids = tok("a")["input_ids"]  # does the tokenizer put BOS in front by itself?
-    writer.add_add_bos_token(bool(bos is not None and ids and ids[0] == bos))
-
-
-def _target_type(shape: tuple[int, ...], dtype: str):
-    """(GGML type, note) for one tensor: 1-D in F32; q8_0 needs rows in whole blocks of 32."""
+def _target_type(name: str, shape: tuple[int, ...], dtype: str):
+    """(GGML type, note) for one tensor: 1-D in F32; Q8_0/Q4_0 need rows in whole blocks of 32;
+    with q4_0 the embeddings / output head stay Q8_0 (as llama.cpp's own quantiser keeps the head
+    at higher precision: it is the tensor 4 bits hurt most)."""
     from gguf import GGMLQuantizationType as Q
 
     if len(shape) == 1 or dtype == "f32":
         return Q.F32, None
-    if dtype == "f16":
-        return Q.F16, None
-    if shape[-1] % Q8_BLOCK:
-        return Q.F16, f"rows of {shape[-1]} are not a multiple of {Q8_BLOCK}: F16 instead of Q8_0"
-    return Q.Q8_0, None
+    qtype = Q[dtype.upper()]
+    if qtype in (Q.Q8_0, Q.Q4_0) and shape[-1] % Q_BLOCK:
+        return Q.F16, f"rows of {shape[-1]} are not a multiple of {Q_BLOCK}: F16 instead of {qtype.name}"
+    if qtype == Q.Q4_0 and name in ("token_embd.weight", "output.weight"):
+        return Q.Q8_0, "the embeddings / output head: Q8_0 instead of Q4_0"
+    return qtype, None
 
 
 def tensor_plan(folder: Path, config: dict, dtype: str) -> list[dict]:
@@ -175,7 +136,7 @@ def tensor_plan(folder: Path, config: dict, dtype: str) -> list[dict]:
                 if name is None or (tied and name == "output.weight"):
                     continue
                 shape = tuple(f.get_slice(hf).get_shape())
-                qtype, note = _target_type(shape, dtype)
+                qtype, note = _target_type(name, shape, dtype)
                 plan.append({"file": file, "hf": hf, "name": name, "shape": shape, "type": qtype, "note": note})
     if not any(p["name"] == "token_embd.weight" for p in plan):
         raise UserError("no model.embed_tokens.weight in the safetensors files", folder)
@@ -186,8 +147,8 @@ def _nbytes(item: dict) -> tuple[tuple[int, ...], np.dtype, int]:
     from gguf import GGMLQuantizationType as Q
     from gguf.quants import quant_shape_to_byte_shape
 
-    if item["type"] == Q.Q8_0:
-        shape = quant_shape_to_byte_shape(item["shape"], Q.Q8_0)
+    if item["type"] not in (Q.F32, Q.F16):  # BF16, Q8_0, Q4_0: written as bytes
+        shape = quant_shape_to_byte_shape(item["shape"], item["type"])
         return shape, np.dtype(np.uint8), int(np.prod(shape))
     dt = np.dtype(np.float32 if item["type"] == Q.F32 else np.float16)
     return item["shape"], dt, int(np.prod(item["shape"])) * dt.itemsize
@@ -203,19 +164,36 @@ def convert_tensor(item: dict, data: np.ndarray, config: dict) -> np.ndarray:
         data = permute_rope(data, heads)
     elif item["name"].endswith("attn_k.weight"):
         data = permute_rope(data, config.get("num_key_value_heads") or heads)
-    if item["type"] == Q.Q8_0:
-        return quantize(data, Q.Q8_0)
+    if item["type"] not in (Q.F32, Q.F16):
+        return quantize(data, item["type"])
     return np.ascontiguousarray(data, dtype=np.float32 if item["type"] == Q.F32 else np.float16)
+
+
+SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+
+
+def _read_tensor(fh, header: dict, start: int, name: str) -> np.ndarray:
+    """One tensor as float32, read with plain file reads (no memory map, so the pages of the
+    tensors already written do not stay resident: peak memory is about one tensor)."""
+    meta = header[name]
+    if meta["dtype"] not in SAFETENSORS_DTYPES:
+        raise UserError(f"tensor {name!r} has dtype {meta['dtype']}; floating-point weights are exported")
+    begin, end = meta["data_offsets"]
+    fh.seek(start + begin)
+    data = np.frombuffer(fh.read(end - begin), dtype=SAFETENSORS_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+    if meta["dtype"] == "BF16":  # bfloat16 is the high half of a float32
+        return (data.astype(np.uint32) << 16).view(np.float32)
+    return data.astype(np.float32, copy=False)
 
 
 def _stream(plan: list[dict]) -> Iterator[tuple[dict, np.ndarray]]:
     """Yield (plan item, float32 array) one tensor at a time, each file opened once."""
-    from safetensors import safe_open
-
     for file in dict.fromkeys(p["file"] for p in plan):
-        with safe_open(str(file), framework="pt") as f:
+        with open(file, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
             for item in (p for p in plan if p["file"] == file):
-                yield item, f.get_tensor(item["hf"]).float().numpy()
+                yield item, _read_tensor(fh, header, 8 + n, item["hf"])
 
 
 def _check_destination(out: Path, force: bool) -> None:
@@ -236,8 +214,10 @@ def export_gguf(model: str | Path, out: Path, dtype: str = "f32", force: bool = 
     """Write MODEL (any name `models.resolve` accepts) as one llama.cpp GGUF file at OUT."""
     import gguf
 
+    from pmcllama.export_hf import refuse_adapter
     from pmcllama.models import resolve
 
+    refuse_adapter(model)
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     out = Path(out)
@@ -245,8 +225,7 @@ def export_gguf(model: str | Path, out: Path, dtype: str = "f32", force: bool = 
     folder = resolve(model)
     config = read_config(folder)
     plan = tensor_plan(folder, config, dtype)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    file_type = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType[f"MOSTLY_{dtype.upper()}"]
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         _write(tmp, folder, config, plan, str(model), int(file_type))
@@ -267,6 +246,8 @@ def _write(tmp: Path, folder: Path, config: dict, plan: list[dict], name: str, f
     writer = gguf.GGUFWriter(tmp, "llama")
     try:
         add_hparams(writer, config, Path(name).name, file_type)
+        if any(item["type"] in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0) for item in plan):
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_tokenizer(writer, folder, config)
         for item in plan:
             shape, dt, nbytes = _nbytes(item)

@@ -31,6 +31,7 @@ from pmcllama.corpus import CorpusConfig
 from pmcllama.data.decontam import parse_spec
 from pmcllama.errors import ConfigError, UserError
 from pmcllama.evaluate import BenchmarkSpec, EvaluateConfig
+from pmcllama.export_hf import RecipeExport, export_run
 from pmcllama.generate import GenerateConfig
 from pmcllama.instructions import InstructionsConfig
 from pmcllama.judge import JudgeSection, judge_recipe
@@ -74,6 +75,7 @@ class RecipeConfig(Config):
     generate: GenerateConfig = Field(GenerateConfig(), description="completion case studies on the first and last model")
     judge: Optional[JudgeSection] = Field(
         JudgeSection(), description="LLM judge of the first vs last model's completions (skipped without base_url)")
+    export: Optional[RecipeExport] = Field(None, description="export the last model: GGUF files, a model-card folder")
 
     def section(self, name: str):
         """Recipe section by its LINKS name ('finetune', 'ablation.finetune', ...); None when absent."""
@@ -324,5 +326,6 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
             if "Paired comparison" in text:
                 print(text[text.index("Paired comparison"):])
     judge_recipe(cfg.judge, out, main, cfg.generate.prompts, force)
+    export_run(cfg.export, main[-1][1], out, force)
     print(f"[run] {cfg.name} done in {time.perf_counter() - t0:.0f}s; outputs in {out}")
     return out
