@@ -19,6 +19,7 @@ SHRINK = [
     "corpus.sources[0].limit=40",
     "instructions.sources[0].limit=40",
     "instructions.sources[0].probe_terms=10",
+    "instructions.sources[0].control_terms=10",
     "pretrain.seq_len=64",
     "pretrain.epochs=1",
     "finetune.seq_len=128",
@@ -57,6 +58,8 @@ def test_quickstart_writes_every_stage_and_the_table(quickstart_run):
     assert corpus["counts"]["documents_kept"] == 40
     instr = json.loads((out / "instructions" / "manifest.json").read_text())
     assert instr["counts"]["probe"] == 20  # 10 held-out terms x (definition, parent)
+    assert instr["counts"]["control"] == 20  # 10 terms of another branch, never trained on
+    assert instr["files"]["control"] == "control.jsonl"
     # the finetuned model started from the knowledge-injected one
     ft = json.loads((out / "finetune" / "manifest.json").read_text())
     assert ft["base_model"] == str(out / "pretrain")
@@ -65,24 +68,27 @@ def test_quickstart_writes_every_stage_and_the_table(quickstart_run):
     results = json.loads((out / "results.json").read_text())
     assert list(results["results"]) == ["base", "knowledge-injected", "instruction-tuned"]
     for state, row in results["results"].items():
-        probe = row["kg-probe"]
-        assert probe["n"] == 20
-        assert 0.0 <= probe["acc_ci95"][0] <= probe["acc"] <= probe["acc_ci95"][1] <= 1.0
-        preds = (out / "eval" / state / "predictions" / "kg-probe.jsonl").read_text().splitlines()
-        assert len(preds) == 20
+        for bench in ("kg-probe", "kg-control"):
+            probe = row[bench]
+            assert probe["n"] == 20
+            assert 0.0 <= probe["acc_ci95"][0] <= probe["acc"] <= probe["acc_ci95"][1] <= 1.0
+            preds = (out / "eval" / state / "predictions" / f"{bench}.jsonl").read_text().splitlines()
+            assert len(preds) == 20
     first = {s: json.loads((out / "eval" / s / "predictions" / "kg-probe.jsonl").read_text().splitlines()[0])
              for s in results["results"]}
     scores = [tuple(first[s]["loglik"]) for s in first]
     assert len(set(scores)) == 3  # three different models were scored
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert rows[0] == "| quickstart | kg-probe acc (95% CI) | kg-probe acc_norm (95% CI) |"
+    assert rows[0] == ("| quickstart | kg-control acc (95% CI) | kg-control acc_norm (95% CI) "
+                       "| kg-probe acc (95% CI) | kg-probe acc_norm (95% CI) |")
 
     def cell(r, metric):
         lo, hi = r[f"{metric}_ci95"]
         return f"{100 * r[metric]:.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
 
-    assert rows[1:] == [f"| {state} | {cell(r['kg-probe'], 'acc')} | {cell(r['kg-probe'], 'acc_norm')} |"
+    assert rows[1:] == [f"| {state} | " + " | ".join(cell(r[b], m) for b in ("kg-control", "kg-probe")
+                                                      for m in ("acc", "acc_norm")) + " |"
                         for state, r in results["results"].items()]  # each state's own numbers, in order
     base = results["results"]["base"]["kg-probe"]["baselines"]
     assert (f"kg-probe: n=20, majority class {100 * base['majority']:.1f}, "
@@ -95,6 +101,12 @@ def test_quickstart_writes_every_stage_and_the_table(quickstart_run):
     assert [c["model"] for c in cmps] == ["run/knowledge-injected", "run/instruction-tuned"]
     assert all(c["n"] == 20 and 0.0 <= c["mcnemar_p"] <= 1.0 for c in cmps)
     assert "McNemar" in proc.stdout and "McNemar" in (out / "report.md").read_text()
+    over = report["probe_over_control"]  # probe gain minus control gain, printed too
+    assert [d["model"] for d in over] == ["run/knowledge-injected", "run/instruction-tuned"]
+    for d, c in zip(over, cmps):
+        assert d["first_diff"] == pytest.approx(c["diff"]) and d["n"] == [20, 20]
+        assert d["diff"] == pytest.approx(d["first_diff"] - d["second_diff"])
+    assert "over its control" in proc.stdout
     for png in ("results.png", "report.png", "loss_curves.png", "pretrain/loss.png", "finetune/loss.png"):
         assert (out / png).stat().st_size > 2000, png
     gens = (out / "generate" / "instruction-tuned" / "generations.jsonl").read_text().splitlines()

@@ -68,6 +68,7 @@ CONDITIONAL = {
     ("corpus", "decontamination.jsonl"): "written only with benchmark files to decontaminate against",
     ("instructions", "decontamination.jsonl"): "written only with benchmark files to decontaminate against",
     ("instructions", "probe.jsonl"): "written only for a kg source with probe_terms",
+    ("instructions", "control.jsonl"): "written only for a kg source with control_root and control_terms",
     ("instructions", "rejected.jsonl"): "written only when on_error: skip set records aside",
     ("generate", "generations.jsonl"): "written only with out=",
 }

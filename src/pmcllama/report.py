@@ -9,7 +9,9 @@ output folders (`results.json` + `predictions/`) and recipe run folders (every
                  (for a recipe run: the pairs it recorded, every later state against the
                  base model and every ablation arm against its twin): difference (model -
                  other) with its 95% paired-bootstrap CI and the exact McNemar p-value, on
-                 the items both scored (matched by id)
+                 the items both scored (matched by id); with the
+                 knowledge probe and its control (kg-probe, kg-control), every model's
+                 probe gain minus its control gain with a 95% bootstrap CI
     report.json  the same numbers
     report.png   grouped bars with 95% CIs
 
@@ -162,6 +164,29 @@ def comparisons(runs: list[Run], metric: str, n_boot: int, seed: int,
     return out
 
 
+PROBE, CONTROL = "kg-probe", "kg-control"
+
+
+def probe_over_control(runs: list[Run], metric: str, n_boot: int, seed: int) -> list[dict]:
+    """For every run i >= 1 scored on both the knowledge probe and its control: its gain over
+    runs[0] on the probe minus its gain on the control, with the 95% bootstrap CI."""
+    from pmcllama.benchmarks.stats import difference_of_differences, pair_records
+
+    key = "correct" if metric == "acc" else "correct_norm"
+    first, out = runs[0], []
+    if not {PROBE, CONTROL} <= set(first.benchmarks):
+        return out
+    base = {b: read_predictions(first, b) for b in (PROBE, CONTROL)}
+    for run in runs[1:]:
+        if not {PROBE, CONTROL} <= set(run.benchmarks):
+            continue
+        pairs = [pair_records(base[b], read_predictions(run, b), key, f"benchmark '{b}', {run.folder}: ")
+                 for b in (PROBE, CONTROL)]
+        d = difference_of_differences(*pairs[0], *pairs[1], n_boot=n_boot, seed=seed)
+        out.append({"model": run.label, "against": first.label, **d})
+    return out
+
+
 def _pct(x: float | None, sign: bool = False) -> str:
     return "-" if x is None else (f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}")
 
@@ -177,7 +202,8 @@ def _p(p: float) -> str:
     return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def markdown(runs: list[Run], benches: list[str], cmps: dict[str, list[dict]], metric: str) -> str:
+def markdown(runs: list[Run], benches: list[str], cmps: dict[str, list[dict]], metric: str,
+             over: list[dict] = ()) -> str:
     lines = [f"{metric} in % (95% bootstrap CI)", "",
              "| model | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
     for run in runs:
@@ -211,7 +237,22 @@ def markdown(runs: list[Run], benches: list[str], cmps: dict[str, list[dict]], m
                 ci_text = f"{_pct(ci[0], True)} to {_pct(ci[1], True)}" if ci else "-"
                 lines.append(f"| {bench} | {model} | {c['n']} | {_pct(c['diff'], True)} | {ci_text} | "
                              f"{c['only_first_correct']} | {c['only_second_correct']} | {_p(c['mcnemar_p'])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _control_lines(over, runs)) + "\n"
+
+
+def _control_lines(over: list[dict], runs: list[Run]) -> list[str]:
+    if not over:
+        return []
+    lines = ["", f"Knowledge probe over its control (terms in neither the corpus nor the instructions): gain "
+             f"against {runs[0].label} on {PROBE} minus gain on {CONTROL}, in points, 95% bootstrap CI "
+             "(items resampled independently per benchmark):", "",
+             f"| model | {PROBE} gain | {CONTROL} gain | difference | 95% CI |", "|---|---|---|---|---|"]
+    for d in over:
+        ci = d["diff_ci95"]
+        ci_text = f"{_pct(ci[0], True)} to {_pct(ci[1], True)}" if ci else "-"
+        lines.append(f"| {d['model']} | {_pct(d['first_diff'], True)} | {_pct(d['second_diff'], True)} | "
+                     f"{_pct(d['diff'], True)} | {ci_text} |")
+    return lines
 
 
 def make_report(paths: list[str | Path], out: str | Path, metric: str = "acc",
@@ -226,7 +267,8 @@ def make_report(paths: list[str | Path], out: str | Path, metric: str = "acc",
         check_results(r, metric)
     benches = list(dict.fromkeys(b for r in runs for b in r.benchmarks))
     cmps = comparisons(runs, metric, n_boot, seed, recipe_pairs(runs))
-    text = markdown(runs, benches, cmps, metric)
+    over = probe_over_control(runs, metric, n_boot, seed)
+    text = markdown(runs, benches, cmps, metric, over)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text, encoding="utf-8")
@@ -236,7 +278,7 @@ def make_report(paths: list[str | Path], out: str | Path, metric: str = "acc",
                     "results": {b: {**{k: v.get(k) for k in ("n", metric, f"{metric}_ci95", "prompt_template")},
                                     "ece": (v.get("calibration") or {}).get("ece")}
                                 for b, v in r.benchmarks.items()}} for r in runs],
-        "comparisons": cmps,
+        "comparisons": cmps, **({"probe_over_control": over} if over else {}),
     })
     plot_accuracy_bars({r.label: r.benchmarks for r in runs}, out / "report.png", metric=metric)
     return text

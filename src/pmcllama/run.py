@@ -12,8 +12,8 @@ config, so `pmcllama STAGE --config RECIPE.yaml --section STAGE` runs it alone. 
 in the fields that link stages (`out`, `data`, `model`, `tokenizer`; see `LINKS`), which a
 section may not set, and adds evaluate's benchmark files to every instruction set's
 `decontaminate` list; an evaluation file that is also a training file is refused. `probe`
-(recipe only) adds the knowledge probe of the instructions stage to the evaluate section's
-benchmarks.
+(recipe only) adds the knowledge probe of the instructions stage
+(and its control probe, when built) to the evaluate section's benchmarks.
 """
 from __future__ import annotations
 
@@ -220,10 +220,11 @@ def _stages(cfg: RecipeConfig, force: bool) -> tuple[list[tuple[str, str]], dict
 def _benchmarks(cfg: RecipeConfig, folders: dict[str, Path]) -> list[BenchmarkSpec]:
     benches = list(cfg.evaluate.benchmarks)
     if cfg.probe is not None and "instructions" in folders:
-        probe = (read_manifest(folders["instructions"]).get("files") or {}).get("probe")
-        if probe:
-            benches.append(BenchmarkSpec(name="kg-probe", format="medqa", path=str(folders["instructions"] / probe),
-                                         choices=cfg.probe.choices, limit=cfg.probe.limit))
+        files = read_manifest(folders["instructions"]).get("files") or {}
+        for name, key in (("kg-probe", "probe"), ("kg-control", "control")):  # control: terms never trained on
+            if files.get(key):
+                benches.append(BenchmarkSpec(name=name, format="medqa", path=str(folders["instructions"] / files[key]),
+                                             choices=cfg.probe.choices, limit=cfg.probe.limit))
     return benches
 
 

@@ -11,8 +11,9 @@ plus `pred_share`, how often the model picked each choice, which shows such a co
 Also here: calibration (`calibration`: expected calibration error over 10 equal-width
 confidence bins, confidence = the softmax over a question's per-choice logliks at the
 predicted choice), accuracy per subject, and the paired comparison of two runs on the same
-items (`pair_records` matches them by id; `mcnemar_exact`, `paired_bootstrap_ci`), and for pairwise
-judging the sign test and AlpacaEval 2's length-controlled win rate.
+items (`pair_records` matches them by id; `mcnemar_exact`, `paired_bootstrap_ci`), the
+difference of two such paired differences on two benchmarks (`difference_of_differences`),
+and for pairwise judging the sign test and AlpacaEval 2's length-controlled win rate.
 """
 from __future__ import annotations
 
@@ -231,3 +232,30 @@ def length_controlled_win_rate(scores: Sequence[float], len_a: Sequence[float], 
         if np.abs(step).max() < 1e-10:
             break
     return float(1.0 / (1.0 + np.exp(-w[0])))
+
+
+def difference_of_differences(a1: Sequence[float], b1: Sequence[float], a2: Sequence[float],
+                              b2: Sequence[float], n_boot: int = 1000, seed: int = 0,
+                              level: float = 0.95) -> dict:
+    """How much more run b gains over run a on benchmark 1 than on benchmark 2:
+    (mean(b1) - mean(a1)) - (mean(b2) - mean(a2)), each pair of lists paired by item, with a
+    percentile bootstrap CI that resamples the items of each benchmark independently (pairs
+    kept together). E.g. a knowledge probe against its control probe: the gain on facts that
+    were injected beyond the gain on questions of the same kind about facts that were not."""
+    import numpy as np
+
+    if len(a1) != len(b1) or len(a2) != len(b2):
+        raise ValueError("paired samples must have the same length")
+    if not a1 or not a2:
+        raise ValueError("both benchmarks need items")
+    d1 = np.asarray(b1, dtype=np.float64) - np.asarray(a1, dtype=np.float64)
+    d2 = np.asarray(b2, dtype=np.float64) - np.asarray(a2, dtype=np.float64)
+    out = {"n": [int(d1.size), int(d2.size)], "diff": float(d1.mean() - d2.mean()),
+           "first_diff": float(d1.mean()), "second_diff": float(d2.mean()), "diff_ci95": None}
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        m1 = d1[rng.integers(0, d1.size, size=(n_boot, d1.size))].mean(axis=1)
+        m2 = d2[rng.integers(0, d2.size, size=(n_boot, d2.size))].mean(axis=1)
+        alpha = (1.0 - level) / 2.0
+        out["diff_ci95"] = [float(q) for q in np.quantile(m1 - m2, [alpha, 1.0 - alpha])]
+    return out

@@ -11,7 +11,8 @@ from pmcllama.data.qa import QA_FORMATS
 from pmcllama.knowledge.prompts import TASKS
 
 KGTask = Literal["description", "relation", "mcq_definition", "mcq_parent"]
-KG_ONLY = ("root", "limit", "seed_terms", "tasks", "probe_terms", "ontology", "vocabularies", "max_relations")
+KG_ONLY = ("root", "limit", "seed_terms", "tasks", "probe_terms", "control_root", "control_terms", "ontology",
+           "vocabularies", "max_relations")
 CHAT_FORMATS = ("mtsdialog", "sharegpt", "messages", "qa_jsonl")
 FILE_FORMATS = ("alpaca", *QA_FORMATS, *CHAT_FORMATS)
 ONLY_FOR = {"task": ("alpaca",), "answer_format": QA_FORMATS,
@@ -45,6 +46,10 @@ class InstructionSource(Config):
     tasks: list[KGTask] = Field(default_factory=lambda: list(TASKS), min_length=1,
                                 description="kg: prompt kinds to build")
     probe_terms: int = Field(0, ge=0, description="kg: the first N selected terms form the knowledge probe, not training")
+    control_root: str | None = Field(None, description="kg: another branch (term id) for the control probe: "
+                                     "questions on terms in neither the corpus nor the instructions")
+    control_terms: int = Field(0, ge=0, description="kg: the control probe's number of terms, selected below "
+                               "control_root as the probe's are (same limit and seed), never named in training")
 
     @model_validator(mode="after")
     def _check_format(self) -> "InstructionSource":
@@ -56,6 +61,10 @@ class InstructionSource(Config):
                 raise ValueError(f"{', '.join(given)} only apply to format: kg (source '{self.name}')")
         elif self.paths:
             raise ValueError(f"kg source '{self.name}' reads `ontology`, not `paths`")
+        elif bool(self.control_terms) != bool(self.control_root):
+            raise ValueError(f"kg source '{self.name}': control_terms and control_root go together")
+        elif self.control_root is not None and self.control_root == self.root:
+            raise ValueError(f"kg source '{self.name}': control_root must be another branch than root")
         wrong = [k for k, fmts in ONLY_FOR.items() if k in self.model_fields_set and self.format not in fmts]
         if wrong:
             raise ValueError("; ".join(f"{k} only apply to format: {', '.join(ONLY_FOR[k])}" for k in wrong)
