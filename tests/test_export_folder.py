@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from test_export import TEXT, _llama_cpp_greedy, assert_one_line_error, cli, fields
+from test_quickstart import SHRINK as QUICKSTART_SHRINK
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,10 +73,8 @@ def test_folder_export_keeps_the_users_files(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-SHRINK = ["base_model=tiny-llama", "corpus.sources[0].limit=40", "instructions.sources[0].limit=40",
-          "instructions.sources[0].probe_terms=10", "pretrain.seq_len=64", "pretrain.epochs=1",
-          "finetune.seq_len=128", "finetune.max_steps=3", "finetune.lora={rank: 4, alpha: 8}",
-          "generate.prompts=[]"]
+# the quickstart shrunk as tests/test_quickstart.py shrinks it, fine-tuned with LoRA, no completions
+SHRINK = [*QUICKSTART_SHRINK, "finetune.lora={rank: 4, alpha: 8}", "generate.prompts=[]"]
 
 
 @pytest.fixture(scope="module")
