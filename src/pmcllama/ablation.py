@@ -19,7 +19,6 @@ the instruction set, and a rerun trains nothing twice.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -27,6 +26,7 @@ from pydantic import Field, model_validator
 
 from pmcllama.config import Config, build_config, require_unique_names
 from pmcllama.errors import ConfigError
+from pmcllama.stage import sha256_file
 from pmcllama.instructions import InstructionsConfig
 from pmcllama.training.config import FinetuneConfig
 
@@ -106,14 +106,6 @@ def twins(arms: list[ArmConfig]) -> dict[str, str]:
     return pairs
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_held_out(evaluated: dict[str, str], training: dict[str, list[str]]) -> None:
     """Refuse an evaluation file that is also training data: the same file, a file inside a training
     folder, or a training file with the same bytes. {benchmark: path}, {training source: paths}."""
@@ -125,7 +117,7 @@ def check_held_out(evaluated: dict[str, str], training: dict[str, list[str]]) ->
             for given in (Path(p).resolve() for p in paths):
                 same = given == target or target.is_relative_to(given) or (
                     given.is_file() and given.stat().st_size == target.stat().st_size
-                    and _digest(given) == _digest(target))
+                    and sha256_file(given) == sha256_file(target))
                 if same:
                     raise ConfigError(f"benchmark '{bench}' evaluates {spec}, which is also training data of "
                                       f"{source} ({given}); evaluate on a held-out file")

@@ -93,7 +93,7 @@ def plot_accuracy_bars(table: dict[str, dict[str, dict]], png: str | Path, metri
             lo.append(v - 100 * ci[0])
             hi.append(100 * ci[1] - v)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label)
-    _baselines(ax, table, benches, width * len(labels))
+    _baselines(ax, table, benches, width)
     ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(benches))], benches)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_ylim(0, 100)
@@ -105,8 +105,9 @@ def plot_accuracy_bars(table: dict[str, dict[str, dict]], png: str | Path, metri
     return Path(png)
 
 
-def _baselines(ax, table: dict[str, dict[str, dict]], benches: list[str], span: float) -> None:
-    """Majority class (dashed) and best constant choice (dotted) across each benchmark's bars."""
+def _baselines(ax, table: dict[str, dict[str, dict]], benches: list[str], width: float) -> None:
+    """Majority class (dashed) and best constant choice (dotted) across each benchmark's bars
+    (benchmark j's bars are centred at j, j + width, ... one per model)."""
     styles = {"majority class": ("--", "black"), "best constant choice": (":", "dimgray")}
     shown = set()
     for j, b in enumerate(benches):
@@ -116,7 +117,7 @@ def _baselines(ax, table: dict[str, dict[str, dict]], benches: list[str], span: 
         for name, v in values.items():
             if isinstance(v, (int, float)):
                 ls, colour = styles[name]
-                ax.hlines(100 * v, j - 0.5 * span / len(table) - 0.05, j + span - 0.5 * span / len(table) + 0.05,
+                ax.hlines(100 * v, j - width / 2 - 0.05, j + width * (len(table) - 0.5) + 0.05,
                           linestyles=ls, colors=colour, label=None if name in shown else name)
                 shown.add(name)
 

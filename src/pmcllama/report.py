@@ -66,13 +66,18 @@ def _recipe_states(folder: Path) -> list[Path]:
     if not evals.is_dir():
         return []
     found = {p.name: p for p in evals.iterdir() if p.is_dir() and _read_results(p) is not None}
-    order: list[str] = []
-    try:
-        states = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("states") or {}
-        order = [s for s in states if s in found]
-    except (OSError, ValueError, AttributeError):  # ValueError: not JSON, not UTF-8
-        pass
+    states = _run_record(folder).get("states")
+    order = [s for s in states if s in found] if isinstance(states, dict) else []
     return [found[s] for s in order + sorted(set(found) - set(order))]
+
+
+def _run_record(folder: Path) -> dict:
+    """A recipe run's results.json ({states, pairs, ...}); {} when there is none or it is unreadable."""
+    try:
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def discover(paths: list[str | Path]) -> list[Run]:
@@ -129,10 +134,7 @@ def recipe_pairs(runs: list[Run]) -> list[tuple[Run, Run]] | None:
     by_state = {(r.folder.parent.parent.resolve(), r.folder.name): r for r in runs}
     pairs, recorded = [], False
     for folder in dict.fromkeys(k[0] for k in by_state):
-        try:
-            listed = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("pairs")
-        except (OSError, ValueError, AttributeError):
-            continue
+        listed = _run_record(folder).get("pairs")
         if isinstance(listed, list):
             recorded = True
             pairs += [(by_state[(folder, m)], by_state[(folder, a)]) for m, a in

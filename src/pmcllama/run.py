@@ -304,7 +304,8 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
     states, folders = _stages(cfg, force)
     benches = _benchmarks(cfg, folders)
     rows: dict[str, dict] = {}
-    for label, model, settings in _evaluations(cfg, states, benches) if benches else []:
+    scored = _evaluations(cfg, states, benches) if benches else []
+    for label, model, settings in scored:
         folder = evaluate.run(linked(settings, "evaluate", model=model, out=str(out / "eval" / label)), force=force)
         results = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
         rows[label] = {b.name: one_accuracy(results[b.name]) for b in benches}
@@ -318,8 +319,8 @@ def run(cfg: RecipeConfig, force: bool = False) -> Path:
         table = results_table(rows, cfg.name)
         (out / "results.md").write_text(table, encoding="utf-8")
         pairs = _pairs(cfg, list(rows))
-        write_json(out / "results.json", {"recipe": cfg.name, "states": {k: m for k, m, _ in
-                                          _evaluations(cfg, states, benches)}, "pairs": pairs, "results": rows})
+        write_json(out / "results.json", {"recipe": cfg.name, "states": {k: m for k, m, _ in scored},
+                                          "pairs": pairs, "results": rows})
         plot_accuracy_bars(rows, out / "results.png", metric="acc_norm")
         print("\n" + table)
         if pairs:  # paired tests: later states against the base model, arms against their twins
