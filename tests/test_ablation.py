@@ -249,3 +249,16 @@ def test_an_arms_settings_run_alone_through_a_dotted_section():
     assert (f.lr, f.epochs, f.template, f.distributed) == (2e-5, 3, "alpaca", "fsdp")
     with pytest.raises(UserError, match="no section 'ablation.tune'"):
         load_config(FinetuneConfig, root / "recipes" / "paper-v1.yaml", section="ablation.tune")
+
+
+@pytest.mark.parametrize("name", ["model-q8_0.gguf", "card", "ablation_loss.png"])
+def test_force_into_a_users_folder_never_takes_a_file_a_run_would_write(tmp_path, name):
+    from pmcllama.errors import UserError
+    from pmcllama.run import claim_run_folder
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text("the user's") if "." in name else (out / name).mkdir()
+    with pytest.raises(UserError, match=f"out_dir holds {name}, which pmcllama did not write"):
+        claim_run_folder(out, force=True)
+    assert not (out / ".pmcllama-run").exists()

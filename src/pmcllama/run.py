@@ -129,6 +129,7 @@ RUN_MARK = ".pmcllama-run"
 RUN_FILES = ("results.md", "results.json", "results.png", "report.md", "report.json", "report.png",
              "loss_curves.png", "ablation_loss.png")
 STAGE_DIRS = ("corpus", "pretrain", "instructions", "finetune", "ablation", "eval", "generate")
+EXPORTS = ("judge", "card")  # folders of the judge and export sections (model-<dtype>.gguf files beside)
 
 
 def claim_run_folder(out: Path, force: bool) -> None:
@@ -142,7 +143,8 @@ def claim_run_folder(out: Path, force: bool) -> None:
             raise UserError("out_dir is an existing folder that pmcllama did not write; choose a new "
                             "folder, or --force to add the run beside its files (none of yours is "
                             "removed or overwritten)", out)
-        clash = [n for n in RUN_FILES + STAGE_DIRS if (out / n).exists()]
+        clash = [n for n in RUN_FILES + STAGE_DIRS + EXPORTS if (out / n).exists()]
+        clash += sorted(p.name for p in out.glob("model-*.gguf"))  # the export section's GGUF files
         if clash:
             raise UserError(f"out_dir holds {clash[0]}, which pmcllama did not write and would replace", out)
     out.mkdir(parents=True, exist_ok=True)
