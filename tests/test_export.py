@@ -311,3 +311,19 @@ def export_gguf_quiet(src, out: Path) -> Path:
     from pmcllama.export import export_gguf
 
     return export_gguf(src, out, "f32", say=lambda s: None)
+
+
+def test_export_streams_without_torch_or_transformers(tmp_path):
+    """The export reads safetensors headers and tokenizer files itself: importing torch alone
+    costs more memory than a small model's whole export (the peak-RSS target in bench_export)."""
+    from pmcllama.models import resolve
+
+    resolve("tiny-llama")  # built (with torch) here, so the export below only reads it
+    code = ("import sys; from pathlib import Path; from pmcllama.export import export_gguf; "
+            f"export_gguf('tiny-llama', Path({str(tmp_path / 't.gguf')!r}), 'q8_0', say=lambda s: None); "
+            "print(sorted(m for m in ('torch', 'transformers', 'safetensors.torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    kv, tensors = fields(tmp_path / "t.gguf")
+    assert kv["general.name"] == "tiny-llama" and tensors["blk.0.attn_q.weight"].tensor_type.name == "Q8_0"

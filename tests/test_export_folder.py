@@ -34,7 +34,7 @@ def test_folder_export_is_sharded_and_gives_identical_logits(tmp_path):
     from pmcllama.models import load_tokenizer
 
     out = tmp_path / "hf"
-    res = cli("tiny-llama", "--out", str(out), "max_shard_size=200KB")
+    res = cli("tiny-llama", "--out", str(out), "max_shard_size=200KB", "name=cardio-tiny")
     assert res.returncode == 0, res.stderr
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(p.name for p in out.glob("*.safetensors"))
@@ -49,8 +49,8 @@ def test_folder_export_is_sharded_and_gives_identical_logits(tmp_path):
     front = card.split("---")[1]
     assert "library_name: transformers" in front and "base_model: tiny-llama" in front and "- medical" in front
     assert "license: other" in front and "tiny-llama (licence: unknown — check)" in card
-    assert "Not for medical use" in card and "No pmcllama stage manifest" in card
-    again = cli("tiny-llama", "--out", str(out), "max_shard_size=200KB")
+    assert "Not for medical use" in card and "No pmcllama stage manifest" in card and "\n# cardio-tiny\n" in card
+    again = cli("tiny-llama", "--out", str(out), "max_shard_size=200KB", "name=cardio-tiny")
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
@@ -93,6 +93,7 @@ def test_the_recipe_exports_q8_0_and_a_card_read_from_the_manifests(lora_run):
     kv, tensors = fields(lora_run / "model-q8_0.gguf")
     assert kv["general.file_type"] == 7 and tensors["blk.0.ffn_down.weight"].tensor_type.name == "Q8_0"
     card = (lora_run / "card" / "README.md").read_text()
+    assert kv["general.name"] == f"{lora_run.name}-finetune" and f"\n# {lora_run.name}-finetune\n" in card
     manifest = {s: json.loads((lora_run / s / "manifest.json").read_text())
                 for s in ("corpus", "pretrain", "instructions", "finetune")}
     corpus = manifest["corpus"]["sources"]["hpo_cardiovascular"]

@@ -32,6 +32,17 @@ def stage_manifest(folder: str | Path | None) -> dict | None:
     return data if isinstance(data, dict) and "stage" in data else None
 
 
+def model_name(model: str | Path) -> str:
+    """The name a model is published under: a stage output is named by its run and stage
+    (runs/quickstart/finetune -> quickstart-finetune), another folder or file by its own name,
+    a built-in by itself."""
+    path = Path(str(model))
+    manifest = stage_manifest(path) if path.is_dir() else None
+    if manifest is not None and manifest["stage"] in ("finetune", "pretrain") and path.resolve().parent.name:
+        return f"{path.resolve().parent.name}-{path.name}"
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
 def _linked(folder: Path, path: str | None) -> str | None:
     """A stage's link as recorded, or, when it was relative to another working folder, the
     sibling of the same name (a run folder moved or read from elsewhere)."""

@@ -217,8 +217,9 @@ def models_cmd(
 def export_cmd(
     model: str = typer.Argument(..., help="a model: folder, stage output, .gguf file or built-in name"),
     options: Optional[List[str]] = typer.Argument(
-        None, metavar="[dtype=...] [max_shard_size=...]",
-        help="FILE.gguf: dtype=f32 (default), f16, bf16, q8_0 or q4_0; FOLDER: max_shard_size=5GB (default)"),
+        None, metavar="[dtype=...] [max_shard_size=...] [name=...]",
+        help="FILE.gguf: dtype=f32 (default), f16, bf16, q8_0 or q4_0; FOLDER: max_shard_size=5GB (default), "
+             "name= the card's title (default: run and stage, e.g. quickstart-finetune)"),
     out: Path = typer.Option(..., "--out", help="a .gguf file to write, or else a Hugging Face folder"),
     force: bool = typer.Option(False, "--force", help="replace a .gguf file, or redo a folder pmcllama wrote "
                                "(a folder of yours gets the files beside its own, none removed or overwritten)"),
@@ -234,8 +235,8 @@ def export_cmd(
     """
     def go():
         gguf_out = out.suffix == ".gguf"
-        allowed = {"dtype": "f32"} if gguf_out else {"max_shard_size": "5GB"}
-        settings = dict(allowed)
+        allowed = {"dtype": "f32"} if gguf_out else {"max_shard_size": "5GB", "name": None}
+        settings = {k: v for k, v in allowed.items() if v is not None}
         for opt in options or []:
             key, eq, value = opt.partition("=")
             if not eq or key not in allowed:

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from pmcllama.card import model_name
 from pmcllama.errors import UserError
 from pmcllama.export_vocab import add_tokenizer
 
@@ -125,19 +126,18 @@ def _target_type(name: str, shape: tuple[int, ...], dtype: str):
 
 def tensor_plan(folder: Path, config: dict, dtype: str) -> list[dict]:
     """Every tensor to write, in order, with its file, names, shape and GGML type (nothing loaded)."""
-    from safetensors import safe_open
-
     plan = []
     tied = config.get("tie_word_embeddings", False)
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for hf in f.keys():
-                name = gguf_name(hf)
-                if name is None or (tied and name == "output.weight"):
-                    continue
-                shape = tuple(f.get_slice(hf).get_shape())
-                qtype, note = _target_type(name, shape, dtype)
-                plan.append({"file": file, "hf": hf, "name": name, "shape": shape, "type": qtype, "note": note})
+        with open(file, "rb") as fh:
+            header, _ = _header(fh, file)
+        for hf in sorted(k for k in header if k != "__metadata__"):
+            name = gguf_name(hf)
+            if name is None or (tied and name == "output.weight"):
+                continue
+            shape = tuple(header[hf]["shape"])
+            qtype, note = _target_type(name, shape, dtype)
+            plan.append({"file": file, "hf": hf, "name": name, "shape": shape, "type": qtype, "note": note})
     if not any(p["name"] == "token_embd.weight" for p in plan):
         raise UserError("no model.embed_tokens.weight in the safetensors files", folder)
     return plan
@@ -172,6 +172,18 @@ def convert_tensor(item: dict, data: np.ndarray, config: dict) -> np.ndarray:
 SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 
 
+def _header(fh, file: Path) -> tuple[dict, int]:
+    """A safetensors file's JSON header (the tensors' dtypes, shapes, offsets) and where its data
+    starts, read without a tensor library (safetensors' own reader would import torch)."""
+    n = int.from_bytes(fh.read(8), "little")
+    try:
+        if n > 100_000_000:  # safetensors' own limit on the header
+            raise ValueError
+        return json.loads(fh.read(n)), 8 + n
+    except (ValueError, UnicodeDecodeError):
+        raise UserError("not a safetensors file (its header is not JSON)", file) from None
+
+
 def _read_tensor(fh, header: dict, start: int, name: str) -> np.ndarray:
     """One tensor as float32, read with plain file reads (no memory map, so the pages of the
     tensors already written do not stay resident: peak memory is about one tensor)."""
@@ -190,10 +202,9 @@ def _stream(plan: list[dict]) -> Iterator[tuple[dict, np.ndarray]]:
     """Yield (plan item, float32 array) one tensor at a time, each file opened once."""
     for file in dict.fromkeys(p["file"] for p in plan):
         with open(file, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
+            header, start = _header(fh, file)
             for item in (p for p in plan if p["file"] == file):
-                yield item, _read_tensor(fh, header, 8 + n, item["hf"])
+                yield item, _read_tensor(fh, header, start, item["hf"])
 
 
 def _check_destination(out: Path, force: bool) -> None:
@@ -245,7 +256,7 @@ def _write(tmp: Path, folder: Path, config: dict, plan: list[dict], name: str, f
 
     writer = gguf.GGUFWriter(tmp, "llama")
     try:
-        add_hparams(writer, config, Path(name).name, file_type)
+        add_hparams(writer, config, model_name(name), file_type)
         if any(item["type"] in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0) for item in plan):
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_tokenizer(writer, folder, config)

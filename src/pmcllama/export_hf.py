@@ -34,6 +34,8 @@ class FolderExportConfig(Config):
     out: str = Field(description="output folder")
     max_shard_size: str = Field("5GB", description="largest safetensors shard, e.g. 2GB, 500MB (Hugging Face's default: 5GB)")
     card: bool = Field(True, description="write README.md, the model card built from the stage manifests")
+    name: str | None = Field(None, description="the model's name in the card's title (default: a stage output's "
+                             "run and stage, e.g. quickstart-finetune; else the model folder's name)")
 
     @field_validator("max_shard_size")
     @classmethod
@@ -83,7 +85,7 @@ def _write_folder(folder: Path, tmp: Path, cfg: FolderExportConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pmcllama.card import build_card
+    from pmcllama.card import build_card, model_name
     from pmcllama.stage import StageResult
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto", local_files_only=True,
@@ -93,8 +95,7 @@ def _write_folder(folder: Path, tmp: Path, cfg: FolderExportConfig):
         model.save_pretrained(str(tmp), max_shard_size=cfg.max_shard_size, safe_serialization=True)
     tok.save_pretrained(str(tmp))
     if cfg.card:
-        name = Path(cfg.out).name if Path(str(cfg.model)).is_dir() else str(cfg.model)
-        (tmp / "README.md").write_text(build_card(cfg.model, name), encoding="utf-8")
+        (tmp / "README.md").write_text(build_card(cfg.model, cfg.name or model_name(cfg.model)), encoding="utf-8")
     shards = sorted(p.name for p in tmp.glob("*.safetensors"))
     params = sum(p.numel() for p in model.state_dict().values())
     return StageResult(counts={"shards": len(shards), "parameters": params},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from pmcllama.errors import UserError
@@ -43,19 +44,84 @@ def _is_sentencepiece_json(tok_json: dict) -> bool:
         pre.get("type") == "Metaspace" or "\u2581" in normal)
 
 
+@dataclass
+class TokenizerFacts:
+    """What a GGUF vocabulary needs from a model folder's tokenizer files, read with the
+    `tokenizers` library and plain JSON (transformers' AutoTokenizer would import torch, which
+    alone is more memory than a small model's export)."""
+    vocab: dict[str, int]  # every token, added ones included
+    special_ids: set[int]
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
+    unk_token_id: int | None
+    chat_template: str | None
+    add_bos: bool
+
+
+def _content(value) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _chat_template(folder: Path, tok_config: dict) -> str | None:
+    """chat_template.jinja (transformers 5), chat_template.json, or tokenizer_config's field
+    (a string, or named templates of which GGUF takes `default`)."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    template = tok_config.get("chat_template")
+    if template is None and (folder / "chat_template.json").is_file():
+        template = json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(template, list):
+        template = {t.get("name"): t.get("template") for t in template}.get("default")
+    return template
+
+
+def read_tokenizer(folder: Path, tok_json: dict | None) -> TokenizerFacts:
+    """The vocabulary, special tokens, BOS behaviour and chat template of FOLDER's tokenizer."""
+    config_path = folder / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    map_path = folder / "special_tokens_map.json"
+    named = json.loads(map_path.read_text(encoding="utf-8")) if map_path.is_file() else {}
+    named.update({k: v for k, v in tok_config.items() if k.endswith("_token")})
+    added = {int(i): a for i, a in (tok_config.get("added_tokens_decoder") or {}).items()}
+    tokenizer = None
+    if tok_json is not None:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        added.update({a["id"]: a for a in tok_json.get("added_tokens", [])})
+    else:
+        from sentencepiece import SentencePieceProcessor
+
+        sp = SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+        vocab = {sp.IdToPiece(i): i for i in range(sp.vocab_size())}
+    vocab.update({a["content"]: i for i, a in added.items()})
+    ids = {k: vocab.get(_content(v)) for k, v in named.items() if _content(v) is not None}
+    special = {i for i, a in added.items() if a.get("special")} | {i for i in ids.values() if i is not None}
+    bos = ids.get("bos_token")
+    if "add_bos_token" in tok_config:
+        add_bos = bool(tok_config["add_bos_token"])
+    elif tokenizer is not None:  # does the tokenizer's post-processor put BOS in front by itself?
+        first = tokenizer.encode("a").ids[:1]
+        add_bos = bos is not None and first == [bos]
+    else:
+        add_bos = True  # a SentencePiece LLaMA tokenizer's default
+    return TokenizerFacts(vocab, special, bos, ids.get("eos_token"), ids.get("pad_token"), ids.get("unk_token"),
+                          _chat_template(folder, tok_config), add_bos)
+
+
 def add_tokenizer(writer, folder: Path, config: dict) -> None:
     """The vocabulary, special ids, BOS flag and chat template."""
-    from transformers import AutoTokenizer
-
     path = folder / "tokenizer.json"
     tok_json = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if tok_json is None and not (folder / "tokenizer.model").is_file():
+        raise UserError("no tokenizer.json or tokenizer.model in the model folder", folder)
+    tok = read_tokenizer(folder, tok_json)
     if (folder / "tokenizer.model").is_file():
         add_sentencepiece_model(writer, folder / "tokenizer.model", tok, config)
-    elif tok_json is not None and _is_sentencepiece_json(tok_json):
+    elif _is_sentencepiece_json(tok_json):
         add_sentencepiece_json(writer, tok_json, tok, config)
-    elif tok_json is None:
-        raise UserError("no tokenizer.json or tokenizer.model in the model folder", folder)
     else:
         add_bpe(writer, tok_json, tok, config, path)
     _add_special_ids(writer, tok, config)
@@ -63,13 +129,13 @@ def add_tokenizer(writer, folder: Path, config: dict) -> None:
         writer.add_chat_template(tok.chat_template)
 
 
-def add_bpe(writer, tok_json: dict, tok, config: dict, path: Path) -> None:
+def add_bpe(writer, tok_json: dict, tok: TokenizerFacts, config: dict, path: Path) -> None:
     """Byte-level BPE vocabulary and merges (`gpt2`)."""
     if (tok_json.get("model") or {}).get("type") != "BPE":
         raise UserError(f"tokenizer model {tok_json.get('model', {}).get('type')!r} is not exported "
                         "(byte-level BPE and SentencePiece BPE are)", path)
     pre = _pre_tokenizer(tok_json, path)
-    by_id = {i: t for t, i in tok.get_vocab().items()}
+    by_id = {i: t for t, i in tok.vocab.items()}
     special = {a["id"] for a in tok_json.get("added_tokens", []) if a.get("special")}
     added = {a["id"] for a in tok_json.get("added_tokens", [])}
     n = config["vocab_size"]
@@ -84,11 +150,11 @@ def add_bpe(writer, tok_json: dict, tok, config: dict, path: Path) -> None:
     writer.add_token_merges(merges)
 
 
-def _write_llama_vocab(writer, pieces: list[tuple[str, float, int]], tok, config: dict, add_prefix: bool) -> None:
+def _write_llama_vocab(writer, pieces: list[tuple[str, float, int]], tok: TokenizerFacts, config: dict, add_prefix: bool) -> None:
     """Pieces (text, score, type) padded with unused tokens to the model's vocab_size, plus added tokens."""
     n = config["vocab_size"]
-    extra = {i: t for t, i in tok.get_vocab().items() if i >= len(pieces)}
-    special = set(tok.all_special_ids)
+    extra = {i: t for t, i in tok.vocab.items() if i >= len(pieces)}
+    special = tok.special_ids
     for i in range(len(pieces), n):
         text = extra.get(i, f"[PAD{i}]")
         pieces.append((text, -1000.0, CONTROL if i in special else USER_DEFINED if i in extra else UNUSED))
@@ -103,7 +169,7 @@ def _write_llama_vocab(writer, pieces: list[tuple[str, float, int]], tok, config
     writer.add_add_space_prefix(add_prefix)
 
 
-def add_sentencepiece_model(writer, path: Path, tok, config: dict) -> None:
+def add_sentencepiece_model(writer, path: Path, tok: TokenizerFacts, config: dict) -> None:
     """SentencePiece BPE from tokenizer.model: pieces, scores and kinds as SentencePiece stores them."""
     from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
 
@@ -122,7 +188,7 @@ def add_sentencepiece_model(writer, path: Path, tok, config: dict) -> None:
     _write_llama_vocab(writer, pieces, tok, config, bool(proto.normalizer_spec.add_dummy_prefix))
 
 
-def add_sentencepiece_json(writer, tok_json: dict, tok, config: dict) -> None:
+def add_sentencepiece_json(writer, tok_json: dict, tok: TokenizerFacts, config: dict) -> None:
     """SentencePiece BPE from a converted tokenizer.json: scores are minus each normal piece's rank."""
     vocab = tok_json["model"]["vocab"]
     by_id = {i: t for t, i in vocab.items()}
@@ -149,7 +215,7 @@ def add_sentencepiece_json(writer, tok_json: dict, tok, config: dict) -> None:
     _write_llama_vocab(writer, pieces, tok, config, add_prefix)
 
 
-def _add_special_ids(writer, tok, config: dict) -> None:
+def _add_special_ids(writer, tok: TokenizerFacts, config: dict) -> None:
     bos = tok.bos_token_id if tok.bos_token_id is not None else config.get("bos_token_id")
     eos = tok.eos_token_id if tok.eos_token_id is not None else config.get("eos_token_id")
     if bos is not None:
@@ -160,5 +226,4 @@ def _add_special_ids(writer, tok, config: dict) -> None:
         writer.add_pad_token_id(tok.pad_token_id)
     if tok.unk_token_id is not None:
         writer.add_unk_token_id(tok.unk_token_id)
-    ids = tok("a")["input_ids"]  # does the tokenizer put BOS in front by itself?
-    writer.add_add_bos_token(bool(bos is not None and ids and ids[0] == bos))
+    writer.add_add_bos_token(bool(bos is not None and tok.add_bos))
