@@ -268,6 +268,83 @@ def test_a_client_that_leaves_mid_stream_frees_its_rows(server, client):
     assert chat(client).choices[0].message.content is not None
 
 
+LONG = 980  # greedy tokens tiny-llama writes without an EOS (its context is 1024): seconds on a CPU
+
+
+def _long_request(text: str = "Tell me everything") -> bytes:
+    body = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": LONG, "temperature": 0})
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def _load(url: str) -> int:
+    return httpx.get(url + "/health", timeout=30).json()["load"]
+
+
+def _wait_for_load(url: str, at_least: int) -> None:
+    deadline = time.time() + 30
+    while _load(url) < at_least and time.time() < deadline:
+        time.sleep(0.05)
+    assert _load(url) >= at_least
+
+
+def test_a_client_that_leaves_a_non_streamed_request_frees_its_rows(server):
+    """A non-streamed answer is not written until it is done, so nothing noticed the client
+    leaving: its 4 x 980 tokens ran to the end (seconds here). Now the rows leave at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    where = urlparse(server)
+    socks = [socket.create_connection((where.hostname, where.port), timeout=30) for _ in range(4)]
+    for sock in socks:
+        sock.sendall(_long_request())
+    _wait_for_load(server, 4)
+    for sock in socks:
+        sock.close()
+    left = time.time()
+    while _load(server) and time.time() - left < 30:
+        time.sleep(0.05)
+    assert _load(server) == 0 and time.time() - left < 1.5
+    assert chat(served_client(server)).choices[0].message.content is not None
+
+
+def test_ctrl_c_ends_the_answers_in_progress_and_the_server_exits(tmp_path):
+    """uvicorn alone waits for every open request after Ctrl-C: with four 980-token answers
+    queued behind one decoding slot that took well over 10 s. The first Ctrl-C now cancels them:
+    each waiting client gets OpenAI's 503 `shutting_down`, and the process exits at once."""
+    import signal
+
+    proc, url = start_server("tiny-llama", "max_batch=1")
+    answers: list = []
+
+    def one():
+        try:
+            r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                           json={"messages": [{"role": "user", "content": "Tell me everything"}],
+                                 "max_tokens": LONG, "temperature": 0})
+            answers.append((r.status_code, r.json()))
+        except httpx.HTTPError as e:  # uvicorn closed the connection first: also no answer
+            answers.append((None, repr(e)))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    _wait_for_load(url, 4)
+    proc.send_signal(signal.SIGINT)
+    sent = time.time()
+    try:
+        rc = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    took = time.time() - sent
+    for t in threads:
+        t.join(timeout=30)
+    assert rc in (0, 130) and took < 5, (rc, took)  # 130: the CLI's exit status for Ctrl-C
+    assert len(answers) == 4 and any(status == 503 for status, _ in answers), answers
+    for status, body in answers:
+        assert status is None or (status == 503 and body["error"]["code"] == "shutting_down"), (status, body)
+
+
 def test_a_full_queue_answers_503_with_retry_after(tiny_model):
     from fastapi.testclient import TestClient
 

@@ -72,13 +72,33 @@ def run(cfg: ServeConfig, force: bool = False) -> None:
     name = model_name(cfg)
     app = create_app(backend, name, api_key=key, max_body=int(cfg.max_body_mb * (1 << 20)),
                      max_queue=cfg.max_queue)
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_S)
+    server = _server_class()(config)
     backend.start()
     try:
         server.run(sockets=[_bind(config, name, key)])
     finally:
         backend.stop()
+
+
+GRACEFUL_S = 5  # after Ctrl-C, how long uvicorn waits for open requests before cancelling them
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, whose first Ctrl-C also ends the answers in progress: uvicorn alone
+        waits for every open request, and a long non-streamed answer kept it running for minutes."""
+
+        def handle_exit(self, sig, frame) -> None:
+            if not self.should_exit:
+                print("[serve] stopping: answers in progress are cancelled", flush=True)
+                self.config.app.state.api.close()
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _bind(config, name: str, key: str | None):

@@ -85,6 +85,10 @@ class Backend:
     def stop(self) -> None:
         self.engine.stop()
 
+    def cancel_all(self) -> int:
+        """End every answer in progress (Ctrl-C): waiting clients get a 503, streams an error event."""
+        return self.engine.cancel_all()
+
     @property
     def load(self) -> int:
         return self.engine.load

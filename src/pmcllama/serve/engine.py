@@ -162,6 +162,16 @@ class Engine:
             except Exception as e:  # a bug or an out-of-memory: fail what runs, keep serving
                 self.fail_all(f"{type(e).__name__}: {e}")
 
+    def cancel_all(self) -> int:
+        """Cancel every waiting and running request (the server is shutting down); the engine
+        ends them at its next step. Returns how many there were."""
+        with self.cond:
+            reqs = list({id(r.req): r.req for r in self.rows}.values()) + self.pending
+            for req in reqs:
+                req.cancel()
+            self.cond.notify()
+        return len(reqs)
+
     def fail_all(self, why: str) -> None:
         """End every running and waiting request with finish reason `error` (logged once)."""
 

@@ -60,12 +60,19 @@ class LlamaCppBackend:
             raise UserError(f"llama.cpp could not load the model: {e}", gguf) from None
         self.context, self.default_max_tokens = context, default_max_tokens
         self.inflight, self.lock = 0, threading.Lock()
+        self.closing = threading.Event()  # set by cancel_all: streams stop at their next token
 
     def start(self) -> None:  # llama.cpp runs its own threads
         pass
 
     def stop(self) -> None:
         self.server = None
+
+    def cancel_all(self) -> int:
+        """Stop every stream at its next token (Ctrl-C); a non-stream answer runs to its end
+        (llama.cpp's call cannot be interrupted; uvicorn's graceful timeout bounds the wait)."""
+        self.closing.set()
+        return self.inflight
 
     @property
     def load(self) -> int:
@@ -94,7 +101,7 @@ class LlamaCppBackend:
         gone = threading.Event()
 
         def push(chunk):  # llama.cpp's stream callback: a true return value cancels the request
-            if gone.is_set():
+            if gone.is_set() or self.closing.is_set():
                 return True
             loop.call_soon_threadsafe(queue.put_nowait, chunk)
             return None

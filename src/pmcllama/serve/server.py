@@ -25,14 +25,16 @@ from starlette.exceptions import HTTPException
 
 from pmcllama.serve.api import ApiError, ChatRequest, CompletionRequest, validation_error
 from pmcllama.serve.backend import Backend, Job
-from pmcllama.serve.engine import FINISH_ERROR
+from pmcllama.serve.engine import FINISH_CANCEL, FINISH_ERROR
+
+DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
 
 
 def create_app(backend: Backend, model_name: str, api_key: str | None = None,
                max_body: int = 4 << 20, max_queue: int = 64) -> FastAPI:
     app = FastAPI(title="pmcllama", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.backend = backend
-    api = Api(backend, model_name, api_key, max_body, max_queue)
+    api = app.state.api = Api(backend, model_name, api_key, max_body, max_queue)
     for kind, handler in ((ApiError, _api_error), (HTTPException, _http_error),
                           (RequestValidationError, _validation), (Exception, _internal)):
         app.add_exception_handler(kind, handler)
@@ -71,6 +73,13 @@ class Api:
         self.backend, self.model_name, self.api_key = backend, model_name, api_key
         self.max_body, self.max_queue = max_body, max_queue
         self.requests = 0  # completion requests accepted (GET /health shows it)
+        self.closing = False  # set by close(): new requests get 503, answers in progress end
+
+    def close(self) -> None:
+        """The server is shutting down (Ctrl-C): refuse new requests and end the running ones,
+        so that uvicorn's wait for open requests is short."""
+        self.closing = True
+        self.backend.cancel_all()
 
     def check_key(self, request: HttpRequest) -> None:
         if self.api_key is not None:
@@ -102,6 +111,8 @@ class Api:
             raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{self.model_name}'",
                            "model", "model_not_found", type="not_found_error")
         req.unsupported()
+        if self.closing:
+            raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
         if self.backend.load >= self.max_queue:
             raise ApiError(503, "the server is busy: the request queue is full; retry shortly",
                            code="queue_full", type="server_error", headers={"Retry-After": "1"})
@@ -119,7 +130,7 @@ class Api:
             return await self.proxied(req, data, "chat")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
                     for i, m in enumerate(req.messages)]
-        return await self.respond(req, [self.backend.chat_ids(messages)], chat=True)
+        return await self.respond(request, req, [self.backend.chat_ids(messages)], chat=True)
 
     async def completions(self, request: HttpRequest):
         req, data = await self.body_of(request, CompletionRequest)
@@ -131,7 +142,7 @@ class Api:
             raise ApiError(400, f"prompt token ids must be in [0, {backend.vocab})", "prompt")
         if req.stream and (req.echo or req.logprobs is not None):
             raise ApiError(400, "echo and logprobs are not supported with stream", "stream")
-        return await self.respond(req, prompts, chat=False)
+        return await self.respond(request, req, prompts, chat=False)
 
     async def proxied(self, req, data: dict, kind: str):
         """A backend that answers OpenAI requests itself (llama.cpp): its answers, our name."""
@@ -155,18 +166,16 @@ class Api:
 
         return event_stream(events())
 
-    async def respond(self, req, prompts: list[list[int]], chat: bool):
+    async def respond(self, request: HttpRequest, req, prompts: list[list[int]], chat: bool):
         jobs = [self.backend.job(ids, req) for ids in prompts]
         meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
                 "model": self.model_name, "object": "chat.completion" if chat else "text_completion"}
         if req.stream:
             return event_stream(stream(jobs, req, meta, chat))
-        try:
-            await asyncio.gather(*(j.wait() for j in jobs))
-        except asyncio.CancelledError:
-            for j in jobs:
-                j.cancel()
-            raise
+        await until_answered(jobs, request)
+        if any(j.request.cancelled for j in jobs):  # the client left, or Ctrl-C: nothing to answer
+            raise ApiError(503, "the server is shutting down" if self.closing else "the request was cancelled",
+                           type="server_error", code="shutting_down" if self.closing else "cancelled")
         if any(FINISH_ERROR in j.request.finish_reasons for j in jobs):
             raise ApiError(503, "generation failed on the server; retry", type="server_error",
                            code="generation_failed", headers={"Retry-After": "1"})
@@ -184,6 +193,23 @@ class Api:
         return {**meta, "choices": choices, "usage": usage(jobs)}
 
 
+async def until_answered(jobs: list[Job], request: HttpRequest) -> None:
+    """Wait for every job of a non-streamed request; a client that goes away (which an answer
+    not yet streamed does not notice by itself) cancels them, so its rows leave the batch."""
+    waiting = asyncio.ensure_future(asyncio.gather(*(j.wait() for j in jobs)))
+    try:
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            if not waiting.done() and await request.is_disconnected():
+                for j in jobs:
+                    j.cancel()
+    finally:  # also when this handler itself is cancelled
+        if not waiting.done():
+            for j in jobs:
+                j.cancel()
+            waiting.cancel()
+
+
 def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -198,9 +224,10 @@ async def stream(jobs: list[Job], req, meta: dict, chat: bool) -> AsyncIterator[
                 yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                 "finish_reason": None}]})
         async for index, text, reason in merged(jobs, req.n):
-            if reason == FINISH_ERROR:
-                yield sse(ApiError(503, "generation failed on the server", type="server_error",
-                                   code="generation_failed").body())
+            if reason in (FINISH_ERROR, FINISH_CANCEL):  # a failure, or Ctrl-C on the server
+                yield sse(ApiError(503, "generation failed on the server" if reason == FINISH_ERROR else
+                                   "the server is shutting down", type="server_error",
+                                   code="generation_failed" if reason == FINISH_ERROR else "shutting_down").body())
                 break
             if chat:
                 c = {"index": index, "delta": {"content": text} if text else {}, "finish_reason": reason,
