@@ -67,6 +67,27 @@ def guarded(fn: Callable[[], object]) -> object:
         raise typer.Exit(130)
 
 
+def _bare_arguments(name: str, overs: list[str], cfg_path: Path | None) -> tuple[Path | None, list[str], list[str]]:
+    """(config file, key=value overrides, prompts) from a command's arguments: the words that are
+    not key=value are run's recipe, serve's and chat's model, judge's two files, generate's prompts."""
+    if name == "run" and overs and "=" not in overs[0]:
+        cfg_path = Path(overs.pop(0))  # `pmcllama run RECIPE.yaml`
+    if name == "run" and cfg_path is None:
+        raise UserError("pmcllama run needs a recipe: pmcllama run RECIPE.yaml [key=value ...] "
+                        "(recipes/quickstart.yaml is one)")
+    if name in ("serve", "chat") and overs and not _OVERRIDE.match(overs[0]):
+        overs[0] = f"model={overs[0]}"  # `pmcllama serve MODEL`
+    if name == "judge":  # `pmcllama judge A.jsonl B.jsonl`
+        bare = [o for o in overs if not _OVERRIDE.match(o)]
+        if len(bare) not in (0, 2):
+            raise UserError(f"pmcllama judge takes two generations files (A and B), not {len(bare)}: "
+                            "pmcllama judge A.jsonl B.jsonl base_url=URL")
+        overs = [f"{k}={v}" for k, v in zip("ab", bare)] + [o for o in overs if _OVERRIDE.match(o)]
+    if name == "generate":  # bare arguments are prompts
+        return cfg_path, [o for o in overs if _OVERRIDE.match(o)], [o for o in overs if not _OVERRIDE.match(o)]
+    return cfg_path, overs, []
+
+
 def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
     def command(
         overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, key.sub=value"),
@@ -79,27 +100,8 @@ def _stage_command(name: str, module: str, cls_name: str, summary: str) -> None:
     ) -> None:
         def go():
             mod = importlib.import_module(module)
-            cls = getattr(mod, cls_name)
-            overs = list(overrides or [])
-            cfg_path = config
-            if name == "run" and overs and "=" not in overs[0]:
-                cfg_path = Path(overs.pop(0))  # `pmcllama run RECIPE.yaml`
-            if name == "run" and cfg_path is None:
-                raise UserError("pmcllama run needs a recipe: pmcllama run RECIPE.yaml [key=value ...] "
-                                "(recipes/quickstart.yaml is one)")
-            if name in ("serve", "chat") and overs and not _OVERRIDE.match(overs[0]):
-                overs[0] = f"model={overs[0]}"  # `pmcllama serve MODEL`
-            if name == "judge":  # `pmcllama judge A.jsonl B.jsonl`
-                bare = [o for o in overs if not _OVERRIDE.match(o)]
-                if len(bare) not in (0, 2):
-                    raise UserError(f"pmcllama judge takes two generations files (A and B), not {len(bare)}: "
-                                    "pmcllama judge A.jsonl B.jsonl base_url=URL")
-                overs = [f"{k}={v}" for k, v in zip("ab", bare)] + [o for o in overs if _OVERRIDE.match(o)]
-            prompts = []
-            if name == "generate":  # bare arguments are prompts
-                prompts = [o for o in overs if not _OVERRIDE.match(o)]
-                overs = [o for o in overs if _OVERRIDE.match(o)]
-            cfg = load_config(cls, cfg_path, overs, section=section)
+            cfg_path, overs, prompts = _bare_arguments(name, list(overrides or []), config)
+            cfg = load_config(getattr(mod, cls_name), cfg_path, overs, section=section)
             if prompts:
                 cfg.prompts = list(cfg.prompts) + prompts
             return mod.run(cfg, force=force)

@@ -198,6 +198,25 @@ def _merge_into(tmp: Path, out: Path, remove: list[str], new: list[str]) -> None
     shutil.rmtree(tmp)
 
 
+def _write_manifest(tmp: Path, name: str, fingerprint: str, config: dict, described: list, result: StageResult,
+                    started: datetime, wall: float) -> None:
+    """The stage's manifest.json: what made it (version, revision, config, inputs), what it holds."""
+    manifest = {
+        "stage": name,
+        "pmcllama_version": __version__,
+        "git_revision": git_revision(),
+        "created": started.isoformat(timespec="seconds"),
+        "fingerprint": fingerprint,
+        "config": config,
+        "inputs": described,
+        "counts": result.counts,
+        "timings": {"wall_s": round(wall, 3)},
+        **result.info,
+    }
+    manifest["outputs"] = sorted(_files(tmp) - {PARTIAL_MARK} | {MANIFEST})
+    write_json(tmp / MANIFEST, manifest)
+
+
 def run_stage(
     name: str,
     cfg: BaseModel,
@@ -239,20 +258,7 @@ def run_stage(
         raise
     wall = time.perf_counter() - t0
     (tmp / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-    manifest = {
-        "stage": name,
-        "pmcllama_version": __version__,
-        "git_revision": git_revision(),
-        "created": started.isoformat(timespec="seconds"),
-        "fingerprint": fingerprint,
-        "config": config,
-        "inputs": described,
-        "counts": result.counts,
-        "timings": {"wall_s": round(wall, 3)},
-        **result.info,
-    }
-    manifest["outputs"] = sorted(_files(tmp) - {PARTIAL_MARK} | {MANIFEST})
-    write_json(tmp / MANIFEST, manifest)
+    _write_manifest(tmp, name, fingerprint, config, described, result, started, wall)
     publish(tmp, out, old)
     log(f"[{name}] wrote {shown} in {wall:.1f}s")
     return Path(shown)
