@@ -66,6 +66,58 @@ def test_lsh_index_records_only_kept():
     assert index.check(np.zeros(0, dtype=np.uint64), "d") is None
 
 
+def test_repeat_finder_gives_exactly_the_values_seen_twice_over_several_flushes(tmp_path):
+    from pmcllama.data.repeats import RepeatFinder, contains
+
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.integers(0, 2**63, 150_000, dtype=np.int64).astype(np.uint64) * np.uint64(2),
+                             rng.integers(0, 3000, 50_000).astype(np.uint64)])  # small ones: many repeats
+    rng.shuffle(values)
+    finder = RepeatFinder(tmp_path / "r")
+    for chunk in np.array_split(values, 997):
+        finder.add(chunk)
+    got = finder.repeated()
+    uniq, counts = np.unique(values, return_counts=True)
+    assert np.array_equal(got, uniq[counts > 1]) and got.size > 2000
+    assert finder.added == values.size and not (tmp_path / "r").exists()
+    probe = np.array([got[0], got[-1], np.uint64(2**64 - 1)], dtype=np.uint64)
+    assert contains(got, probe).tolist() == [True, True, False]
+
+
+def test_restricted_dedup_decides_as_the_full_index_and_holds_only_candidates(tmp_path):
+    """Chains (a~b, b~c, c not ~a), exact copies and 5,000 distinct documents: the steps restricted
+    to the repeated keys drop the same documents as the unrestricted ones, while indexing only
+    the documents that share a key with another."""
+    from pmcllama.data.dedup import band_values
+    from pmcllama.data.filters import ExactDedup
+    from pmcllama.data.repeats import RepeatFinder
+
+    rng = np.random.default_rng(2)
+    bands = 4
+    docs = [rng.integers(0, 2**62, bands, dtype=np.int64).astype(np.uint64) for _ in range(5000)]
+    for i in range(0, 600, 3):  # chains: i+1 shares band 0 with i, i+2 shares band 1 with i+1 only
+        docs[i + 1][0] = docs[i][0]
+        docs[i + 2][1] = docs[i + 1][1]
+    docs += [docs[k].copy() for k in rng.integers(0, 5000, 300)]  # copies of earlier documents
+    texts = [f"text {i % 4000}" for i in range(len(docs))]  # 1,300 exact repeats
+    finder_near, finder_exact = RepeatFinder(tmp_path / "n"), RepeatFinder(tmp_path / "e")
+    for keys, text in zip(docs, texts):
+        finder_near.add(band_values(keys))
+        finder_exact.add(ExactDedup.values(ExactDedup.key(text)))
+    full, restricted = LSHIndex(bands), LSHIndex(bands)
+    restricted.restrict(finder_near.repeated())
+    exact_full, exact_restricted = ExactDedup(), ExactDedup()
+    exact_restricted.restrict(finder_exact.repeated())
+    for i, (keys, text) in enumerate(zip(docs, texts)):
+        assert restricted.check(keys, f"d{i}") == full.check(keys, f"d{i}"), i
+        digest = ExactDedup.key(text)
+        assert exact_restricted.check(digest) == exact_full.check(digest), i
+    near_dropped = len(docs) - len(full.ids)
+    assert near_dropped >= 300 + 200  # the copies and the middle of each chain
+    assert len(restricted.ids) < 1200 and len(full.ids) > 4700
+    assert len(exact_restricted.seen) == 1300 and len(exact_full.seen) == 4000
+
+
 @pytest.mark.parametrize("threshold,dropped", [(0.8, 1), (0.995, 0)])
 def test_stage_same_paper_from_pmc_and_s2orc(tmp_path, threshold, dropped):
     body = paper(7)
@@ -93,3 +145,6 @@ def test_stage_same_paper_from_pmc_and_s2orc(tmp_path, threshold, dropped):
     excl = [json.loads(x) for x in (out / "exclusions.jsonl").read_text().splitlines()]
     expected = [("s2orc", "near_duplicate", "near-duplicate of PMC555")] if dropped else []
     assert [(e["source"], e["reason"], e.get("detail")) for e in excl] == expected + [("copy", "duplicate", None)]
+    index = json.loads((out / "corpus_report.json").read_text())["dedup_index"]  # 6 documents, 5 distinct
+    assert index["exact_dedup"] == {"repeated_keys": 1, "indexed_documents": 1}  # the copied text only
+    assert index["near_dedup"]["indexed_documents"] == 1 + dropped  # + PMC555, which S2ORC's copy matches

@@ -4,8 +4,9 @@
       read (text / jsonl / obo / jats / medline / s2orc / textbook / parquet) -> normalise
       -> boilerplate removal -> too short / language / repeated lines / symbol ratio
       -> exact digest, MinHash keys, benchmark 13-gram matches -> tokenize (EOS after each)
-    then once, streaming: exact + near-duplicate removal across sources, decontamination
-      (drop or mark) -> shards per source
+    then once, streaming: the dedup keys that occur twice or more (counted on disk), then
+      exact + near-duplicate removal across sources, decontamination (drop or mark) -> shards
+      per source
 
 Output folder (`out`):
 
@@ -15,7 +16,9 @@ Output folder (`out`):
     stats.json                                per source: files, documents in, kept, dropped by reason, tokens
     corpus_report.json, summary.md            the above plus throughput, token length histogram, skipped inputs;
                                               corpus_report.json also datatrove's Stats of every step, per source
-                                              (`steps`: time, total / forwarded / dropped_<reason>, tokens)
+                                              (`steps`: time, total / forwarded / dropped_<reason>, tokens),
+                                              and `dedup_index`: per dedup step, the keys that occur twice or
+                                              more and the documents it held in memory
     token_lengths.png                         documents per token length, per source
     manifest.json, config.yaml                the stage contract (see `pmcllama.stage`)
 
@@ -42,7 +45,8 @@ from typing import Any, Callable, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pmcllama.config import Config, require_unique_names
-from pmcllama.data.corpus_parts import MAX_SKIPPED_LISTED, Merger, Pipeline, SourceStats, cached, tokenizer
+from pmcllama.data.corpus_parts import (MAX_SKIPPED_LISTED, Merger, Pipeline, SourceStats, cached, find_repeats,
+                                        tokenizer)
 from pmcllama.data.corpus_report import summary_lines, throughput, token_histogram
 from pmcllama.data.decontam import Decontaminate, build_index, parse_spec
 from pmcllama.data.dedup import NearDedup
@@ -217,10 +221,15 @@ def _summary(stats: dict[str, SourceStats], log: Callable[[str], None]) -> None:
 def _merge(cfg: CorpusConfig, jobs: list, parts: Path, tmp: Path, dtype: str) -> tuple[dict, Merger]:
     from pmcllama.progress import progress as progress_bar
 
+    steps = PIPELINE.corpus(cfg)
+    ordered = [parts / j.key for src in cfg.sources for j in jobs if j.source == src.name]
+    with progress_bar(desc="corpus dedup keys", unit=" docs") as progress:
+        repeated = find_repeats(steps, ordered, tmp / "repeats", progress)
     with open(tmp / "exclusions.jsonl", "w", encoding="utf-8") as fh, \
             open(tmp / "decontamination.jsonl", "w", encoding="utf-8") as dfh, \
             progress_bar(desc="corpus merge", unit=" docs") as progress:
-        merger = Merger(tmp, dtype, PIPELINE.corpus(cfg), fh, dfh)
+        merger = Merger(tmp, dtype, steps, fh, dfh)
+        merger.repeated = repeated
         stats = {src.name: merger.source(src.name, [parts / j.key for j in jobs if j.source == src.name], progress)
                  for src in cfg.sources}
     if not cfg.decontaminate:
@@ -279,6 +288,8 @@ def _report(cfg: CorpusConfig, stats: dict[str, SourceStats], merger: Merger, tm
         report["decontamination"] = merger.decontam.report()
     write_json(tmp / "stats.json", report)
     report["steps"] = {n: s.steps.to_list() for n, s in stats.items()}  # datatrove's Stats per step
+    report["dedup_index"] = {step.name: {"repeated_keys": merger.repeated[step.name], "indexed_documents": step.indexed}
+                             for step in merger.steps if step.name in merger.repeated}
     shards = {n: TokenShards(tmp / n, dtype) for n in stats}
     report["token_lengths"] = token_histogram(shards, tmp / "token_lengths.png")
     report["skipped_inputs"] = skipped[:MAX_SKIPPED_LISTED]

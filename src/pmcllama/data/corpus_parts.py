@@ -34,6 +34,7 @@ from pmcllama.data.decontam import Decontaminate
 from pmcllama.data.filters import apply_filters, detail_of, normalize
 from pmcllama.data.document import Document, InputFile
 from pmcllama.data.readers import read_file
+from pmcllama.data.repeats import RepeatFinder
 from pmcllama.data.shards import ShardWriter, TokenShards
 from pmcllama.data.step_stats import StepStats
 from pmcllama.errors import UserError
@@ -241,6 +242,30 @@ def _record(doc: Document, corpus_steps: list, steps: StepStats) -> dict:
 
 
 # --- phase 2 ------------------------------------------------------------------------------
+
+def find_repeats(steps: list, parts: list[Path], folder: Path, progress) -> dict[str, int]:
+    """Before the merge: give each dedup step (one with `values` and `restrict`) the keys that
+    occur twice or more over all parts, found on disk (`pmcllama.data.repeats`), so its
+    memory holds those rather than one entry per document. {step name: repeated keys}."""
+    dedups = [s for s in steps if hasattr(s, "restrict")]
+    if not dedups:
+        return {}
+    finders = [RepeatFinder(folder / s.name) for s in dedups]
+    for part in parts:
+        with open(part / "docs.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                progress.update(1)
+                for step, finder in zip(dedups, finders):
+                    finder.add(step.values(rec[step.field]))
+    found = {}
+    for step, finder in zip(dedups, finders):
+        repeated = finder.repeated()
+        step.restrict(repeated)
+        found[step.name] = int(repeated.size)
+    shutil.rmtree(folder, ignore_errors=True)
+    return found
+
 
 class Merger:
     """Cross-source dedup, decontamination and the final shards, one part after another."""

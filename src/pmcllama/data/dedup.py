@@ -11,8 +11,10 @@ rarely); two documents sharing a band are near-duplicates, and the later one is 
 
 Everything is deterministic across processes (word ids are blake2b hashes, the permutations
 come from a seeded numpy generator), so signatures computed by parallel workers can be
-compared by one process. Memory: one dict entry per band per kept document (about
-`bands` x 100 bytes), independent of document length.
+compared by one process. Memory: one dict entry per band per indexed document (about
+`bands` x 100 bytes), independent of document length; the corpus merge first finds, on disk,
+the band keys that occur twice or more (`pmcllama.data.repeats`) and indexes only those, so
+only documents with a near-duplicate candidate take memory.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 
 from pmcllama.data.decontam import _TOKEN_IDS, _token_id, words
 from pmcllama.data.filters import Drop
+from pmcllama.data.repeats import contains
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHINGLE_MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -101,26 +104,50 @@ def jaccard(hasher: MinHasher, a: str, b: str) -> float:
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
+def band_values(keys: np.ndarray) -> np.ndarray:
+    """Band keys as the 64-bit values `pmcllama.data.repeats` counts: band b's key mixed with b,
+    so equal keys of different bands stay apart."""
+    with np.errstate(over="ignore"):
+        return np.asarray(keys, dtype=np.uint64) + _SHINGLE_MUL * np.arange(1, len(keys) + 1, dtype=np.uint64)
+
+
 class LSHIndex:
     """Band buckets of the documents kept so far; `check(keys, doc_id)` returns the id of
-    an earlier document sharing a band (a near-duplicate), else records the document."""
+    an earlier document sharing a band (a near-duplicate), else records the document.
+
+    After `restrict(repeated)` only the band keys whose `band_values` occur twice or more in
+    the corpus are looked up and recorded (a key seen once can match nothing), so the index
+    holds the documents that have a near-duplicate candidate, not every document."""
 
     def __init__(self, bands: int) -> None:
         self.buckets: list[dict[int, int]] = [{} for _ in range(bands)]
         self.ids: list[str] = []
+        self.repeated: np.ndarray | None = None
+
+    def restrict(self, repeated: np.ndarray) -> None:
+        self.repeated = repeated
 
     def check(self, keys: np.ndarray, doc_id: str) -> str | None:
         if keys.size == 0:
             return None
-        for bucket, key in zip(self.buckets, keys.tolist()):
+        live = [(bucket, key) for bucket, key, wanted in
+                zip(self.buckets, keys.tolist(), self._wanted(keys)) if wanted]
+        for bucket, key in live:
             hit = bucket.get(key)
             if hit is not None:
                 return self.ids[hit]
+        if not live:
+            return None
         ordinal = len(self.ids)
         self.ids.append(doc_id)
-        for bucket, key in zip(self.buckets, keys.tolist()):
+        for bucket, key in live:
             bucket[key] = ordinal
         return None
+
+    def _wanted(self, keys: np.ndarray) -> list[bool]:
+        if self.repeated is None:
+            return [True] * keys.size
+        return contains(self.repeated, band_values(keys)).tolist()
 
 
 class NearDedup:
@@ -138,6 +165,20 @@ class NearDedup:
 
     def key(self, text: str) -> list[int]:
         return self.hasher.keys(text).tolist()
+
+    @staticmethod
+    def values(keys: list[int]) -> np.ndarray:
+        """A document's band keys as the values `pmcllama.data.repeats` counts."""
+        return band_values(np.asarray(keys, dtype=np.uint64))
+
+    def restrict(self, repeated: np.ndarray) -> None:
+        """Index only band keys whose value is in `repeated` (sorted): no other can match."""
+        self.index.restrict(repeated)
+
+    @property
+    def indexed(self) -> int:
+        """Documents held in the LSH index."""
+        return len(self.index.ids)
 
     def check(self, keys: list[int] | np.ndarray, doc_id: str = "") -> str | None:
         """`near_duplicate` when the keys share a band with a kept document, else None (recorded)."""

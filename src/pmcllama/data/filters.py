@@ -21,6 +21,10 @@ import unicodedata
 from collections import Counter
 from typing import Callable, Iterable, Protocol
 
+import numpy as np
+
+from pmcllama.data.repeats import contains
+
 
 class HasText(Protocol):
     text: str
@@ -219,24 +223,43 @@ class StripBoilerplate:
 class ExactDedup:
     """Drop a document whose (normalised) text was seen before (reason `duplicate`).
 
-    Keeps a 16-byte digest per distinct text, so memory grows with the number of documents,
-    not their size. One instance shared by several sources dedups across them. A corpus step
-    in two halves (as `NearDedup` and `Decontaminate`): `key(text)`, computed by parallel
-    workers and stored in the part's docs.jsonl under `field` (the hex digest), and
-    `check(key, doc_id)`, run by one process in corpus order; calling it does both.
+    Keeps a 16-byte digest per distinct text it was given, so memory grows with the number
+    of documents, not their size; after `restrict(repeated)` (the corpus merge, see
+    `pmcllama.data.repeats`) only the digests that occur twice or more in the corpus. One
+    instance shared by several sources dedups across them. A corpus step in two halves (as
+    `NearDedup` and `Decontaminate`): `key(text)`, computed by parallel workers and stored in
+    the part's docs.jsonl under `field` (the hex digest), and `check(key, doc_id)`, run by one
+    process in corpus order; calling it does both.
     """
 
     name, field, reason = "exact_dedup", "digest", "duplicate"
 
     def __init__(self) -> None:
         self.seen: set[bytes] = set()
+        self.repeated: np.ndarray | None = None  # the digests' first 8 bytes that occur twice or more
 
     @staticmethod
     def key(text: str) -> str:
         return text_digest(text).hex()
 
+    @staticmethod
+    def values(key: str) -> np.ndarray:
+        """The key as the 64-bit value `pmcllama.data.repeats` counts (the digest's first 8 bytes)."""
+        return np.frombuffer(bytes.fromhex(key)[:8], dtype=np.uint64)
+
+    def restrict(self, repeated: np.ndarray) -> None:
+        """Remember only digests whose value is in `repeated` (sorted): no other can recur."""
+        self.repeated = repeated
+
+    @property
+    def indexed(self) -> int:
+        """Digests held in memory."""
+        return len(self.seen)
+
     def check(self, key: str, doc_id: str = "") -> str | None:
         """`duplicate` when the digest was seen before, else None (and the digest is recorded)."""
+        if self.repeated is not None and not contains(self.repeated, self.values(key))[0]:
+            return None
         digest = bytes.fromhex(key)
         if digest in self.seen:
             return self.reason
