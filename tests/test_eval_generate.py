@@ -20,6 +20,9 @@ YNM = ["yes", "no", "maybe"]
 
 LETTER_CASES = [
     ("###Answer: OPTION B IS CORRECT.", 1),
+    # the paper's trained layout, as a full fine-tune writes it: the answer after a blank line
+    ("###Rationale: Saltatory conduction is seen in myelinated fibres.\n\n###Answer: OPTION C IS CORRECT.", 2),
+    ("###Rationale: Ans. is 'd' i.e., Megaloblastic anemia\n \n### answer: option D is correct", 3),
     ("OPTION C IS CORRECT", 2),
     ("option (D) is the correct one", None),  # "is the correct" matches, "one" is fine: see below
     (" B", 1), ("B", 1), (" B.", 1), (" (C)", 2), ("C) Gamma knife surgery", 2), (" D: Deltoid", 3),
@@ -48,6 +51,7 @@ def test_extract_letters(text, want):
     ("The answer is no.", 1), ("Answer: Yes", 0), ("answer: maybe, since", 2),
     (" It is unclear whether", None), (" yesterday", None), (" Not really", None),
     (" no\nAbstract: another abstract\nAnswer: yes", 1),
+    ("###Rationale: Telephone counseling raised adherence.\n\n###Answer: yes", 0),
 ])
 def test_extract_yes_no_maybe(text, want):
     assert extract(text, YNM) == want

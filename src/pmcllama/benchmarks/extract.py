@@ -5,7 +5,8 @@ or None when it names none (counted as unparsable, and wrong). `labels` are the 
 labels ("A".."E", or "yes"/"no"/"maybe"); `options` the option texts when known. The text
 is first cut where the model starts a new item ("\\nQuestion:", "\\nAbstract:", ...; and,
 unless `last`, at the first blank line, since after k-shot MMLU prompts the next invented
-question starts without a marker), and markdown emphasis (`**B**`) is dropped. Then, in
+question starts without a marker; the blank line before the paper's "###Answer:" section, which
+follows its "###Rationale:", does not cut), and markdown emphasis (`**B**`) is dropped. Then, in
 order, the first rule that matches wins:
 
 1. the paper's form "OPTION B IS CORRECT" (any case; "Option (B) is the correct one");
@@ -29,6 +30,8 @@ from functools import lru_cache
 from typing import Sequence
 
 STOPS = ("\nQuestion:", "\nQuestion :", "\nAbstract:", "\nQ:", "\n\n\n")
+# the paper's trained layout puts its answer after a blank line: "###Rationale: ...\n\n###Answer: ..."
+_ANSWER_SECTION = re.compile(r"\n[ \t]*\n(?=[ \t]*###[ \t]*Answer)", re.IGNORECASE)
 
 
 def cut(text: str, stops: Sequence[str] = STOPS) -> str:
@@ -91,7 +94,7 @@ def extract(text: str, labels: Sequence[str], options: Sequence[str] | None = No
     """Index of the choice that `text` answers, or None when it cannot be read."""
     labels = list(labels)
     stops = STOPS if last else STOPS + ("\n\n",)
-    text = cut(text.lstrip(), stops).replace("**", "").replace("__", "")
+    text = cut(_ANSWER_SECTION.sub("\n", text.lstrip()), stops).replace("**", "").replace("__", "")
     for pattern in _patterns(tuple(labels)):
         found = list(pattern.finditer(text))
         if found:
