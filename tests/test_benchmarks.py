@@ -163,6 +163,7 @@ def mixed_items():
     ]
 
 
+@pytest.mark.slow
 def test_batched_equals_unbatched(tiny_model):
     model, tok = tiny_model
     items = mixed_items()

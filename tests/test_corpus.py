@@ -67,6 +67,7 @@ def test_filters_first_reason_wins():
 
 # --- the stage --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_text_jsonl_obo_round_trip(tmp_path, inputs, tiny_tokenizer):
     from pmcllama.knowledge.ontology import load_ontology, term_document
 
@@ -268,6 +269,7 @@ def test_cli_missing_file_exits_2(tmp_path):
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_real_textbook(tmp_path, shared_data, tiny_tokenizer):
     path = shared_data / "corpus" / "textbook" / "anatomy_physiology_2e_sections.jsonl"
     if not path.is_file():

@@ -45,6 +45,7 @@ def tokens(out: Path) -> dict:
     return {n: (np.asarray(s.tokens).tolist(), s.index.tolist()) for n, s in shards.items()}
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_shards(tmp_path):
     one = run(cfg(tmp_path, "one"))
     two = run(cfg(tmp_path, "two", workers=2))

@@ -173,6 +173,7 @@ def test_llama_cpp_runs_the_tiny_export_like_transformers(dtype, tmp_path):
 
 
 @pytest.mark.smollm2
+@pytest.mark.slow
 def test_llama_cpp_runs_the_smollm2_export_like_transformers(smollm2, tmp_path):
     """f32: the same 12 greedy tokens. f16: llama.cpp also rounds activations to f16 in its
     matrix products, so only the first tokens must agree (the paths part after a few)."""
@@ -195,6 +196,7 @@ def assert_one_line_error(res: subprocess.CompletedProcess, *words: str) -> str:
     return err[-1]
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_and_leave_nothing(tmp_path):
     from pmcllama.models import resolve
 

@@ -27,6 +27,7 @@ def _logits(folder_or_name, ids):
         return model(ids).logits
 
 
+@pytest.mark.slow
 def test_folder_export_is_sharded_and_gives_identical_logits(tmp_path):
     import torch
     from transformers import AutoTokenizer
@@ -128,10 +129,13 @@ def test_a_lora_adapter_alone_is_refused_and_the_merged_model_exports(lora_run, 
 
 
 @pytest.mark.slow
-def test_the_card_follows_a_run_folder_read_from_another_working_folder(lora_run, tmp_path):
+def test_the_card_follows_a_run_folder_read_from_another_working_folder(lora_run, tmp_path, monkeypatch):
     """Links recorded relative to the working folder of the run (runs/quickstart/pretrain) are
     found as siblings when the run is read from elsewhere."""
     from pmcllama.card import lineage
+
+    (tmp_path / "elsewhere").mkdir()  # not the checkout, where `make quickstart` may have left runs/quickstart
+    monkeypatch.chdir(tmp_path / "elsewhere")
 
     for stage in ("corpus", "pretrain", "instructions", "finetune"):
         m = json.loads((lora_run / stage / "manifest.json").read_text())

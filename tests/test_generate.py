@@ -43,6 +43,7 @@ def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_model):
     assert one[0]["completion"] != two[0]["completion"] and one[1]["completion"] != two[1]["completion"]
 
 
+@pytest.mark.slow
 def test_cli_streams_and_writes_generations(tmp_path):
     out = tmp_path / "gen"
     p = subprocess.run([sys.executable, "-m", "pmcllama", "generate", "model=tiny-llama", "max_new_tokens=5",

@@ -258,6 +258,7 @@ def cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "pmcllama", "judge", *args], capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_refused_key_and_unknown_model_are_one_line_before_any_work(tmp_path, fake, monkeypatch):
     a = gens(tmp_path / "a.jsonl", [("p", "c")])
     common = [a, a, f"base_url={fake.url}", "api_key_env=JUDGE_KEY", f"out={tmp_path / 'out'}",
@@ -274,6 +275,7 @@ def test_refused_key_and_unknown_model_are_one_line_before_any_work(tmp_path, fa
     assert fake.calls == 0 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_asks_only_what_is_not_cached(tmp_path, fake):
     rows = [(f"Prompt number {i}", f"c{i}") for i in range(20)]
     a, b = gens(tmp_path / "a.jsonl", rows), gens(tmp_path / "b.jsonl", [(p, c + "!") for p, c in rows])

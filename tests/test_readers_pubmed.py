@@ -415,6 +415,7 @@ def test_stage_stop_on_bad_s2orc_line(tmp_path):
 # --- the real samples -------------------------------------------------------------------
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_real_pubmed_corpus(tmp_path, shared_data):
     corpus = shared_data / "corpus"
     folders = {"papers": corpus / "pmc_oa", "abstracts": corpus / "medline", "books": corpus / "textbook"}

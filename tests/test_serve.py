@@ -115,6 +115,7 @@ def leaving_mid_stream_frees_the_server(send, url: str) -> None:
     assert httpx.get(url + "/health", timeout=30).json()["load"] == 0
 
 
+@pytest.mark.slow
 def test_both_backends_stream_stop_auth_and_errors(any_server):
     c = served_client(any_server)
     assert [m.id for m in c.models.list().data] == ["served"]
@@ -148,6 +149,7 @@ def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
+@pytest.mark.slow
 def test_models_and_page(client, server):
     assert [m.id for m in client.models.list().data] == ["tiny-llama"]
     page = httpx.get(server + "/", timeout=30).text
@@ -156,6 +158,7 @@ def test_models_and_page(client, server):
     assert httpx.get(server + "/health", timeout=30).json()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_stream_deltas_equal_the_non_stream_answer(client):
     whole = chat(client, "The heart")
     assert whole.object == "chat.completion" and whole.choices[0].finish_reason == "length"
@@ -172,6 +175,7 @@ def test_stream_deltas_equal_the_non_stream_answer(client):
     assert usage.total_tokens == whole.usage.total_tokens
 
 
+@pytest.mark.slow
 def test_sse_framing(server):
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
             "max_tokens": 4, "temperature": 0}
@@ -184,6 +188,7 @@ def test_sse_framing(server):
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
 
 
+@pytest.mark.slow
 def test_completions_stop_and_echo_logprobs(client):
     plain = client.completions.create(model="tiny-llama", prompt="The aorta is a large", max_tokens=10, temperature=0)
     text = plain.choices[0].text
@@ -201,6 +206,7 @@ def test_completions_stop_and_echo_logprobs(client):
     assert all(max(top.values()) >= x for top, x in zip(lp.top_logprobs[1:], lp.token_logprobs[1:]))
 
 
+@pytest.mark.slow
 def test_sampling_n_seed_and_refused_fields(client):
     a = chat(client, "Fever", temperature=1.0, n=2, seed=7, max_tokens=16)
     b = chat(client, "Fever", temperature=1.0, n=2, seed=7, max_tokens=16)
@@ -213,6 +219,7 @@ def test_sampling_n_seed_and_refused_fields(client):
         chat(client, n=99)
 
 
+@pytest.mark.slow
 def test_wrong_key_and_unknown_model(server, client):
     bad = openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -223,6 +230,7 @@ def test_wrong_key_and_unknown_model(server, client):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_requests_equal_their_sequential_answers(client):
     prompts = [f"Question {i}: what does the {w} do?" for i, w in
                enumerate("heart liver kidney lung brain skin bone blood nerve gut eye ear vein aorta spleen gland".split())]
@@ -241,6 +249,7 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.slow
 def test_hostile_bodies_get_openai_shaped_4xx_and_the_server_lives(server):
     h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     url = server + "/v1/chat/completions"
@@ -263,6 +272,7 @@ def test_hostile_bodies_get_openai_shaped_4xx_and_the_server_lives(server):
     assert httpx.get(server + "/health", timeout=30).json()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_mid_stream_frees_its_rows(server, client):
     leaving_mid_stream_frees_the_server(lambda text, **kw: chat(client, text, **kw), server)
     assert chat(client).choices[0].message.content is not None
@@ -288,6 +298,7 @@ def _wait_for_load(url: str, at_least: int) -> None:
     assert _load(url) >= at_least
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_a_non_streamed_request_frees_its_rows(server):
     """A non-streamed answer is not written until it is done, so nothing noticed the client
     leaving: its 4 x 980 tokens ran to the end (seconds here). Now the rows leave at once."""
@@ -308,6 +319,7 @@ def test_a_client_that_leaves_a_non_streamed_request_frees_its_rows(server):
     assert chat(served_client(server)).choices[0].message.content is not None
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_answers_in_progress_and_the_server_exits(tmp_path):
     """uvicorn alone waits for every open request after Ctrl-C: with four 980-token answers
     queued behind one decoding slot that took well over 10 s. The first Ctrl-C now cancels them:
@@ -450,6 +462,7 @@ def test_chat_session_commands(tiny_model):
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+@pytest.mark.slow
 def test_chat_in_a_real_terminal(tmp_path):
     name = f"pmcllama-test-{os.getpid()}"
     cmd = f"{sys.executable} -m pmcllama chat tiny-llama temperature=0 max_tokens=6"
@@ -485,6 +498,7 @@ def test_chat_in_a_real_terminal(tmp_path):
 # ----------------------------------------------------------------------------- lm-eval against the server
 
 
+@pytest.mark.slow
 def test_lm_eval_local_completions_scores_like_pmcllama_evaluate(server, tmp_path, tiny_model):
     """lm-evaluation-harness's `local-completions` model (log-likelihoods from echo + logprobs)
     against the server picks the same answers as pmcllama's in-process scorer."""
@@ -548,6 +562,7 @@ def _browser():
     return webdriver.Chrome(service=Service(driver_bin), options=opts)
 
 
+@pytest.mark.slow
 def test_the_chat_page_streams_an_answer_and_stops(server, tmp_path):
     driver = _browser()
     from selenium.webdriver.common.by import By

@@ -99,6 +99,7 @@ def _vm(field: str) -> float:
 
 
 @pytest.mark.skipif(not _VM.is_file(), reason="needs Linux /proc to compare with")
+@pytest.mark.slow
 def test_peak_rss_grows_by_a_measured_allocation():
     """In a fresh process, touching 256 MiB more than the peak so far raises the reported peak by
     about 256 MiB, and the figure is the kernel's own high-water mark (a KiB/MiB slip, a figure of
@@ -136,6 +137,7 @@ def _write_metrics(folder, losses, val_every):
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+@pytest.mark.slow
 def test_plot_command_overlays_runs_with_validation_points(tmp_path):
     import matplotlib.image
 
