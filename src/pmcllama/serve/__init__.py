@@ -94,7 +94,10 @@ def _server_class():
 
         def handle_exit(self, sig, frame) -> None:
             if not self.should_exit:
-                print("[serve] stopping: answers in progress are cancelled", flush=True)
+                try:  # a signal handler: os.write, as print may be in the middle of a write
+                    os.write(1, b"[serve] stopping: answers in progress are cancelled\n")
+                except OSError:
+                    pass
                 self.config.app.state.api.close()
             super().handle_exit(sig, frame)
 
