@@ -329,3 +329,13 @@ def test_export_streams_without_torch_or_transformers(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "[]"
     kv, tensors = fields(tmp_path / "t.gguf")
     assert kv["general.name"] == "tiny-llama" and tensors["blk.0.attn_q.weight"].tensor_type.name == "Q8_0"
+
+
+def test_a_broken_tokenizer_config_is_one_line_naming_it(tmp_path):
+    from pmcllama.models import resolve
+
+    src = tmp_path / "m"
+    shutil.copytree(resolve("tiny-llama"), src)
+    (src / "tokenizer_config.json").write_text('{"bos_token": "<s>",\n  "eos_token": oops}\n')
+    assert_one_line_error(cli(str(src), "--out", str(tmp_path / "m.gguf")), "tokenizer_config.json", "not valid JSON")
+    assert not (tmp_path / "m.gguf").exists()

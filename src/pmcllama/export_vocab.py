@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmcllama.errors import UserError
+from pmcllama.inputs import load_json, read_json, read_text
 
 # llama.cpp token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -69,26 +70,30 @@ def _chat_template(folder: Path, tok_config: dict) -> str | None:
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
     template = tok_config.get("chat_template")
-    if template is None and (folder / "chat_template.json").is_file():
-        template = json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    if template is None:
+        template = _json_file(folder / "chat_template.json").get("chat_template")
     if isinstance(template, list):
         template = {t.get("name"): t.get("template") for t in template}.get("default")
     return template
 
 
-def read_tokenizer(folder: Path, tok_json: dict | None) -> TokenizerFacts:
-    """The vocabulary, special tokens, BOS behaviour and chat template of FOLDER's tokenizer."""
-    config_path = folder / "tokenizer_config.json"
-    tok_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    map_path = folder / "special_tokens_map.json"
-    named = json.loads(map_path.read_text(encoding="utf-8")) if map_path.is_file() else {}
+def _json_file(path: Path) -> dict:
+    """A tokenizer side file's JSON ({} when absent); bad JSON is one line naming the file."""
+    return read_json(path, path.name) if path.is_file() else {}
+
+
+def read_tokenizer(folder: Path, tok_text: str | None, tok_json: dict | None) -> TokenizerFacts:
+    """The vocabulary, special tokens, BOS behaviour and chat template of FOLDER's tokenizer
+    (`tok_text`/`tok_json`: its tokenizer.json as text and parsed, None when it has none)."""
+    tok_config = _json_file(folder / "tokenizer_config.json")
+    named = _json_file(folder / "special_tokens_map.json")
     named.update({k: v for k, v in tok_config.items() if k.endswith("_token")})
     added = {int(i): a for i, a in (tok_config.get("added_tokens_decoder") or {}).items()}
     tokenizer = None
     if tok_json is not None:
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tokenizer = Tokenizer.from_str(tok_text)
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         added.update({a["id"]: a for a in tok_json.get("added_tokens", [])})
     else:
@@ -114,10 +119,11 @@ def read_tokenizer(folder: Path, tok_json: dict | None) -> TokenizerFacts:
 def add_tokenizer(writer, folder: Path, config: dict) -> None:
     """The vocabulary, special ids, BOS flag and chat template."""
     path = folder / "tokenizer.json"
-    tok_json = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    tok_text = read_text(path, "tokenizer.json") if path.is_file() else None
+    tok_json = load_json(tok_text, path) if tok_text is not None else None
     if tok_json is None and not (folder / "tokenizer.model").is_file():
         raise UserError("no tokenizer.json or tokenizer.model in the model folder", folder)
-    tok = read_tokenizer(folder, tok_json)
+    tok = read_tokenizer(folder, tok_text, tok_json)
     if (folder / "tokenizer.model").is_file():
         add_sentencepiece_model(writer, folder / "tokenizer.model", tok, config)
     elif _is_sentencepiece_json(tok_json):
