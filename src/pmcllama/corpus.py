@@ -222,16 +222,14 @@ def _merge(cfg: CorpusConfig, jobs: list, parts: Path, tmp: Path, dtype: str) ->
     from pmcllama.progress import progress as progress_bar
 
     steps = PIPELINE.corpus(cfg)
-    ordered = [parts / j.key for src in cfg.sources for j in jobs if j.source == src.name]
+    by_source = {src.name: [parts / j.key for j in jobs if j.source == src.name] for src in cfg.sources}
     with progress_bar(desc="corpus dedup keys", unit=" docs") as progress:
-        repeated = find_repeats(steps, ordered, tmp / "repeats", progress)
+        repeated = find_repeats(steps, [p for ps in by_source.values() for p in ps], tmp / "repeats", progress)
     with open(tmp / "exclusions.jsonl", "w", encoding="utf-8") as fh, \
             open(tmp / "decontamination.jsonl", "w", encoding="utf-8") as dfh, \
             progress_bar(desc="corpus merge", unit=" docs") as progress:
-        merger = Merger(tmp, dtype, steps, fh, dfh)
-        merger.repeated = repeated
-        stats = {src.name: merger.source(src.name, [parts / j.key for j in jobs if j.source == src.name], progress)
-                 for src in cfg.sources}
+        merger = Merger(tmp, dtype, steps, fh, dfh, repeated)
+        stats = {name: merger.source(name, ps, progress) for name, ps in by_source.items()}
     if not cfg.decontaminate:
         (tmp / "decontamination.jsonl").unlink()
     return stats, merger

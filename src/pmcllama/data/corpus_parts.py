@@ -19,6 +19,7 @@ documents' tokens into the final shards.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -259,19 +260,22 @@ def find_repeats(steps: list, parts: list[Path], folder: Path, progress) -> dict
                 for step, finder in zip(dedups, finders):
                     finder.add(step.values(rec[step.field]))
     found = {}
-    for step, finder in zip(dedups, finders):
+    for step, finder in zip(dedups, finders):  # each finder removes its own files and folder
         repeated = finder.repeated()
         step.restrict(repeated)
         found[step.name] = int(repeated.size)
-    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
     return found
 
 
 class Merger:
     """Cross-source dedup, decontamination and the final shards, one part after another."""
 
-    def __init__(self, tmp: Path, dtype: str, steps: list, excl: IO[str], contam: IO[str] | None) -> None:
+    def __init__(self, tmp: Path, dtype: str, steps: list, excl: IO[str], contam: IO[str] | None,
+                 repeated: dict[str, int] | None = None) -> None:
         self.tmp, self.dtype, self.steps, self.excl, self.contam = tmp, dtype, steps, excl, contam
+        self.repeated = repeated or {}  # {dedup step: keys that occur twice or more} (`find_repeats`)
         self.decontam = next((s for s in steps if isinstance(s, Decontaminate)), None)
 
     def source(self, name: str, parts: list[Path], progress) -> SourceStats:

@@ -220,6 +220,10 @@ class StripBoilerplate:
         return None
 
 
+def _first_word(digest: bytes) -> np.ndarray:
+    return np.frombuffer(digest[:8], dtype=np.uint64)
+
+
 class ExactDedup:
     """Drop a document whose (normalised) text was seen before (reason `duplicate`).
 
@@ -245,7 +249,7 @@ class ExactDedup:
     @staticmethod
     def values(key: str) -> np.ndarray:
         """The key as the 64-bit value `pmcllama.data.repeats` counts (the digest's first 8 bytes)."""
-        return np.frombuffer(bytes.fromhex(key)[:8], dtype=np.uint64)
+        return _first_word(bytes.fromhex(key))
 
     def restrict(self, repeated: np.ndarray) -> None:
         """Remember only digests whose value is in `repeated` (sorted): no other can recur."""
@@ -258,9 +262,9 @@ class ExactDedup:
 
     def check(self, key: str, doc_id: str = "") -> str | None:
         """`duplicate` when the digest was seen before, else None (and the digest is recorded)."""
-        if self.repeated is not None and not contains(self.repeated, self.values(key))[0]:
-            return None
         digest = bytes.fromhex(key)
+        if self.repeated is not None and not contains(self.repeated, _first_word(digest))[0]:
+            return None
         if digest in self.seen:
             return self.reason
         self.seen.add(digest)

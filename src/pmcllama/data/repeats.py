@@ -14,7 +14,7 @@ the first (and last) of its kind, and it would never have matched anything.
 """
 from __future__ import annotations
 
-import shutil
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +25,15 @@ _SHIFT = np.uint64(64 - 8)
 
 
 class RepeatFinder:
-    """Collect 64-bit values on disk under `folder`; `repeated()` gives those seen twice or more."""
+    """Collect 64-bit values on disk under `folder`; `repeated()` gives those seen twice or more.
+    It touches only its own partition files there (`000.u64`..`255.u64`; a killed run's are
+    replaced), and removes the folder at the end only when that leaves it empty."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in self._files():
+            path.unlink(missing_ok=True)
         self.pending: list[np.ndarray] = []
         self.held = 0
         self.added = 0
@@ -55,17 +58,23 @@ class RepeatFinder:
         starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
         ends = np.r_[starts[1:], values.size]
         for s, e in zip(starts.tolist(), ends.tolist()):
-            with open(self.folder / f"{int(part[s]):03d}.u64", "ab") as fh:
+            with open(self._files()[int(part[s])], "ab") as fh:
                 values[s:e].tofile(fh)
+
+    def _files(self) -> list[Path]:
+        return [self.folder / f"{k:03d}.u64" for k in range(PARTITIONS)]
 
     def repeated(self) -> np.ndarray:
         """The sorted values added twice or more (uint64); the files on disk are removed."""
         self._flush()
         found = []
-        for path in sorted(self.folder.glob("*.u64")):
-            values, counts = np.unique(np.fromfile(path, dtype=np.uint64), return_counts=True)
-            found.append(values[counts > 1])
-        shutil.rmtree(self.folder, ignore_errors=True)
+        for path in self._files():
+            if path.is_file():
+                values, counts = np.unique(np.fromfile(path, dtype=np.uint64), return_counts=True)
+                found.append(values[counts > 1])
+                path.unlink()
+        with contextlib.suppress(OSError):  # not empty: something else is there, leave it
+            self.folder.rmdir()
         return np.concatenate(found) if found else np.zeros(0, dtype=np.uint64)
 
 
