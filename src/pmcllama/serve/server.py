@@ -28,6 +28,9 @@ from pmcllama.serve.backend import Backend, Job
 from pmcllama.serve.engine import FINISH_CANCEL, FINISH_ERROR
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
+# finish reasons that end a stream with an error event: (message, code)
+STREAM_ENDS = {FINISH_ERROR: ("generation failed on the server", "generation_failed"),
+               FINISH_CANCEL: ("the server is shutting down", "shutting_down")}
 
 
 def create_app(backend: Backend, model_name: str, api_key: str | None = None,
@@ -224,10 +227,9 @@ async def stream(jobs: list[Job], req, meta: dict, chat: bool) -> AsyncIterator[
                 yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                 "finish_reason": None}]})
         async for index, text, reason in merged(jobs, req.n):
-            if reason in (FINISH_ERROR, FINISH_CANCEL):  # a failure, or Ctrl-C on the server
-                yield sse(ApiError(503, "generation failed on the server" if reason == FINISH_ERROR else
-                                   "the server is shutting down", type="server_error",
-                                   code="generation_failed" if reason == FINISH_ERROR else "shutting_down").body())
+            if reason in STREAM_ENDS:  # a failure, or Ctrl-C on the server
+                message, code = STREAM_ENDS[reason]
+                yield sse(ApiError(503, message, type="server_error", code=code).body())
                 break
             if chat:
                 c = {"index": index, "delta": {"content": text} if text else {}, "finish_reason": reason,
