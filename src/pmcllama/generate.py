@@ -84,10 +84,10 @@ def run(cfg: GenerateConfig, force: bool = False) -> list[dict] | Path:
     prompts = read_prompts(cfg)
     model_dir = models.resolve(cfg.model)
     if not cfg.out:
-        return complete(*models.load_model(model_dir), prompts, cfg)
+        return complete(*models.load_model(model_dir, prepack=True), prompts, cfg)
 
     def work(tmp: Path) -> StageResult:
-        rows = complete(*models.load_model(model_dir), prompts, cfg)
+        rows = complete(*models.load_model(model_dir, prepack=True), prompts, cfg)
         with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

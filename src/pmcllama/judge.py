@@ -173,7 +173,7 @@ def generate_side(model: str, prompts: list[str], max_new_tokens: int, path: Pat
 
     cfg = GenerateConfig(model=model, prompts=prompts, max_new_tokens=max_new_tokens, stream=False)
     print(f"[judge] completing {len(prompts)} prompts with {model}", flush=True)
-    rows = complete(*models.load_model(models.resolve(model)), prompts, cfg)
+    rows = complete(*models.load_model(models.resolve(model), prepack=True), prompts, cfg)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return rows
 

@@ -208,8 +208,11 @@ def load_tokenizer(name: str | Path):
     return tok
 
 
-def load_model(name: str | Path, dtype: Any = None, device: str | None = None):
-    """(model, tokenizer) for a model name; fp32 weights unless `dtype` says otherwise."""
+def load_model(name: str | Path, dtype: Any = None, device: str | None = None, prepack: bool = False):
+    """(model, tokenizer) for a model name; fp32 weights unless `dtype` says otherwise.
+    `prepack=True` is for a model loaded only to generate: on CPU in fp32 its Linear layers
+    get oneDNN-prepacked weights (`pmcllama.prepack`), so it decodes faster but can no longer
+    be trained or saved."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -222,6 +225,10 @@ def load_model(name: str | Path, dtype: Any = None, device: str | None = None):
     if device:
         model.to(device)
     model.eval()
+    if prepack:
+        from pmcllama.prepack import prepack_linears
+
+        prepack_linears(model)
     return model, tok
 
 

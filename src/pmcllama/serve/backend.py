@@ -125,15 +125,18 @@ class Backend:
                           top_p=req.top_p, seed=seed, stop=req.stop, n=req.n)
         return Job(self.engine, request).start()
 
+    @torch.inference_mode()
+    def _log_softmax(self, ids: list[int]) -> torch.Tensor:
+        """(len(ids), vocab) log-probabilities of the next token after each of `ids`."""
+        logits = self.model(input_ids=torch.tensor([ids], device=self.engine.device)).logits[0].float()
+        return torch.log_softmax(logits, dim=-1).cpu()
+
     def logprobs(self, job: Job, i: int, k: int, echo: bool) -> dict:
         """OpenAI's completions `logprobs` object for sample `i`: the prompt's tokens (with
         `echo`) and the generated ones, each with its log-probability and the top `k`."""
         prompt, gen = job.prompt_ids, job.request.token_ids[i]
         ids = list(prompt) + list(gen)
-        with self.engine.model_lock, torch.inference_mode():
-            device = next(self.model.parameters()).device
-            logits = self.model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
-        logp = torch.log_softmax(logits, dim=-1).cpu()
+        logp = self.engine.call(lambda: self._log_softmax(ids))
         first = 0 if echo else len(prompt)
         tokens, token_lp, top, offsets, pos = [], [], [], [], 0
         for t in range(first, len(ids)):

@@ -76,7 +76,7 @@ def run(cfg: ChatConfig, force: bool = False, stdin: TextIO = sys.stdin, stdout:
     from pmcllama.errors import UserError
     from pmcllama.serve.engine import Engine
 
-    model, tok = models.load_model(models.resolve(cfg.model))
+    model, tok = models.load_model(models.resolve(cfg.model), prepack=True)
     if not tok.chat_template:
         raise UserError("this model has no chat template; use `pmcllama generate` for plain completions",
                         cfg.model)

@@ -1,0 +1,64 @@
+"""Prepacked Linear layers for generation on CPU (`pmcllama.prepack`): the same numbers and
+the same greedy text as the plain model, applied where a model is loaded only to generate,
+and left out wherever it would not be safe."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pmcllama import models
+from pmcllama.prepack import PackedLinear, prepack_linears
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
+
+
+def _linears(model) -> int:
+    return sum(type(m) is torch.nn.Linear for m in model.modules())
+
+
+def test_a_prepacked_model_gives_the_same_logits_and_greedy_tokens(tiny_model):
+    from pmcllama.serve.engine import Engine, Request
+
+    plain, tok = tiny_model
+    packed, _ = models.load_model("tiny-llama", prepack=True)
+    assert _linears(packed) == 0 and sum(type(m) is PackedLinear for m in packed.modules()) == _linears(plain)
+    assert not any("proj" in n for n, _ in packed.named_parameters())  # the plain weights were let go
+    ids = torch.randint(0, len(tok), (3, 17), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.allclose(packed(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4)
+    prompts = ["Heart", "The aorta is a large", "x y z w v u t s r q p o n m"]
+
+    def greedy(model):
+        engine = Engine(model, tok)
+        return [r.token_ids[0] for r in engine.generate([Request(tok(p)["input_ids"], max_tokens=12) for p in prompts])]
+
+    assert greedy(packed) == greedy(plain)
+
+
+def test_generation_entry_points_load_prepacked_models():
+    from pmcllama.evaluate import _load
+    from pmcllama.generate import GenerateConfig, complete
+    from pmcllama.serve import ServeConfig, load_backend
+
+    backend = load_backend(ServeConfig(model="tiny-llama"))
+    assert _linears(backend.model) == 0 and any(type(m) is PackedLinear for m in backend.model.modules())
+    assert _linears(load_backend(ServeConfig(model="tiny-llama", prepack=False)).model) > 0
+    scoring, _ = _load(models.resolve("tiny-llama"), prepack=False)
+    assert _linears(scoring) > 0  # log-likelihood scoring keeps the plain model
+    # `pmcllama generate`'s pinned greedy outputs (tests/test_serve.py) hold on the packed model
+    out = complete(backend.model, backend.tok, ["Heart", "The aorta is a large", "Insulin"],
+                   GenerateConfig(max_new_tokens=10, stream=False))
+    assert [r["completion"] for r in out] == ["art" * 10, "ge" * 10, "in" * 10]
+
+
+def test_prepack_leaves_alone_what_it_cannot_speed_up_safely():
+    from peft import LoraConfig, get_peft_model
+
+    half, _ = models.load_model("tiny-llama", dtype=torch.bfloat16)
+    assert prepack_linears(half) == 0 and _linears(half) > 0
+    base, _ = models.load_model("tiny-llama")
+    wrapped = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    before = _linears(wrapped)
+    assert prepack_linears(wrapped) == 0 and _linears(wrapped) == before
+    meta = torch.nn.Sequential(torch.nn.Linear(4, 4, device="meta"))
+    assert prepack_linears(meta) == 0
