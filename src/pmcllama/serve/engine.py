@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import inspect
 import sys
-from concurrent.futures import Future
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -180,6 +180,10 @@ class Engine:
                 except BaseException as e:  # handed to the caller, who raises it
                     done.set_exception(e)
             if self.stopping:
+                with self.cond:  # a call that came after the drain above: refused, not left waiting
+                    late, self.calls = self.calls, []
+                for _, done in late:
+                    done.set_exception(RuntimeError("the engine has stopped"))
                 return
             if not (self.pending or self.rows):
                 continue
