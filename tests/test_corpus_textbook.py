@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pmcllama.corpus import CorpusConfig, run
+from pmcllama.corpus import CorpusConfig, CorpusSource, run
 from pmcllama.data.readers import InputFile, read_file
 from pmcllama.data.textbook import clean_book, cut_back_matter, read_parquet, read_textbook, strip_headers_footers
 from pmcllama.errors import UserError
@@ -66,7 +66,7 @@ def test_markdown_and_text_pages(tmp_path):
 def test_pdf(tmp_path):
     pdf = tmp_path / "anatomy.pdf"
     make_pdf(pdf)
-    [doc] = read_file(InputFile(pdf, "textbook", str(pdf)), "books")
+    [doc] = read_file(InputFile(pdf, "textbook", str(pdf)), CorpusSource(name="books", paths=[str(pdf)]))
     assert doc.error is None and doc.metadata["pages"] == 4
     assert "Human Anatomy" not in doc.text and "cardiovascular system" in doc.text
     assert "Section 4: blood flows" in doc.text and "Smith J" not in doc.text  # references cut

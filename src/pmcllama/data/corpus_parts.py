@@ -131,8 +131,7 @@ def _documents(src, files: list[InputFile], stats: SourceStats) -> Iterator[Docu
     n = 0
     for inp in files:
         stats.files += 0 if inp.missing else len(inp.paths())
-        docs = read_file(inp, src.name, src.text_field, src.split_paragraphs, src.obo_root, src.limit,
-                         src.seed, src.keep_captions, src.require_pmcid, stats.events)
+        docs = read_file(inp, src, stats.events)
         while (doc := stats.steps.call("read", next, docs, None)) is not None:
             if src.max_documents is not None and n >= src.max_documents:
                 return

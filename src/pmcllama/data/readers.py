@@ -38,7 +38,7 @@ import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from pmcllama.data.document import Document, InputFile, bad_record as _bad, decode as _decode, suffix_of
 from pmcllama.errors import UserError
@@ -281,11 +281,23 @@ def read_obo_terms(path: Path, source: str, root: str | None, limit: int | None,
         yield Document(term_document(onto, term), source, term.id, str(path), term.line)
 
 
-def read_file(inp: InputFile, source: str, text_field: str = "text", split_paragraphs: bool = False,
-              obo_root: str | None = None, limit: int | None = None, seed: int = 0,
-              keep_captions: bool = False, require_pmcid: bool = True,
-              events: Counter | None = None) -> Iterator[Document]:
-    """Documents of one resolved input, by its format; `events` counts what is not a document."""
+class ReadOptions(Protocol):
+    """What the readers take from a corpus source's config (`pmcllama.corpus.CorpusSource`)."""
+
+    name: str
+    text_field: str
+    split_paragraphs: bool
+    obo_root: str | None
+    limit: int | None
+    seed: int
+    keep_captions: bool
+    require_pmcid: bool
+
+
+def read_file(inp: InputFile, src: ReadOptions, events: Counter | None = None) -> Iterator[Document]:
+    """Documents of one resolved input of the source `src`, by its format; `events` counts
+    what is not a document."""
+    source = src.name
     events = Counter() if events is None else events
     if inp.missing:
         reason = "missing_file" if inp.problem == "file not found" else "no_files"
@@ -295,7 +307,7 @@ def read_file(inp: InputFile, source: str, text_field: str = "text", split_parag
     elif inp.format == "jats":
         from pmcllama.data.jats import read_jats
 
-        yield from read_jats(inp.path, source, keep_captions, events)
+        yield from read_jats(inp.path, source, src.keep_captions, events)
     elif inp.format == "medline":
         from pmcllama.data.medline import read_medline
 
@@ -303,13 +315,13 @@ def read_file(inp: InputFile, source: str, text_field: str = "text", split_parag
     elif inp.format == "s2orc":
         from pmcllama.data.s2orc import read_s2orc_input
 
-        yield from read_s2orc_input(inp, source, require_pmcid, events)
+        yield from read_s2orc_input(inp, source, src.require_pmcid, events)
     elif inp.format == "text":
-        yield from read_text(inp.path, source, split_paragraphs)
+        yield from read_text(inp.path, source, src.split_paragraphs)
     elif inp.format == "jsonl":
-        yield from read_jsonl(inp.path, source, text_field)
+        yield from read_jsonl(inp.path, source, src.text_field)
     elif inp.format == "obo":
-        yield from read_obo_terms(inp.path, source, obo_root, limit, seed)
+        yield from read_obo_terms(inp.path, source, src.obo_root, src.limit, src.seed)
     elif inp.format == "textbook":
         from pmcllama.data.textbook import read_textbook
 
@@ -317,6 +329,6 @@ def read_file(inp: InputFile, source: str, text_field: str = "text", split_parag
     elif inp.format == "parquet":
         from pmcllama.data.textbook import read_parquet
 
-        yield from read_parquet(inp.path, source, text_field)
+        yield from read_parquet(inp.path, source, src.text_field)
     else:  # pragma: no cover - formats are validated by the config
         raise UserError(f"unknown format '{inp.format}'", inp.path)
