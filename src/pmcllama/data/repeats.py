@@ -32,7 +32,8 @@ class RepeatFinder:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        for path in self._files():
+        self.files = [self.folder / f"{k:03d}.u64" for k in range(PARTITIONS)]  # its own, and only these
+        for path in self.files:
             path.unlink(missing_ok=True)
         self.pending: list[np.ndarray] = []
         self.held = 0
@@ -58,17 +59,14 @@ class RepeatFinder:
         starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
         ends = np.r_[starts[1:], values.size]
         for s, e in zip(starts.tolist(), ends.tolist()):
-            with open(self._files()[int(part[s])], "ab") as fh:
+            with open(self.files[int(part[s])], "ab") as fh:
                 values[s:e].tofile(fh)
-
-    def _files(self) -> list[Path]:
-        return [self.folder / f"{k:03d}.u64" for k in range(PARTITIONS)]
 
     def repeated(self) -> np.ndarray:
         """The sorted values added twice or more (uint64); the files on disk are removed."""
         self._flush()
         found = []
-        for path in self._files():
+        for path in self.files:
             if path.is_file():
                 values, counts = np.unique(np.fromfile(path, dtype=np.uint64), return_counts=True)
                 found.append(values[counts > 1])
