@@ -137,7 +137,7 @@ def _walk(folder: Path, declared: str, skipped: list) -> list[InputFile]:
         rel = f.relative_to(folder).parts
         if not f.is_file() or any(part.startswith(".") for part in rel):
             continue
-        inp, reason, detail = _walked(f, declared, str(folder))
+        inp, reason, detail = classify(f, declared, str(folder))
         if inp is not None:
             found.append(inp)
         else:
@@ -145,7 +145,7 @@ def _walk(folder: Path, declared: str, skipped: list) -> list[InputFile]:
     return found
 
 
-def _walked(f: Path, declared: str, spec: str) -> tuple[InputFile | None, str, str]:
+def classify(f: Path, declared: str, spec: str) -> tuple[InputFile | None, str, str]:
     """(the input, "", "") of a file met in a folder walk, or (None, reason, detail) when it is not read."""
     if f.name.upper().startswith(NOT_DATA):
         return None, "not_data", "licence or readme file: it describes the data, it is not part of it"
