@@ -31,6 +31,7 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
+from pmcllama.data.corpus_config import CorpusConfig, CorpusSource
 from pmcllama.data.decontam import Decontaminate
 from pmcllama.data.filters import apply_filters, detail_of, normalize
 from pmcllama.data.document import Document, InputFile
@@ -62,8 +63,8 @@ class Pipeline:
     near dedup, decontamination), each in two halves: `key(text)` in the parallel work (saved
     in docs.jsonl under the step's `field`) and `check(key, doc_id)` in the merge, in order."""
 
-    document: Callable
-    corpus: Callable
+    document: Callable[[CorpusConfig, CorpusSource], tuple[list, object]]
+    corpus: Callable[[CorpusConfig], list]
 
 
 @dataclass
@@ -125,7 +126,7 @@ def tokenizer(name: str):
     return cached(("tok", name), lambda: load_tokenizer(name))
 
 
-def _documents(src, files: list[InputFile], stats: SourceStats) -> Iterator[Document]:
+def _documents(src: CorpusSource, files: list[InputFile], stats: SourceStats) -> Iterator[Document]:
     """The documents of the job's files (step `read`: timed per document; unreadable and
     unwanted records count as its drops)."""
     n = 0
@@ -181,7 +182,7 @@ class _Part:
         self.excl.close()
 
 
-def process_job(cfg, job: Job, parts: Path, dtype: str, pipeline: Pipeline) -> None:
+def process_job(cfg: CorpusConfig, job: Job, parts: Path, dtype: str, pipeline: Pipeline) -> None:
     """Phase 1 for one job; does nothing when its part is already complete."""
     out = parts / job.key
     if (out / "stats.json").is_file():

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from pmcllama.data.corpus_config import CorpusConfig
 from pmcllama.data.corpus_parts import Job, Pipeline, process_job
 from pmcllama.data.document import InputFile
 from pmcllama.errors import UserError
@@ -28,7 +29,7 @@ from pmcllama.errors import UserError
 NOT_WORK = ("out", "executor", "workers", "slurm", "decontam_action")
 
 
-def make_jobs(cfg, inputs: dict[str, list[InputFile]]) -> list[Job]:
+def make_jobs(cfg: CorpusConfig, inputs: dict[str, list[InputFile]]) -> list[Job]:
     """One job per input (an S2ORC 2020 metadata shard and its pdf_parses shard are one input,
     so they are read together); a source with `max_documents` is one job (its files in order)."""
     jobs = []
@@ -41,7 +42,7 @@ def make_jobs(cfg, inputs: dict[str, list[InputFile]]) -> list[Job]:
     return jobs
 
 
-def work_fingerprint(cfg, jobs: list[Job]) -> str:
+def work_fingerprint(cfg: CorpusConfig, jobs: list[Job]) -> str:
     """Changes when the per-file work would write something else: config or input files."""
     conf = cfg.model_dump(mode="json", exclude=set(NOT_WORK))
     files = [[j.key, [[str(p), *_stat(p)] for f in j.files for p in f.paths()]] for j in jobs]
@@ -71,7 +72,7 @@ class CorpusTask:
     """datatrove pipeline step: rank r runs job r. A bad-input error (under on_error=stop) is
     written to parts/<job>.error for the caller to raise, instead of a worker traceback."""
 
-    def __init__(self, cfg, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline) -> None:
+    def __init__(self, cfg: CorpusConfig, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline) -> None:
         self.cfg, self.jobs, self.parts, self.dtype, self.pipeline = cfg, jobs, parts, dtype, pipeline
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
@@ -110,7 +111,7 @@ class MergeTask:
         return data
 
 
-def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline, finish: Callable[[], object]) -> bool:
+def run_jobs(cfg: CorpusConfig, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline, finish: Callable[[], object]) -> bool:
     """Run the unfinished jobs; True when they are all done here (False: submitted to Slurm, with
     `finish` as the job that runs after them)."""
     todo = [j for j in jobs if not (parts / j.key / "stats.json").is_file()]
@@ -139,7 +140,7 @@ def run_jobs(cfg, jobs: list[Job], parts: Path, dtype: str, pipeline: Pipeline, 
     return False
 
 
-def submit_slurm(cfg, task: CorpusTask, tasks: int, parts: Path, finish: Callable[[], object]):
+def submit_slurm(cfg: CorpusConfig, task: CorpusTask, tasks: int, parts: Path, finish: Callable[[], object]):
     """Submit the per-file work as a Slurm array job and the merge as a job depending on it."""
     from datatrove.executor import SlurmPipelineExecutor
 

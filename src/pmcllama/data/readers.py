@@ -282,7 +282,7 @@ def read_obo_terms(path: Path, source: str, root: str | None, limit: int | None,
 
 
 class ReadOptions(Protocol):
-    """What the readers take from a corpus source's config (`pmcllama.corpus.CorpusSource`)."""
+    """What the readers take from a corpus source's config (`pmcllama.data.corpus_config.CorpusSource`)."""
 
     name: str
     text_field: str
