@@ -1,13 +1,22 @@
 """One decoding step of the generation engine with the model's Linear layers as PyTorch leaves
-them and prepacked for oneDNN (`pmcllama.prepack`), in one process, interleaved.
+them, prepacked for oneDNN one by one, and prepacked with the siblings that read the same input
+fused (`pmcllama.prepack`, what `load_model(prepack=True)` gives), in one process, interleaved.
 
-Both copies of the model are loaded side by side; for each batch size B, B identical chat
-requests are admitted, a few steps warm up, then `--steps` decoding steps are timed, plain and
-prepacked in turn, `--rounds` times. Reported: the median milliseconds per step of each and
-their ratio, and whether the two gave the same greedy tokens. Results go to
+The three copies of the model are loaded side by side; for each batch size B, B identical chat
+requests are admitted, a few steps warm up, then `--steps` decoding steps are timed, each copy
+in turn, `--rounds` times. Reported: the median milliseconds per step of each, the ratios of
+the plain and the unfused copy to the prepacked one, and whether all gave the same greedy
+tokens. Also: the prepacked copy's Linear layers timed alone at each batch size, and the rate
+at which this machine reads memory (torch.sum over a buffer as large as the Linear weights),
+with the time reading those weights once takes: no decoding step can be faster. Results go to
 bench/results/prepack.json.
 
+`--compiled` adds a fourth copy: the plain model under `torch.compile` (inductor, dynamic
+shapes, freezing: inductor then packs the weights itself). Its first step at each batch size
+compiles, which took 705 s at 8 rows on the 2-core machine of the README, so it is off by default.
+
     python bench/bench_prepack.py --batches 1 8 32 --threads 2
+    python bench/bench_prepack.py --batches 1 --compiled --out bench/results/prepack_compiled.json
 """
 from __future__ import annotations
 
@@ -39,6 +48,41 @@ def step_ms(model, tok, prompt: list[int], batch: int, steps: int) -> tuple[floa
     return statistics.median(times) * 1000, [r.token_ids[0] for r in reqs]
 
 
+def linears_ms(model, batch: int, reps: int = 10) -> float:
+    """Milliseconds of one pass over the prepacked model's Linear layers alone at `batch` rows
+    (what a decoding step spends in them; the rest of the step is everything else)."""
+    import torch
+
+    from pmcllama.prepack import FusedLinear, PackedLinear
+
+    layers = [m for m in model.modules() if isinstance(m, (PackedLinear, FusedLinear))]
+    xs = {n: torch.randn(batch, n) for n in {m.in_features for m in layers}}  # siblings share their input
+    with torch.inference_mode():
+        for _ in range(2):
+            for m in layers:
+                m(xs[m.in_features])
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for m in layers:
+                m(xs[m.in_features])
+    return (time.perf_counter() - t0) / reps * 1000
+
+
+def read_floor_ms(model) -> tuple[float, float]:
+    """(GB/s of reading memory, from torch.sum over a buffer the size of the Linear weights;
+    the milliseconds reading those weights once takes at that rate: a step's floor)."""
+    import torch
+
+    nbytes = sum(m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear)
+    buf = torch.ones(nbytes // 4)
+    buf.sum()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        buf.sum()
+    s = (time.perf_counter() - t0) / 10
+    return nbytes / s / 1e9, s * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -46,35 +90,56 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compiled", action="store_true", help="also time the plain model under torch.compile")
     ap.add_argument("--out", default=str(HERE / "results" / "prepack.json"))
     args = ap.parse_args()
 
     import torch
 
     from pmcllama.models import load_model
+    from pmcllama.prepack import prepack_linears
 
     torch.set_num_threads(args.threads)
     plain, tok = load_model(args.model)
-    packed, _ = load_model(args.model, prepack=True)
+    unfused, _ = load_model(args.model)
+    prepack_linears(unfused, fuse=False)
+    models = {"plain": plain, "unfused": unfused, "prepacked": load_model(args.model, prepack=True)[0]}
+    if args.compiled:
+        import torch._inductor.config as inductor
+
+        inductor.freezing = True
+        compiled, _ = load_model(args.model)
+        compiled.forward = torch.compile(compiled.forward, dynamic=True)
+        models["compiled"] = compiled
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is hypertension?"}],
                                      add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    gbps, floor = read_floor_ms(plain)
+    print(f"reading memory: {gbps:.1f} GB/s, so reading the Linear weights once takes {floor:.1f} ms", flush=True)
     rows = []
     for batch in args.batches:
-        ms = {"plain": [], "prepacked": []}
-        same = True
+        ms: dict[str, list[float]] = {name: [] for name in models}
+        tokens = set()
         for _ in range(args.rounds):
-            a, ta = step_ms(plain, tok, prompt, batch, args.steps)
-            b, tb = step_ms(packed, tok, prompt, batch, args.steps)
-            ms["plain"].append(a)
-            ms["prepacked"].append(b)
-            same = same and ta == tb
-        row = {"batch": batch, **{k: round(statistics.median(v), 1) for k, v in ms.items()}, "same_tokens": same}
+            for name, model in models.items():
+                t, ids = step_ms(model, tok, prompt, batch, args.steps)
+                ms[name].append(t)
+                tokens.add(str(ids))
+        row = {"batch": batch, **{k: round(statistics.median(v), 1) for k, v in ms.items()},
+               "same_tokens": len(tokens) == 1}
+        row["linears_only"] = round(linears_ms(models["prepacked"], batch), 1)
         row["ratio"] = round(row["plain"] / row["prepacked"], 2)
+        row["fusing"] = round(row["unfused"] / row["prepacked"], 2)
+        if "compiled" in row:
+            row["compiled_ratio"] = round(row["compiled"] / row["prepacked"], 2)  # above 1: compile is slower
         rows.append(row)
-        print(f"B={batch}: plain {row['plain']} ms/step, prepacked {row['prepacked']} ms/step, "
-              f"{row['ratio']}x, same greedy tokens: {same}", flush=True)
+        print(f"B={batch}: plain {row['plain']}, unfused {row['unfused']}, prepacked {row['prepacked']} ms/step; "
+              f"plain/prepacked {row['ratio']}x, unfused/prepacked {row['fusing']}x; "
+              f"same greedy tokens: {row['same_tokens']}; the prepacked step's Linear layers alone "
+              f"{row['linears_only']} ms" + (f"; compiled {row['compiled']} ms/step" if "compiled" in row else ""),
+              flush=True)
     result = {"model": args.model, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "rows": rows}
+              "torch": torch.__version__, "read_gb_per_s": round(gbps, 1), "weights_read_floor_ms": round(floor, 1),
+              "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

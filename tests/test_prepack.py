@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pmcllama import models
-from pmcllama.prepack import PackedLinear, prepack_linears
+from pmcllama.prepack import FusedLinear, PackedLinear, prepack_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
 
@@ -21,7 +21,10 @@ def test_a_prepacked_model_gives_the_same_logits_and_greedy_tokens(tiny_model):
 
     plain, tok = tiny_model
     packed, _ = models.load_model("tiny-llama", prepack=True)
-    assert _linears(packed) == 0 and sum(type(m) is PackedLinear for m in packed.modules()) == _linears(plain)
+    kinds = [type(m) for m in packed.modules()]
+    layers = plain.config.num_hidden_layers
+    assert _linears(packed) == 0 and kinds.count(PackedLinear) + kinds.count(FusedLinear) == _linears(plain)
+    assert kinds.count(FusedLinear) == 5 * layers  # q, k, v and gate, up of every layer share one matrix
     assert not any("proj" in n for n, _ in packed.named_parameters())  # the plain weights were let go
     ids = torch.randint(0, len(tok), (3, 17), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -33,6 +36,25 @@ def test_a_prepacked_model_gives_the_same_logits_and_greedy_tokens(tiny_model):
         return [r.token_ids[0] for r in engine.generate([Request(tok(p)["input_ids"], max_tokens=12) for p in prompts])]
 
     assert greedy(packed) == greedy(plain)
+
+
+def test_fused_siblings_give_each_its_own_columns_whatever_the_order():
+    torch.manual_seed(0)
+    parent = torch.nn.Module()
+    for name, out in (("q_proj", 6), ("k_proj", 2), ("v_proj", 3)):
+        setattr(parent, name, torch.nn.Linear(5, out, bias=True))
+    plain = {n: getattr(parent, n) for n in ("q_proj", "k_proj", "v_proj")}
+    assert prepack_linears(parent) == 3 and all(type(getattr(parent, n)) is FusedLinear for n in plain)
+    x, x2 = torch.randn(4, 5), torch.randn(4, 5)
+    with torch.inference_mode():
+        for order in (["q_proj", "k_proj", "v_proj"], ["v_proj", "q_proj", "k_proj"], ["k_proj", "k_proj"]):
+            for n in order:
+                assert torch.allclose(getattr(parent, n)(x), plain[n](x), atol=1e-6), (order, n)
+        assert torch.allclose(parent.q_proj(x), plain["q_proj"](x), atol=1e-6)
+        assert torch.allclose(parent.k_proj(x2), plain["k_proj"](x2), atol=1e-6)  # a new input mid-way
+        for n in ("q_proj", "v_proj"):
+            assert torch.allclose(getattr(parent, n)(x2), plain[n](x2), atol=1e-6)
+    assert parent.q_proj.fused.y is None  # every sibling took its columns: the product is let go
 
 
 def test_generation_entry_points_load_prepacked_models():
