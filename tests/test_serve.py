@@ -398,6 +398,50 @@ def test_engine_batches_give_the_same_greedy_tokens_as_generate(tiny_model):
     assert engine.rows == [] and engine.cache is None
 
 
+def test_a_shared_prompt_prefix_is_computed_once(tiny_model):
+    """Prompts admitted together that start alike (a chat template's system prompt): the
+    common tokens go through the model once, and every answer is the one it gets alone."""
+    import torch
+
+    from pmcllama.serve.engine import SHARED_PREFIX_MIN, Engine, Request, shared_prefix
+
+    model, tok = tiny_model
+    system = "You are a careful medical assistant. Answer in one short sentence please."
+    prompts = [tok(system + q)["input_ids"] for q in (" What is the aorta?", " Heart", " x y z w v u t")]
+    common = shared_prefix(prompts)
+    assert common >= SHARED_PREFIX_MIN and all(p[:common] == prompts[0][:common] for p in prompts)
+    assert shared_prefix([prompts[0], prompts[0]]) == len(prompts[0]) - 1  # each keeps its last token
+    assert shared_prefix(prompts[:1]) == 0 and shared_prefix([[1] * 5 + [2], [1] * 5 + [3]]) == 0  # under the minimum
+
+    alone = []
+    for p in prompts:
+        [r] = Engine(model, tok).generate([Request(list(p), max_tokens=8)])
+        alone.append(r.token_ids[0])
+    shapes = []
+    forward = model.forward
+
+    def recording(*args, **kw):
+        shapes.append(tuple(kw["input_ids"].shape))
+        return forward(*args, **kw)
+
+    engine, sampled = Engine(model, tok), []
+    sample = engine._sample
+    engine._sample = lambda rows, logits: (sampled.append(logits.clone()), sample(rows, logits))
+    model.forward = recording
+    try:
+        reqs = engine.generate([Request(list(p), max_tokens=8, n=k) for k, p in enumerate(prompts, 1)])
+    finally:
+        del model.forward
+    with torch.inference_mode():  # the next-token scores after each whole prompt, computed alone
+        want = torch.stack([model(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts])
+    assert torch.allclose(sampled[0][[0, 1, 3]], want, atol=1e-4)  # rows: prompt 1, prompt 2 x2, prompt 3 x3
+    width = max(len(p) for p in prompts) - common
+    assert shapes[:2] == [(1, common), (3, width)]  # the prefix once, then the three rests together
+    assert shapes[2] == (6, 1)  # 1 + 2 + 3 samples decode from the shared cache
+    assert [r.token_ids[0] for r in reqs] == alone
+    assert all(ids == r.token_ids[0] for r in reqs for ids in r.token_ids)  # greedy: every sample the same
+
+
 def test_engine_call_runs_on_the_engine_thread(tiny_model):
     """Log-prob scoring goes through `Engine.call`, so one thread does all of the model's work."""
     from pmcllama.serve.engine import Engine

@@ -8,7 +8,10 @@ Rows that finish (EOS, a stop string, `max_tokens`, a cancel) leave the batch at
 columns that only pad every remaining row are cut.
 
 A request with `n > 1` (self-consistency samples) is prefilled once and its cache copied to
-`n` rows. Sampling is per row: greedy when `temperature` is 0, else temperature and top-p
+`n` rows. Prompts admitted together that begin with the same tokens (a chat template's system
+prompt, the same few-shot examples) have that prefix computed once, in a forward of its own,
+and its cache copied to every row; each prompt's rest follows in one batched forward, padded
+on the left of the rest (`SHARED_PREFIX_MIN` tokens or more are shared). Sampling is per row: greedy when `temperature` is 0, else temperature and top-p
 with the request's own generator, seeded from `seed` (sample i uses `seed + i`), so the same
 seed gives the same text whatever else is in the batch (up to float rounding of padding).
 
@@ -29,6 +32,7 @@ from typing import Callable, Sequence
 import torch
 
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCEL, FINISH_ERROR = "stop", "length", "cancelled", "error"
+SHARED_PREFIX_MIN = 8  # tokens: a shorter common prefix is not worth a forward of its own
 
 
 @dataclass
@@ -243,14 +247,22 @@ class Engine:
     def _prefill(self, reqs: list[Request]) -> None:
         from transformers import DynamicCache
 
-        width = max(len(r.prompt_ids) for r in reqs)
+        cache = DynamicCache(config=self.model.config)
+        shared = shared_prefix([r.prompt_ids for r in reqs])
+        if shared:  # computed once, its cache copied to every row
+            ids = torch.tensor([reqs[0].prompt_ids[:shared]])
+            _, cache = self._forward(ids, torch.ones_like(ids), torch.arange(shared)[None], cache)
+            cache.batch_select_indices(torch.zeros(len(reqs), dtype=torch.long, device=self.device))
+        width = max(len(r.prompt_ids) for r in reqs) - shared
         ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(reqs), width), dtype=torch.long)
+        rest = torch.zeros((len(reqs), width), dtype=torch.long)
         for i, r in enumerate(reqs):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.model.config))
+            tail = r.prompt_ids[shared:]
+            ids[i, width - len(tail):] = torch.tensor(tail)
+            rest[i, width - len(tail):] = 1
+        mask = torch.cat([torch.ones((len(reqs), shared), dtype=torch.long), rest], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        logits, cache = self._forward(ids, mask, positions, cache)
         copies = torch.tensor([i for i, r in enumerate(reqs) for _ in range(r.n)])
         cache.batch_select_indices(copies.to(self.device))
         rows = [_Row(r, k, self._generator(r, k), r.token_ids[k]) for r in reqs for k in range(r.n)]
@@ -359,6 +371,17 @@ class Engine:
                     req.on_finish(i, reason)
         if req.on_done is not None:
             req.on_done(req)
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt of a group of two or more shares, leaving each at
+    least its last token to compute; 0 when that is under `SHARED_PREFIX_MIN`."""
+    if len(prompts) < 2:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return n if n >= SHARED_PREFIX_MIN else 0
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
