@@ -125,12 +125,15 @@ def median_round(rounds: list[dict]) -> dict:
     return {**ranked[len(ranked) // 2], "tokens_per_s_rounds": [r["tokens_per_s"] for r in rounds]}
 
 
-def round_of(url: str, model: str, n: int, max_tokens: int, proc: subprocess.Popen) -> dict:
+def round_of(url: str, model: str, n: int, max_tokens: int, proc: subprocess.Popen, shift: int = 0) -> dict:
+    """One round of `n` clients; `shift` rotates the questions, so that one client's round never
+    repeats the prompt of the round before (a server that remembers prompts gains no more than
+    the shared system prompt)."""
     results: list = [None] * n
     t0 = time.perf_counter()
     def client(i: int) -> None:
         variant = f" (variant {i // len(QUESTIONS)})" if i >= len(QUESTIONS) else ""
-        results[i] = one_request(url, model, QUESTIONS[i % len(QUESTIONS)] + variant, max_tokens, t0)
+        results[i] = one_request(url, model, QUESTIONS[(i + shift) % len(QUESTIONS)] + variant, max_tokens, t0)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
     rss = [0]
@@ -200,8 +203,8 @@ def main(argv=None) -> int:
         try:
             for _ in range(args.warmup):
                 one_request(url, model, "Hello", 8, time.perf_counter())
-            report["tools"][tool] = [median_round([round_of(url, model, n, args.max_tokens, proc)
-                                                   for _ in range(args.repeat)]) for n in args.clients]
+            report["tools"][tool] = [median_round([round_of(url, model, n, args.max_tokens, proc, shift)
+                                                   for shift in range(args.repeat)]) for n in args.clients]
         finally:
             proc.terminate()
             proc.wait(timeout=60)

@@ -442,6 +442,41 @@ def test_a_shared_prompt_prefix_is_computed_once(tiny_model):
     assert all(ids == r.token_ids[0] for r in reqs for ids in r.token_ids)  # greedy: every sample the same
 
 
+def test_a_later_prompt_reuses_the_remembered_prefix(tiny_model):
+    """The next turn of a conversation, or the next request with the same system prompt, reuses
+    the cache of what an earlier prefill computed: only its new tokens go through the model,
+    with the next-token scores of the whole prompt computed alone."""
+    import torch
+
+    from pmcllama.serve.engine import Engine, Request
+
+    model, tok = tiny_model
+    system = tok("You are a careful medical assistant. Answer in one short sentence please.")["input_ids"]
+    first = system + tok(" What is the aorta?", add_special_tokens=False)["input_ids"]
+    turn = first + tok(" It is an artery. And the heart?", add_special_tokens=False)["input_ids"]
+    other = system + tok(" Heart rate x y", add_special_tokens=False)["input_ids"]
+    engine, shapes, sampled = Engine(model, tok), [], []
+    forward, sample = model.forward, engine._sample
+    engine._sample = lambda rows, logits: (sampled.append(logits.clone()), sample(rows, logits))
+    model.forward = lambda *a, **kw: (shapes.append(tuple(kw["input_ids"].shape)), forward(*a, **kw))[1]
+    try:
+        for prompt in (first, turn, other):
+            shapes.clear()
+            engine.generate([Request(list(prompt), max_tokens=2)])  # a prefill, then one decoding step
+            with torch.inference_mode():
+                want = forward(input_ids=torch.tensor([prompt])).logits[0, -1]
+            assert torch.allclose(sampled[-2][0], want, atol=1e-4)  # the prefill's scores
+            if prompt is first:
+                assert shapes[0] == (1, len(first))  # nothing remembered yet
+            elif prompt is turn:
+                assert shapes[0] == (1, len(turn) - len(first))  # the earlier turn's prompt is reused
+            else:
+                common = next(i for i, (a, b) in enumerate(zip(other, turn)) if a != b)
+                assert common >= len(system) - 1 and shapes[0] == (1, len(other) - common)
+    finally:
+        del model.forward
+
+
 def test_engine_call_runs_on_the_engine_thread(tiny_model):
     """Log-prob scoring goes through `Engine.call`, so one thread does all of the model's work."""
     from pmcllama.serve.engine import Engine

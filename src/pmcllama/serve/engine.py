@@ -11,7 +11,10 @@ A request with `n > 1` (self-consistency samples) is prefilled once and its cach
 `n` rows. Prompts admitted together that begin with the same tokens (a chat template's system
 prompt, the same few-shot examples) have that prefix computed once, in a forward of its own,
 and its cache copied to every row; each prompt's rest follows in one batched forward, padded
-on the left of the rest (`SHARED_PREFIX_MIN` tokens or more are shared). Sampling is per row: greedy when `temperature` is 0, else temperature and top-p
+on the left of the rest (`SHARED_PREFIX_MIN` tokens or more are shared). The engine remembers
+the cache of the last such prefix, or of the last prompt prefilled alone, and reuses it for
+later prompts that begin with the same tokens: the next request with the same system prompt,
+the next turn of a conversation (whose prompt begins with the previous one). Sampling is per row: greedy when `temperature` is 0, else temperature and top-p
 with the request's own generator, seeded from `seed` (sample i uses `seed + i`), so the same
 seed gives the same text whatever else is in the batch (up to float rounding of padding).
 
@@ -113,6 +116,9 @@ class Engine:
         self.calls: list[tuple[Callable[[], object], Future]] = []  # for the engine's thread (`call`)
         self.thread: threading.Thread | None = None
         self.stopping = False
+        # the last prompt prefilled alone, or the last prefix a group shared: (tokens, each layer's
+        # keys and values for one row), reused by prompts that begin with the same tokens
+        self.remembered: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     # ------------------------------------------------------------------ the public API
 
@@ -210,7 +216,7 @@ class Engine:
         print(f"[engine] generation failed, {self.load} request(s) ended: {why}", file=sys.stderr)
         with self.cond:
             reqs = list({id(r.req): r.req for r in self.rows}.values()) + self.pending
-            self.pending, self.rows, self.cache, self.mask = [], [], None, None
+            self.pending, self.rows, self.cache, self.mask, self.remembered = [], [], None, None, None
         for req in reqs:
             self._finish_all(req, FINISH_ERROR)
 
@@ -248,10 +254,17 @@ class Engine:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        shared = shared_prefix([r.prompt_ids for r in reqs])
-        if shared:  # computed once, its cache copied to every row
-            ids = torch.tensor([reqs[0].prompt_ids[:shared]])
+        prompts = [r.prompt_ids for r in reqs]
+        shared, known = shared_prefix(prompts), self._known_prefix(prompts)
+        if known >= max(shared, SHARED_PREFIX_MIN):  # computed by an earlier prefill: its cache reused
+            shared = known
+            for layer, (k, v) in enumerate(self.remembered[1]):
+                cache.update(k[:, :, :shared].expand(len(reqs), -1, -1, -1).contiguous(),
+                             v[:, :, :shared].expand(len(reqs), -1, -1, -1).contiguous(), layer)
+        elif shared:  # computed once, its cache copied to every row
+            ids = torch.tensor([prompts[0][:shared]])
             _, cache = self._forward(ids, torch.ones_like(ids), torch.arange(shared)[None], cache)
+            self._remember(prompts[0][:shared], cache)
             cache.batch_select_indices(torch.zeros(len(reqs), dtype=torch.long, device=self.device))
         width = max(len(r.prompt_ids) for r in reqs) - shared
         ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
@@ -263,11 +276,29 @@ class Engine:
         mask = torch.cat([torch.ones((len(reqs), shared), dtype=torch.long), rest], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         logits, cache = self._forward(ids, mask, positions, cache)
+        if len(reqs) == 1:  # its whole prompt, for a next turn of the conversation
+            self._remember(prompts[0], cache)
         copies = torch.tensor([i for i, r in enumerate(reqs) for _ in range(r.n)])
         cache.batch_select_indices(copies.to(self.device))
         rows = [_Row(r, k, self._generator(r, k), r.token_ids[k]) for r in reqs for k in range(r.n)]
         self._join(rows, cache, mask[copies])
         self._sample(rows, logits[copies])
+
+    def _known_prefix(self, prompts: list[list[int]]) -> int:
+        """How many leading tokens of every prompt the remembered cache holds (each prompt keeps
+        at least its last token to compute)."""
+        if self.remembered is None:
+            return 0
+        tokens = self.remembered[0]
+        n = min(len(tokens), *(len(p) - 1 for p in prompts))
+        for p in prompts:
+            n = next((i for i in range(n) if p[i] != tokens[i]), n)
+        return n
+
+    def _remember(self, tokens: list[int], cache) -> None:
+        """Keep one row's cache of `tokens` (the tensors are not changed in place later: the
+        cache's growth and the batch's joins make new ones)."""
+        self.remembered = (list(tokens), [(layer.keys[:1], layer.values[:1]) for layer in cache.layers])
 
     def _decode(self) -> None:
         last = torch.tensor([[row.ids[-1]] for row in self.rows], dtype=torch.long)
