@@ -7,10 +7,14 @@ file's bytes (`decode`: a `not_utf8` record naming the line when they are not UT
 """
 from __future__ import annotations
 
+import gzip
+import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from pmcllama.inputs import utf8_error
+from pmcllama.inputs import json_error, utf8_error
 
 
 @dataclass
@@ -68,3 +72,32 @@ def decode(path: Path, source: str, data: bytes) -> str | Document:
     except UnicodeDecodeError as e:
         line, what = utf8_error(data, e)
         return bad_record(source, path, line, "not_utf8", what)
+
+
+def jsonl_records(path: Path, source: str) -> Iterator[tuple[int, object] | Document]:
+    """(line number, JSON value) of every non-blank line of a JSON Lines file, gzipped when its
+    name ends in .gz, read as a stream; an unreadable record's Document (`not_utf8`, `bad_json`,
+    `bad_gzip`, `empty_file`) in place of a bad line. The corpus readers' one JSONL loop."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    seen = False
+    lineno = 0
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                seen = True
+                try:
+                    yield lineno, json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    yield Document("", source, f"{path}:{lineno}", str(path), lineno, "not_utf8",
+                                   f"line is not UTF-8 text ({e.reason})")
+                except json.JSONDecodeError as e:
+                    yield Document("", source, f"{path}:{lineno}", str(path), lineno, "bad_json",
+                                   f"line is not JSON: {json_error(e)}")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        yield Document("", source, f"{path}:{lineno + 1}", str(path), lineno + 1, "bad_gzip",
+                       f"truncated or corrupt gzip after line {lineno}: {e}")
+        return
+    if not seen:
+        yield Document("", source, str(path), str(path), None, "empty_file", "file has no records")

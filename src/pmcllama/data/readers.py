@@ -32,15 +32,14 @@ read with it, so the two halves of a shard always go to the same job.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import xml.etree.ElementTree as ET
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from pmcllama.data.document import Document, InputFile, bad_record as _bad, decode as _decode, suffix_of
+from pmcllama.data.document import (Document, InputFile, bad_record as _bad, decode as _decode, jsonl_records,
+                                    suffix_of)
 from pmcllama.errors import UserError
 from pmcllama.inputs import json_error
 
@@ -211,39 +210,12 @@ def read_jsonl(path: Path, source: str, text_field: str = "text") -> Iterator[Do
     if path.suffix.lower() == ".json" and _starts_with(path, b"["):
         yield from _read_json_array(path, source, text_field)
         return
-    seen = False
-    lineno = 0
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                doc = _json_line(raw, path, source, lineno, text_field)
-                if doc is not None:
-                    seen = True
-                    yield doc
-    except (EOFError, OSError, zlib.error) as e:
-        if opener is open:
-            raise
-        yield _bad(source, path, lineno + 1, "bad_gzip", f"compressed file is damaged or truncated after line "
-                                                         f"{lineno}: {e}")
-        return
-    if not seen:
-        yield _bad(source, path, None, "empty_file", "file has no records")
-
-
-def _json_line(raw: bytes, path: Path, source: str, lineno: int, text_field: str) -> Document | None:
-    """One JSONL line as a Document (None for a blank line)."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return _bad(source, path, lineno, "not_utf8", f"line is not UTF-8 text ({e.reason})")
-    if not line.strip():
-        return None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        return _bad(source, path, lineno, "bad_json", f"line is not JSON: {json_error(e)}")
-    return _record(obj, path, source, lineno, f"{path}:{lineno}", text_field)
+    for item in jsonl_records(path, source):
+        if isinstance(item, Document):
+            yield item
+        else:
+            lineno, obj = item
+            yield _record(obj, path, source, lineno, f"{path}:{lineno}", text_field)
 
 
 def _starts_with(path: Path, prefix: bytes) -> bool:

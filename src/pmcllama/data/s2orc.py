@@ -44,7 +44,6 @@ the papers that can be kept (with a PMC id under `require_pmcid`) of one parse s
 """
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
 from collections import Counter
@@ -52,9 +51,8 @@ from pathlib import Path
 from dataclasses import replace
 from typing import Iterator
 
-from pmcllama.data.document import Document, InputFile, suffix_of
+from pmcllama.data.document import Document, InputFile, jsonl_records, suffix_of
 from pmcllama.errors import UserError
-from pmcllama.inputs import json_error
 
 SHARD_KINDS = ("metadata", "pdf_parses")
 
@@ -157,37 +155,10 @@ def paper(obj: object, path: Path, source: str, lineno: int, require_pmcid: bool
     return Document(text, source, doc_id, str(path), lineno, metadata=meta)
 
 
-def _records(path: Path, source: str) -> Iterator[tuple[int, object] | Document]:
-    """(line number, JSON value) of every non-blank line, or an error Document for a bad one."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    seen = False
-    lineno = 0
-    try:
-        with opener(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                seen = True
-                try:
-                    yield lineno, json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    yield Document("", source, f"{path}:{lineno}", str(path), lineno, "not_utf8",
-                                   f"line is not UTF-8 text ({e.reason})")
-                except json.JSONDecodeError as e:
-                    yield Document("", source, f"{path}:{lineno}", str(path), lineno, "bad_json",
-                                   f"line is not JSON: {json_error(e)}")
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        yield Document("", source, f"{path}:{lineno + 1}", str(path), lineno + 1, "bad_gzip",
-                       f"truncated or corrupt gzip after line {lineno}: {e}")
-        return
-    if not seen:
-        yield Document("", source, str(path), str(path), None, "empty_file", "file has no records")
-
-
 def read_s2orc(path: Path, source: str, require_pmcid: bool = True,
                events: Counter | None = None) -> Iterator[Document]:
     """The papers of one S2ORC JSONL file (gzipped when its name ends in .gz)."""
-    for item in _records(path, source):
+    for item in jsonl_records(path, source):
         yield item if isinstance(item, Document) else paper(item[1], path, source, item[0], require_pmcid)
 
 
@@ -256,7 +227,7 @@ def _metadata_ids(path: Path | None, require_pmcid: bool) -> tuple[set[str], set
     """(every paper_id of the metadata shard, those whose parse is wanted: with a PMC id under require_pmcid)."""
     ids: set[str] = set()
     wanted: set[str] = set()
-    for item in [] if path is None else _records(path, ""):
+    for item in [] if path is None else jsonl_records(path, ""):
         if isinstance(item, Document) or not isinstance(item[1], dict) or item[1].get("paper_id") in (None, ""):
             continue  # bad rows are reported when the shard is read for its papers
         pid = str(item[1]["paper_id"])
@@ -277,7 +248,7 @@ def _index_parses(path: Path, source: str, ids: set[str], wanted: set[str], stor
                   metadata: Path | None) -> Iterator[Document]:
     """Read a pdf_parses shard: keep the wanted parses in `store` (packed; every matched id as a key,
     b"" when not wanted), yield its bad lines and the parses that are dropped."""
-    for item in _records(path, source):
+    for item in jsonl_records(path, source):
         if isinstance(item, Document):
             yield item
             continue
@@ -320,7 +291,7 @@ def read_shards(metadata: Path | None, parses: Path | None, source: str, require
     store: dict[str, bytes] = {}
     if parses is not None:
         yield from _index_parses(parses, source, ids, wanted, store, metadata)
-    for item in [] if metadata is None else _records(metadata, source):
+    for item in [] if metadata is None else jsonl_records(metadata, source):
         if isinstance(item, Document):
             yield item
             continue

@@ -14,7 +14,9 @@ and its cache copied to every row; each prompt's rest follows in one batched for
 on the left of the rest (`SHARED_PREFIX_MIN` tokens or more are shared). The engine remembers
 the cache of the last such prefix, or of the last prompt prefilled alone, and reuses it for
 later prompts that begin with the same tokens: the next request with the same system prompt,
-the next turn of a conversation (whose prompt begins with the previous one). Sampling is per row: greedy when `temperature` is 0, else temperature and top-p
+the next turn of a conversation (whose prompt begins with the previous one).
+
+Sampling is per row: greedy when `temperature` is 0, else temperature and top-p
 with the request's own generator, seeded from `seed` (sample i uses `seed + i`), so the same
 seed gives the same text whatever else is in the batch (up to float rounding of padding).
 
@@ -287,13 +289,7 @@ class Engine:
     def _known_prefix(self, prompts: list[list[int]]) -> int:
         """How many leading tokens of every prompt the remembered cache holds (each prompt keeps
         at least its last token to compute)."""
-        if self.remembered is None:
-            return 0
-        tokens = self.remembered[0]
-        n = min(len(tokens), *(len(p) - 1 for p in prompts))
-        for p in prompts:
-            n = next((i for i in range(n) if p[i] != tokens[i]), n)
-        return n
+        return 0 if self.remembered is None else _common(self.remembered[0], prompts)
 
     def _remember(self, tokens: list[int], cache) -> None:
         """Keep one row's cache of `tokens` (the tensors are not changed in place later: the
@@ -409,10 +405,16 @@ def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
     least its last token to compute; 0 when that is under `SHARED_PREFIX_MIN`."""
     if len(prompts) < 2:
         return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        n = next((i for i in range(n) if p[i] != first[i]), n)
+    n = _common(prompts[0], prompts)
     return n if n >= SHARED_PREFIX_MIN else 0
+
+
+def _common(tokens: Sequence[int], prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens of `tokens` every prompt begins with, at most all but its last."""
+    n = min(len(tokens), *(len(p) - 1 for p in prompts))
+    for p in prompts:
+        n = next((i for i in range(n) if p[i] != tokens[i]), n)
+    return n
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
