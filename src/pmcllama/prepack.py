@@ -23,11 +23,11 @@ import torch
 class PackedLinear(torch.nn.Module):
     """`nn.Linear`'s forward over a weight prepacked by oneDNN (fp32, CPU, no autograd)."""
 
-    def __init__(self, linear: torch.nn.Linear, batch_hint: int):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.out_features, self.in_features = weight.shape
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
+        self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -43,9 +43,8 @@ class _Fused:
     until every sibling has taken its columns, then let go."""
 
     def __init__(self, linears: list[torch.nn.Linear], batch_hint: int):
-        weight = torch.cat([lin.weight.detach() for lin in linears])
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
-        self.bias = None if linears[0].bias is None else torch.cat([lin.bias.detach() for lin in linears])
+        bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+        self.product = PackedLinear(torch.cat([lin.weight for lin in linears]), bias, batch_hint)
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.taken: set[int] = set()
@@ -54,7 +53,7 @@ class _Fused:
     def columns(self, x: torch.Tensor, index: int, start: int, stop: int) -> torch.Tensor:
         if x is not self.x or index in self.taken:  # a new input (the reference held keeps `is` exact)
             self.x, self.taken = x, set()
-            self.y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            self.y = self.product(x)
         out = self.y[..., start:stop]
         self.taken.add(index)
         if len(self.taken) == self.count:
@@ -110,10 +109,9 @@ def can_prepack(model: torch.nn.Module) -> bool:
 def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = True) -> int:
     """Swap every plain `nn.Linear` of `model` for a `PackedLinear` (siblings that read the same
     input, `FUSE`, for `FusedLinear`s of one packed matrix unless `fuse=False`), in place, when
-    `can_prepack(model)`.
-    Returns how many were swapped (0 when not applicable). A weight
-    tied to another module (the output layer tied to the embeddings) stays where it is
-    tied; the packed copy is extra memory for that one matrix only."""
+    `can_prepack(model)`. Returns how many were swapped (0 when not applicable). A weight tied
+    to another module (the output layer tied to the embeddings) stays where it is tied; the
+    packed copy is extra memory for that one matrix only."""
     if not can_prepack(model):
         return 0
     swapped = 0
@@ -122,7 +120,7 @@ def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = Tr
             swapped += _fuse_siblings(parent, batch_hint) if fuse else 0
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
-                    setattr(parent, name, PackedLinear(child, batch_hint))
+                    setattr(parent, name, PackedLinear(child.weight, child.bias, batch_hint))
                     swapped += 1
         # the weights left (embeddings, norms) are views of the memory-mapped safetensors file,
         # which keeps every page the packing read mapped: copy them out so the mapping goes

@@ -34,7 +34,7 @@ import numpy as np
 from pmcllama.data.corpus_config import CorpusConfig, CorpusSource
 from pmcllama.data.decontam import Decontaminate
 from pmcllama.data.filters import apply_filters, detail_of, normalize
-from pmcllama.data.document import Document, InputFile
+from pmcllama.data.document import Document, InputFile, stop_error
 from pmcllama.data.readers import read_file
 from pmcllama.data.repeats import RepeatFinder
 from pmcllama.data.shards import ShardWriter, TokenShards
@@ -222,7 +222,7 @@ def _check(doc: Document, steps, on_error: str, stats: SourceStats) -> tuple[str
     """(drop reason, detail) of a document before dedup, or (None, "")."""
     if doc.error:
         if on_error == "stop":
-            raise UserError(f"source '{doc.source}': {doc.detail}", doc.file, doc.line)
+            raise stop_error(doc)
         if len(stats.skipped) < MAX_SKIPPED_LISTED:  # all of them are in exclusions.jsonl
             stats.skipped.append({"file": doc.file, "line": doc.line, "reason": doc.error, "detail": doc.detail})
         return doc.error, doc.detail

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -47,24 +47,11 @@ from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.pipeline.writers.disk_base import DiskWriter
 from tqdm import tqdm
 
-from pmcllama.data.document import Document, InputFile
+from pmcllama.data.corpus_config import CorpusSource
+from pmcllama.data.document import Document, InputFile, stop_error
 from pmcllama.data.readers import SUFFIXES, classify, read_file
 from pmcllama.data.s2orc import pair_shards
 from pmcllama.errors import UserError
-
-
-@dataclass
-class _Options:
-    """The reader's options in the shape the format readers take (`readers.ReadOptions`)."""
-
-    name: str
-    text_field: str = "text"
-    split_paragraphs: bool = False
-    obo_root: str | None = None
-    limit: int | None = None
-    seed: int = 0
-    keep_captions: bool = False
-    require_pmcid: bool = True
 
 
 class PmcllamaReader(BaseDiskReader):
@@ -90,20 +77,20 @@ class PmcllamaReader(BaseDiskReader):
         if self.format == "auto" and not self.data_folder.is_local():
             raise ValueError(f"{self.data_folder.path}: a remote folder needs the format "
                              f"(one of {', '.join(SUFFIXES)}), not auto")
-        self.options = _Options(source or (self.format if self.format != "auto" else "corpus"),
-                                text_field=text_field, split_paragraphs=split_paragraphs,
-                                keep_captions=keep_captions, require_pmcid=require_pmcid)
+        # the options as a corpus source's (built unvalidated: any source name may be given here)
+        self.options = CorpusSource.model_construct(
+            name=source or (self.format if self.format != "auto" else "corpus"), paths=[self.data_folder.path],
+            format=self.format, text_field=text_field, split_paragraphs=split_paragraphs,
+            keep_captions=keep_captions, require_pmcid=require_pmcid)
         self.on_error, self.exclusion_writer = on_error, exclusion_writer
 
     def inputs(self) -> tuple[list[InputFile], list[str]]:
         """(every input of the folder, in order; the reason code of each file not read)."""
-        local = self.data_folder.is_local()
         found, skipped = [], []
         for rel in self.data_folder.list_files(recursive=self.recursive, glob_pattern=self.glob_pattern):
             if any(part.startswith(".") for part in Path(rel).parts):
                 continue
-            path = Path(self.data_folder.resolve_paths(rel)) if local else Path(rel)
-            inp, reason, _ = classify(path, self.format, self.data_folder.path)
+            inp, reason, _ = classify(self._path(rel), self.format, self.data_folder.path)
             if inp is None:
                 skipped.append(reason)
             else:
@@ -112,11 +99,14 @@ class PmcllamaReader(BaseDiskReader):
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
         """The documents of one file of the folder (a path relative to it)."""
-        path = Path(self.data_folder.resolve_paths(filepath)) if self.data_folder.is_local() else Path(filepath)
-        inp, reason, detail = classify(path, self.format, self.data_folder.path)
+        inp, reason, detail = classify(self._path(filepath), self.format, self.data_folder.path)
         if inp is None:
             raise UserError(f"not read by this reader ({reason}): {detail}", filepath)
         yield from self._documents(inp)
+
+    def _path(self, rel: str) -> Path:
+        """A file of the folder as the format readers see it: local, or its name in the folder."""
+        return Path(self.data_folder.resolve_paths(rel)) if self.data_folder.is_local() else Path(rel)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:
@@ -154,7 +144,7 @@ class PmcllamaReader(BaseDiskReader):
                 doc.id = next((doc.id.replace(k, v) for k, v in names.items() if doc.id.startswith(k)), doc.id)
                 reason = doc.error or doc.drop
                 if doc.error and self.on_error == "stop":
-                    raise UserError(f"source '{doc.source}': {doc.detail}", doc.file, doc.line)
+                    raise stop_error(doc)
                 if reason:
                     self.stat_update(f"dropped_{reason}")
                     if excluded is not None:

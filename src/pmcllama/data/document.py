@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from pmcllama.errors import UserError
 from pmcllama.inputs import json_error, utf8_error
 
 
@@ -65,6 +66,11 @@ def bad_record(source: str, path: Path, line: int | None, error: str, detail: st
     return Document("", source, where, str(path), line, error, detail)
 
 
+def stop_error(doc: Document) -> UserError:
+    """The error that stops a run at an unreadable record (`on_error: stop`): file and line."""
+    return UserError(f"source '{doc.source}': {doc.detail}", doc.file, doc.line)
+
+
 def decode(path: Path, source: str, data: bytes) -> str | Document:
     """The file's bytes as text, or a `not_utf8` record naming the line where they are not UTF-8."""
     try:
@@ -90,14 +96,11 @@ def jsonl_records(path: Path, source: str) -> Iterator[tuple[int, object] | Docu
                 try:
                     yield lineno, json.loads(raw.decode("utf-8"))
                 except UnicodeDecodeError as e:
-                    yield Document("", source, f"{path}:{lineno}", str(path), lineno, "not_utf8",
-                                   f"line is not UTF-8 text ({e.reason})")
+                    yield bad_record(source, path, lineno, "not_utf8", f"line is not UTF-8 text ({e.reason})")
                 except json.JSONDecodeError as e:
-                    yield Document("", source, f"{path}:{lineno}", str(path), lineno, "bad_json",
-                                   f"line is not JSON: {json_error(e)}")
+                    yield bad_record(source, path, lineno, "bad_json", f"line is not JSON: {json_error(e)}")
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        yield Document("", source, f"{path}:{lineno + 1}", str(path), lineno + 1, "bad_gzip",
-                       f"truncated or corrupt gzip after line {lineno}: {e}")
+        yield bad_record(source, path, lineno + 1, "bad_gzip", f"truncated or corrupt gzip after line {lineno}: {e}")
         return
     if not seen:
-        yield Document("", source, str(path), str(path), None, "empty_file", "file has no records")
+        yield bad_record(source, path, None, "empty_file", "file has no records")

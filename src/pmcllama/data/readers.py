@@ -36,8 +36,9 @@ import json
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator
 
+from pmcllama.data.corpus_config import CorpusSource
 from pmcllama.data.document import (Document, InputFile, bad_record as _bad, decode as _decode, jsonl_records,
                                     suffix_of)
 from pmcllama.errors import UserError
@@ -253,20 +254,7 @@ def read_obo_terms(path: Path, source: str, root: str | None, limit: int | None,
         yield Document(term_document(onto, term), source, term.id, str(path), term.line)
 
 
-class ReadOptions(Protocol):
-    """What the readers take from a corpus source's config (`pmcllama.data.corpus_config.CorpusSource`)."""
-
-    name: str
-    text_field: str
-    split_paragraphs: bool
-    obo_root: str | None
-    limit: int | None
-    seed: int
-    keep_captions: bool
-    require_pmcid: bool
-
-
-def read_file(inp: InputFile, src: ReadOptions, events: Counter | None = None) -> Iterator[Document]:
+def read_file(inp: InputFile, src: CorpusSource, events: Counter | None = None) -> Iterator[Document]:
     """Documents of one resolved input of the source `src`, by its format; `events` counts
     what is not a document."""
     source = src.name
