@@ -5,13 +5,13 @@ fused (`pmcllama.prepack`, what `load_model(prepack=True)` gives), in one proces
 The three copies of the model are loaded side by side; for each batch size B, B identical chat
 requests are admitted, a few steps warm up, then `--steps` decoding steps are timed, each copy
 in turn, `--rounds` times. Reported: the median milliseconds per step of each, the ratios of
-the plain and the unfused copy to the prepacked one, and whether all gave the same greedy
-tokens. Also: the prepacked copy's Linear layers timed alone at each batch size, and the rate
+the plain and the unfused copy to the prepacked one and of the prepacked one to the decoder,
+and whether all gave the same greedy tokens. Also: the prepacked copy's Linear layers timed alone at each batch size, and the rate
 at which this machine reads memory (torch.sum over a buffer as large as the Linear weights),
 with the time reading those weights once takes: no decoding step can be faster. Results go to
 bench/results/prepack.json.
 
-`--compiled` adds a fourth copy: the plain model under `torch.compile` (inductor, dynamic
+`--compiled` adds one more copy: the plain model under `torch.compile` (inductor, dynamic
 shapes, freezing: inductor then packs the weights itself). Its first step at each batch size
 compiles, which took 705 s at 8 rows on the 2-core machine of the README, so it is off by default.
 
@@ -30,11 +30,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def step_ms(model, tok, prompt: list[int], batch: int, steps: int) -> tuple[float, list[list[int]]]:
-    """Median ms of `steps` decoding steps at `batch` rows, and the rows' tokens."""
+def step_ms(model, tok, prompt: list[int], batch: int, steps: int,
+            decoder: bool = False) -> tuple[float, list[list[int]]]:
+    """Median ms of `steps` decoding steps at `batch` rows, and the rows' tokens; through
+    transformers' forward, or the engine's own LLaMA forward when `decoder`."""
     from pmcllama.serve.engine import Engine, Request
 
-    engine = Engine(model, tok, max_batch=batch)
+    engine = Engine(model, tok, max_batch=batch, decoder=decoder)
+    assert (engine.decoder is not None) == decoder
     reqs = [engine.submit(Request(list(prompt), max_tokens=steps + 4)) for _ in range(batch)]
     for _ in range(3):  # the prefill, then two warm steps
         engine.step()
@@ -103,7 +106,8 @@ def main() -> None:
     plain, tok = load_model(args.model)
     unfused, _ = load_model(args.model)
     prepack_linears(unfused, fuse=False)
-    models = {"plain": plain, "unfused": unfused, "prepacked": load_model(args.model, prepack=True)[0]}
+    prepacked = load_model(args.model, prepack=True)[0]
+    models = {"plain": plain, "unfused": unfused, "prepacked": prepacked, "decoder": prepacked}
     if args.compiled:
         import torch._inductor.config as inductor
 
@@ -121,7 +125,7 @@ def main() -> None:
         tokens = set()
         for _ in range(args.rounds):
             for name, model in models.items():
-                t, ids = step_ms(model, tok, prompt, batch, args.steps)
+                t, ids = step_ms(model, tok, prompt, batch, args.steps, decoder=name == "decoder")
                 ms[name].append(t)
                 tokens.add(str(ids))
         row = {"batch": batch, **{k: round(statistics.median(v), 1) for k, v in ms.items()},
@@ -129,11 +133,14 @@ def main() -> None:
         row["linears_only"] = round(linears_ms(models["prepacked"], batch), 1)
         row["ratio"] = round(row["plain"] / row["prepacked"], 2)
         row["fusing"] = round(row["unfused"] / row["prepacked"], 2)
+        row["decoder_ratio"] = round(row["prepacked"] / row["decoder"], 2)
+        row["plain_over_decoder"] = round(row["plain"] / row["decoder"], 2)
         if "compiled" in row:
             row["compiled_ratio"] = round(row["compiled"] / row["prepacked"], 2)  # above 1: compile is slower
         rows.append(row)
-        print(f"B={batch}: plain {row['plain']}, unfused {row['unfused']}, prepacked {row['prepacked']} ms/step; "
-              f"plain/prepacked {row['ratio']}x, unfused/prepacked {row['fusing']}x; "
+        print(f"B={batch}: plain {row['plain']}, unfused {row['unfused']}, prepacked {row['prepacked']}, "
+              f"decoder {row['decoder']} ms/step; plain/prepacked {row['ratio']}x, unfused/prepacked "
+              f"{row['fusing']}x, prepacked/decoder {row['decoder_ratio']}x; "
               f"same greedy tokens: {row['same_tokens']}; the prepacked step's Linear layers alone "
               f"{row['linears_only']} ms" + (f"; compiled {row['compiled']} ms/step" if "compiled" in row else ""),
               flush=True)

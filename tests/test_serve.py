@@ -371,7 +371,8 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_model):
 # ----------------------------------------------------------------------------- the engine
 
 
-def test_engine_batches_give_the_same_greedy_tokens_as_generate(tiny_model):
+@pytest.mark.parametrize("decoder", [True, False], ids=["decoder", "hf-forward"])
+def test_engine_batches_give_the_same_greedy_tokens_as_generate(tiny_model, decoder):
     import torch
 
     from pmcllama.serve.engine import Engine, Request
@@ -384,7 +385,8 @@ def test_engine_batches_give_the_same_greedy_tokens_as_generate(tiny_model):
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=9, do_sample=False, pad_token_id=tok.pad_token_id)
         ref.append(out[0, enc["input_ids"].shape[1]:].tolist())
-    engine = Engine(model, tok)
+    engine = Engine(model, tok, decoder=decoder)
+    assert (engine.decoder is not None) == decoder
     reqs = [Request(tok(p)["input_ids"], max_tokens=9) for p in prompts]
     engine.submit(reqs[0])
     engine.step()
@@ -398,7 +400,14 @@ def test_engine_batches_give_the_same_greedy_tokens_as_generate(tiny_model):
     assert engine.rows == [] and engine.cache is None
 
 
-def test_a_shared_prompt_prefix_is_computed_once(tiny_model):
+def _recorded(engine, shapes: list) -> None:
+    """Record the shape of every forward the engine makes (the decoder's or the model's)."""
+    forward = engine._forward
+    engine._forward = lambda ids, *a: (shapes.append(tuple(ids.shape)), forward(ids, *a))[1]
+
+
+@pytest.mark.parametrize("decoder", [True, False], ids=["decoder", "hf-forward"])
+def test_a_shared_prompt_prefix_is_computed_once(tiny_model, decoder):
     """Prompts admitted together that start alike (a chat template's system prompt): the
     common tokens go through the model once, and every answer is the one it gets alone."""
     import torch
@@ -415,23 +424,13 @@ def test_a_shared_prompt_prefix_is_computed_once(tiny_model):
 
     alone = []
     for p in prompts:
-        [r] = Engine(model, tok).generate([Request(list(p), max_tokens=8)])
+        [r] = Engine(model, tok, decoder=decoder).generate([Request(list(p), max_tokens=8)])
         alone.append(r.token_ids[0])
-    shapes = []
-    forward = model.forward
-
-    def recording(*args, **kw):
-        shapes.append(tuple(kw["input_ids"].shape))
-        return forward(*args, **kw)
-
-    engine, sampled = Engine(model, tok), []
+    engine, shapes, sampled = Engine(model, tok, decoder=decoder), [], []
+    _recorded(engine, shapes)
     sample = engine._sample
     engine._sample = lambda rows, logits: (sampled.append(logits.clone()), sample(rows, logits))
-    model.forward = recording
-    try:
-        reqs = engine.generate([Request(list(p), max_tokens=8, n=k) for k, p in enumerate(prompts, 1)])
-    finally:
-        del model.forward
+    reqs = engine.generate([Request(list(p), max_tokens=8, n=k) for k, p in enumerate(prompts, 1)])
     with torch.inference_mode():  # the next-token scores after each whole prompt, computed alone
         want = torch.stack([model(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts])
     assert torch.allclose(sampled[0][[0, 1, 3]], want, atol=1e-4)  # rows: prompt 1, prompt 2 x2, prompt 3 x3
@@ -442,7 +441,8 @@ def test_a_shared_prompt_prefix_is_computed_once(tiny_model):
     assert all(ids == r.token_ids[0] for r in reqs for ids in r.token_ids)  # greedy: every sample the same
 
 
-def test_a_later_prompt_reuses_the_remembered_prefix(tiny_model):
+@pytest.mark.parametrize("decoder", [True, False], ids=["decoder", "hf-forward"])
+def test_a_later_prompt_reuses_the_remembered_prefix(tiny_model, decoder):
     """The next turn of a conversation, or the next request with the same system prompt, reuses
     the cache of what an earlier prefill computed: only its new tokens go through the model,
     with the next-token scores of the whole prompt computed alone."""
@@ -455,26 +455,23 @@ def test_a_later_prompt_reuses_the_remembered_prefix(tiny_model):
     first = system + tok(" What is the aorta?", add_special_tokens=False)["input_ids"]
     turn = first + tok(" It is an artery. And the heart?", add_special_tokens=False)["input_ids"]
     other = system + tok(" Heart rate x y", add_special_tokens=False)["input_ids"]
-    engine, shapes, sampled = Engine(model, tok), [], []
-    forward, sample = model.forward, engine._sample
+    engine, shapes, sampled = Engine(model, tok, decoder=decoder), [], []
+    _recorded(engine, shapes)
+    sample = engine._sample
     engine._sample = lambda rows, logits: (sampled.append(logits.clone()), sample(rows, logits))
-    model.forward = lambda *a, **kw: (shapes.append(tuple(kw["input_ids"].shape)), forward(*a, **kw))[1]
-    try:
-        for prompt in (first, turn, other):
-            shapes.clear()
-            engine.generate([Request(list(prompt), max_tokens=2)])  # a prefill, then one decoding step
-            with torch.inference_mode():
-                want = forward(input_ids=torch.tensor([prompt])).logits[0, -1]
-            assert torch.allclose(sampled[-2][0], want, atol=1e-4)  # the prefill's scores
-            if prompt is first:
-                assert shapes[0] == (1, len(first))  # nothing remembered yet
-            elif prompt is turn:
-                assert shapes[0] == (1, len(turn) - len(first))  # the earlier turn's prompt is reused
-            else:
-                common = next(i for i, (a, b) in enumerate(zip(other, turn)) if a != b)
-                assert common >= len(system) - 1 and shapes[0] == (1, len(other) - common)
-    finally:
-        del model.forward
+    for prompt in (first, turn, other):
+        shapes.clear()
+        engine.generate([Request(list(prompt), max_tokens=2)])  # a prefill, then one decoding step
+        with torch.inference_mode():
+            want = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        assert torch.allclose(sampled[-2][0], want, atol=1e-4)  # the prefill's scores
+        if prompt is first:
+            assert shapes[0] == (1, len(first))  # nothing remembered yet
+        elif prompt is turn:
+            assert shapes[0] == (1, len(turn) - len(first))  # the earlier turn's prompt is reused
+        else:
+            common = next(i for i, (a, b) in enumerate(zip(other, turn)) if a != b)
+            assert common >= len(system) - 1 and shapes[0] == (1, len(other) - common)
 
 
 def test_engine_call_runs_on_the_engine_thread(tiny_model):

@@ -6,8 +6,9 @@ that a few rows do not amortise; oneDNN can pack a weight once into its blocked 
 (what `torch.compile`'s freezing pass does, without the compile), and the projections that read
 the same input (q, k, v; gate, up) become one matrix each, one call instead of three or two.
 `python bench/bench_prepack.py` on a 2-core AMD EPYC (AVX2, fp32), SmolLM2-135M: a decoding step
-of 8 rows 154.7 ms with PyTorch's layers, 94.8 prepacked one by one, 78.9 prepacked and fused;
-the same greedy tokens (the README's Performance section has the served figures).
+of 8 rows 145.6 ms with PyTorch's layers, 93.1 prepacked one by one, 87.8 prepacked and fused
+(77.3 with the engine's own forward, `pmcllama.serve.decoder`); the same greedy tokens (the
+README's Performance section has the served figures).
 
 The swap is for inference only (the packed weights take no gradients and are not saved):
 `models.load_model(..., prepack=True)` applies it where a model is loaded only to generate

@@ -100,7 +100,10 @@ def hold_back(text: str, stops: Sequence[str]) -> int:
 class Engine:
     """Batched generation over a Hugging Face causal LM (CPU or CUDA)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 32, context: int | None = None):
+    def __init__(self, model, tokenizer, max_batch: int = 32, context: int | None = None,
+                 decoder: bool = True):
+        from pmcllama.serve.decoder import Decoder
+
         self.model, self.tok, self.max_batch = model, tokenizer, max_batch
         self.device = next(model.parameters()).device
         self.context = context or getattr(model.config, "max_position_embeddings", None) or 2048
@@ -110,6 +113,8 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos or {0})
         # transformers 5.2x names the KV cache `cache`; earlier versions `past_key_values`
         self.cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        # the LLaMA forward with few Python steps and a slab KV cache, where the model is one it runs
+        self.decoder = Decoder(model, self.context) if decoder and Decoder.supports(model) else None
         self.pending: list[Request] = []
         self.rows: list[_Row] = []
         self.cache = None
@@ -247,15 +252,22 @@ class Engine:
         return bool(self.rows or self.pending)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        if self.decoder is not None:
+            return self.decoder(ids.to(self.device), mask.to(self.device), positions.to(self.device), cache)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1,
                          **{self.cache_kw: cache})
         return out.logits[:, -1, :].float(), getattr(out, self.cache_kw)
 
-    def _prefill(self, reqs: list[Request]) -> None:
+    def _new_cache(self):
+        if self.decoder is not None:
+            return self.decoder.new_cache()
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        return DynamicCache(config=self.model.config)
+
+    def _prefill(self, reqs: list[Request]) -> None:
+        cache = self._new_cache()
         prompts = [r.prompt_ids for r in reqs]
         shared, known = shared_prefix(prompts), self._known_prefix(prompts)
         if known >= max(shared, SHARED_PREFIX_MIN):  # computed by an earlier prefill: its cache reused
@@ -311,10 +323,9 @@ class Engine:
             self.rows, self.cache, self.mask = rows, cache, mask
             return
         width = max(mask.shape[1], self.mask.shape[1])
-        for layer_new, layer_old in zip(cache.layers, self.cache.layers):
-            for name in ("keys", "values"):
-                a, b = _pad_left(getattr(layer_old, name), width), _pad_left(getattr(layer_new, name), width)
-                setattr(layer_old, name, torch.cat([a, b], dim=0))
+        for new, old in zip(cache.layers, self.cache.layers):  # both read before either is set
+            old.keys, old.values = (torch.cat([_pad_left(getattr(old, name), width), _pad_left(getattr(new, name), width)])
+                                    for name in ("keys", "values"))
         self.mask = torch.cat([_pad_left(self.mask, width, dim=1), _pad_left(mask, width, dim=1)], dim=0)
         self.rows = self.rows + rows
 
