@@ -400,6 +400,25 @@ def test_engine_batches_give_the_same_greedy_tokens_as_generate(tiny_model, deco
     assert engine.rows == [] and engine.cache is None
 
 
+def test_a_repetition_penalty_gives_transformers_greedy_tokens(tiny_model):
+    """Rows with and without a penalty in one batch: each gets what `generate` gives it alone."""
+    import torch
+
+    from pmcllama.serve.engine import Engine, Request
+
+    model, tok = tiny_model
+    ids = tok("Heart")["input_ids"]
+    want = {}
+    for penalty in (1.0, 50.0):
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=9, do_sample=False, repetition_penalty=penalty,
+                                 pad_token_id=tok.pad_token_id)
+        want[penalty] = out[0, len(ids):].tolist()
+    assert want[1.0] != want[50.0]  # the penalty changes the answer
+    reqs = Engine(model, tok).generate([Request(list(ids), max_tokens=9, repetition_penalty=p) for p in (1.0, 50.0)])
+    assert [r.token_ids[0] for r in reqs] == [want[1.0], want[50.0]]
+
+
 def _recorded(engine, shapes: list) -> None:
     """Record the shape of every forward the engine makes (the decoder's or the model's)."""
     forward = engine._forward
@@ -695,3 +714,4 @@ def test_the_chat_page_streams_an_answer_and_stops(server, tmp_path):
         assert (tmp_path / "chat.png").stat().st_size > 5000
     finally:
         driver.quit()
+

@@ -359,14 +359,16 @@ class Engine:
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> None:
         logits = logits.cpu()
-        for row, scores in zip(rows, logits):
+        best = logits.argmax(-1).tolist()  # every row's greedy token, in one operation
+        for row, scores, token in zip(rows, logits, best):
             req = row.req
             if req.repetition_penalty != 1.0:
                 seen = torch.tensor(sorted(set(req.prompt_ids) | set(row.ids)))
                 vals = scores[seen]
                 scores[seen] = torch.where(vals > 0, vals / req.repetition_penalty, vals * req.repetition_penalty)
-            token = int(scores.argmax()) if row.generator is None else _sample_top_p(
-                scores, req.temperature, req.top_p, row.generator)
+                token = int(scores.argmax())
+            if row.generator is not None:
+                token = _sample_top_p(scores, req.temperature, req.top_p, row.generator)
             if req.first_token_at is None:
                 req.first_token_at = time.monotonic()
             row.ids.append(token)
