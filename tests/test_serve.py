@@ -493,6 +493,40 @@ def test_a_later_prompt_reuses_the_remembered_prefix(tiny_model, decoder):
             assert common >= len(system) - 1 and shapes[0] == (1, len(other) - common)
 
 
+def test_several_conversations_each_reuse_their_own_earlier_turn(tiny_model):
+    """Two conversations taking turns: each next turn computes only its new tokens, whatever
+    came between; past `remember_bytes` the least recently used is forgotten, and a turn
+    replaces the entry of the turn it extends."""
+    import torch
+
+    from pmcllama.serve.engine import Engine, Request
+
+    model, tok = tiny_model
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    a1 = ids("The patient reports chest pain radiating to the left arm since this morning.")
+    b1 = ids("A child has a fever, a rash on both hands and small ulcers in the mouth.")
+    a2, b2 = a1 + ids(" What is the first test?"), b1 + ids(" Which virus causes it?")
+    engine, shapes, sampled = Engine(model, tok), [], []
+    _recorded(engine, shapes)
+    sample = engine._sample
+    engine._sample = lambda rows, logits: (sampled.append(logits.clone()), sample(rows, logits))
+    for prompt, computed in ((a1, len(a1)), (b1, len(b1)), (a2, len(a2) - len(a1)), (b2, len(b2) - len(b1))):
+        shapes.clear()
+        engine.generate([Request(list(prompt), max_tokens=2)])
+        assert shapes[0] == (1, computed)
+        with torch.inference_mode():
+            want = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        assert torch.allclose(sampled[-2][0], want, atol=1e-4)
+    assert [e[0] for e in engine.remembered] == [a2, b2]  # each later turn replaced its earlier one
+    per_token = sum(k.nbytes + v.nbytes for k, v in engine.remembered[0][1]) / len(a2)
+    engine.remember_bytes = int(per_token * (len(a2) + len(b2)))  # room for these two, not a third
+    engine.generate([Request(ids("Unrelated: how is a fracture of the wrist set?"), max_tokens=1)])
+    assert [e[0] for e in engine.remembered][:1] == [b2] and len(engine.remembered) == 2  # a2 forgotten
+
+
 def test_engine_call_runs_on_the_engine_thread(tiny_model):
     """Log-prob scoring goes through `Engine.call`, so one thread does all of the model's work."""
     from pmcllama.serve.engine import Engine

@@ -12,9 +12,10 @@ A request with `n > 1` (self-consistency samples) is prefilled once and its cach
 prompt, the same few-shot examples) have that prefix computed once, in a forward of its own,
 and its cache copied to every row; each prompt's rest follows in one batched forward, padded
 on the left of the rest (`SHARED_PREFIX_MIN` tokens or more are shared). The engine remembers
-the cache of the last such prefix, or of the last prompt prefilled alone, and reuses it for
-later prompts that begin with the same tokens: the next request with the same system prompt,
-the next turn of a conversation (whose prompt begins with the previous one).
+the caches of such prefixes and of prompts prefilled alone, the most recent first within
+`remember_bytes`, and reuses the one that covers most of a later prompt: the next request with
+the same system prompt, the next turn of any of several conversations (whose prompt begins
+with the previous one).
 
 Sampling is per row: greedy when `temperature` is 0, else temperature and top-p
 with the request's own generator, seeded from `seed` (sample i uses `seed + i`), so the same
@@ -38,6 +39,7 @@ import torch
 
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCEL, FINISH_ERROR = "stop", "length", "cancelled", "error"
 SHARED_PREFIX_MIN = 8  # tokens: a shorter common prefix is not worth a forward of its own
+REMEMBER_BYTES = 256 << 20  # the remembered prefixes' caches, the newest kept whatever its size
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Engine:
     """Batched generation over a Hugging Face causal LM (CPU or CUDA)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 32, context: int | None = None,
-                 decoder: bool = True):
+                 decoder: bool = True, remember_bytes: int = REMEMBER_BYTES):
         from pmcllama.serve.decoder import Decoder
 
         self.model, self.tok, self.max_batch = model, tokenizer, max_batch
@@ -123,9 +125,10 @@ class Engine:
         self.calls: list[tuple[Callable[[], object], Future]] = []  # for the engine's thread (`call`)
         self.thread: threading.Thread | None = None
         self.stopping = False
-        # the last prompt prefilled alone, or the last prefix a group shared: (tokens, each layer's
-        # keys and values for one row), reused by prompts that begin with the same tokens
-        self.remembered: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        # prompts prefilled alone and prefixes a group shared, least recently used first: (tokens,
+        # each layer's keys and values for one row), reused by prompts that begin with the same tokens
+        self.remembered: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        self.remember_bytes = remember_bytes
 
     # ------------------------------------------------------------------ the public API
 
@@ -223,7 +226,7 @@ class Engine:
         print(f"[engine] generation failed, {self.load} request(s) ended: {why}", file=sys.stderr)
         with self.cond:
             reqs = list({id(r.req): r.req for r in self.rows}.values()) + self.pending
-            self.pending, self.rows, self.cache, self.mask, self.remembered = [], [], None, None, None
+            self.pending, self.rows, self.cache, self.mask, self.remembered = [], [], None, None, []
         for req in reqs:
             self._finish_all(req, FINISH_ERROR)
 
@@ -269,10 +272,12 @@ class Engine:
     def _prefill(self, reqs: list[Request]) -> None:
         cache = self._new_cache()
         prompts = [r.prompt_ids for r in reqs]
-        shared, known = shared_prefix(prompts), self._known_prefix(prompts)
+        shared, (known, entry) = shared_prefix(prompts), self._known_prefix(prompts)
         if known >= max(shared, SHARED_PREFIX_MIN):  # computed by an earlier prefill: its cache reused
             shared = known
-            for layer, (k, v) in enumerate(self.remembered[1]):
+            self.remembered.remove(entry)
+            self.remembered.append(entry)  # now the most recently used
+            for layer, (k, v) in enumerate(entry[1]):
                 cache.update(k[:, :, :shared].expand(len(reqs), -1, -1, -1).contiguous(),
                              v[:, :, :shared].expand(len(reqs), -1, -1, -1).contiguous(), layer)
         elif shared:  # computed once, its cache copied to every row
@@ -298,15 +303,29 @@ class Engine:
         self._join(rows, cache, mask[copies])
         self._sample(rows, logits[copies])
 
-    def _known_prefix(self, prompts: list[list[int]]) -> int:
-        """How many leading tokens of every prompt the remembered cache holds (each prompt keeps
-        at least its last token to compute)."""
-        return 0 if self.remembered is None else _common(self.remembered[0], prompts)
+    def _known_prefix(self, prompts: list[list[int]]):
+        """(how many leading tokens of every prompt a remembered cache holds, that entry): the
+        entry that holds the most; each prompt keeps at least its last token to compute."""
+        best, entry = 0, None
+        for e in self.remembered:
+            n = _common(e[0], prompts)
+            if n > best:
+                best, entry = n, e
+        return best, entry
 
     def _remember(self, tokens: list[int], cache) -> None:
-        """Keep one row's cache of `tokens` (the tensors are not changed in place later: the
-        cache's growth and the batch's joins make new ones)."""
-        self.remembered = (list(tokens), [(layer.keys[:1], layer.values[:1]) for layer in cache.layers])
+        """Keep a copy of one row's cache of `tokens` as the most recent entry (a copy: the
+        cache's slab has spare columns, and later steps write into them). An entry whose tokens
+        begin the new one is dropped (it holds nothing more), and the least recently used go
+        while all together exceed `remember_bytes`."""
+        tokens = list(tokens)
+        kept = [e for e in self.remembered if e[0] != tokens[:len(e[0])]]
+        kept.append((tokens, [(layer.keys[:1].clone(), layer.values[:1].clone()) for layer in cache.layers]))
+        size = [sum(k.nbytes + v.nbytes for k, v in e[1]) for e in kept]
+        while len(kept) > 1 and sum(size) > self.remember_bytes:
+            kept.pop(0)
+            size.pop(0)
+        self.remembered = kept
 
     def _decode(self) -> None:
         last = torch.tensor([[row.ids[-1]] for row in self.rows], dtype=torch.long)
