@@ -275,8 +275,7 @@ class Engine:
         shared, (known, entry) = shared_prefix(prompts), self._known_prefix(prompts)
         if known >= max(shared, SHARED_PREFIX_MIN):  # computed by an earlier prefill: its cache reused
             shared = known
-            self.remembered.remove(entry)
-            self.remembered.append(entry)  # now the most recently used
+            self.remembered = [e for e in self.remembered if e is not entry] + [entry]  # the most recently used
             for layer, (k, v) in enumerate(entry[1]):
                 cache.update(k[:, :, :shared].expand(len(reqs), -1, -1, -1).contiguous(),
                              v[:, :, :shared].expand(len(reqs), -1, -1, -1).contiguous(), layer)
@@ -343,8 +342,8 @@ class Engine:
             return
         width = max(mask.shape[1], self.mask.shape[1])
         for new, old in zip(cache.layers, self.cache.layers):  # both read before either is set
-            old.keys, old.values = (torch.cat([_pad_left(getattr(old, name), width), _pad_left(getattr(new, name), width)])
-                                    for name in ("keys", "values"))
+            old.keys, old.values = [torch.cat([_pad_left(getattr(old, name), width), _pad_left(getattr(new, name), width)])
+                                    for name in ("keys", "values")]
         self.mask = torch.cat([_pad_left(self.mask, width, dim=1), _pad_left(mask, width, dim=1)], dim=0)
         self.rows = self.rows + rows
 
