@@ -126,14 +126,15 @@ def median_round(rounds: list[dict]) -> dict:
 
 
 def round_of(url: str, model: str, n: int, max_tokens: int, proc: subprocess.Popen, shift: int = 0) -> dict:
-    """One round of `n` clients; `shift` rotates the questions, so that one client's round never
-    repeats the prompt of the round before (a server that remembers prompts gains no more than
-    the shared system prompt)."""
+    """One round of `n` clients; `shift` rotates the questions, and every question begins with
+    the round's name (clients and index), so that no prompt begins like one of an earlier round beyond
+    the chat template's system prompt (a server that remembers prompts gains no more than that)."""
     results: list = [None] * n
     t0 = time.perf_counter()
     def client(i: int) -> None:
         variant = f" (variant {i // len(QUESTIONS)})" if i >= len(QUESTIONS) else ""
-        results[i] = one_request(url, model, QUESTIONS[(i + shift) % len(QUESTIONS)] + variant, max_tokens, t0)
+        question = f"Round {n}.{shift + 1}. {QUESTIONS[(i + shift) % len(QUESTIONS)]}{variant}"
+        results[i] = one_request(url, model, question, max_tokens, t0)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
     rss = [0]
