@@ -109,6 +109,12 @@ def test_models_the_decoder_does_not_run_are_left_to_transformers(tiny_model):
     dynamic = _llama(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
     assert not Decoder.supports(dynamic)  # its frequencies depend on the sequence's length
     assert not Decoder.supports(_llama(hidden_act="gelu"))
+    hooked = _llama()
+    hooked.model.layers[1]._hf_hook = object()  # what accelerate's device_map dispatch leaves on a layer
+    assert not Decoder.supports(hooked)
+    split = _llama()
+    split.model.layers[1].to("meta")  # stands in for a layer on another device
+    assert not Decoder.supports(split)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=tiny_model[1].vocab_size)).eval()
     assert not Decoder.supports(gpt2)
     engine = Engine(gpt2, tiny_model[1])

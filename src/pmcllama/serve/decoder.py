@@ -12,7 +12,8 @@ float rounding (tests: 1e-4).
 
 `Decoder.supports(model)` says which models it runs: `LlamaForCausalLM` (LLaMA 1-3, SmolLM,
 TinyLlama, the stage outputs) with SiLU MLPs and a rotary embedding that depends only on the
-position, under PyTorch 2.5 or later. Anything else runs through the model's own forward.
+position, under PyTorch 2.5 or later, on one device without accelerate's dispatch hooks.
+Anything else runs through the model's own forward.
 """
 from __future__ import annotations
 
@@ -112,8 +113,13 @@ class Decoder:
         if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
             return False
         inner = getattr(model, "model", None)
-        return inner is not None and hasattr(inner, "rotary_emb") and all(
-            hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in inner.layers)
+        if inner is None or not hasattr(inner, "rotary_emb") or not all(
+                hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in inner.layers):
+            return False
+        # one device, and no accelerate hooks (device_map dispatch, offloading), which act on the
+        # decoder layers' forwards that this one does not call
+        return len({p.device for p in model.parameters()}) == 1 and not any(
+            hasattr(m, "_hf_hook") for m in model.modules())
 
     @torch.no_grad()
     def _rotary_table(self, positions: int) -> None:
