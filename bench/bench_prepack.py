@@ -2,14 +2,14 @@
 them, prepacked for oneDNN one by one, and prepacked with the siblings that read the same input
 fused (`pmcllama.prepack`, what `load_model(prepack=True)` gives), in one process, interleaved.
 
-The three copies of the model are loaded side by side; for each batch size B, B identical chat
-requests are admitted, a few steps warm up, then `--steps` decoding steps are timed, each copy
-in turn, `--rounds` times. Reported: the median milliseconds per step of each, the ratios of
-the plain and the unfused copy to the prepacked one and of the prepacked one to the decoder,
-and whether all gave the same greedy tokens. Also: the prepacked copy's Linear layers timed alone at each batch size, and the rate
-at which this machine reads memory (torch.sum over a buffer as large as the Linear weights),
-with the time reading those weights once takes: no decoding step can be faster. Results go to
-bench/results/prepack.json.
+The three copies of the model are loaded side by side (the decoder runs the prepacked one); for
+each batch size B, B identical chat requests are admitted, a few steps warm up, then `--steps`
+decoding steps are timed, each arm in turn, `--rounds` times. Reported: the median milliseconds
+per step of each, the ratios of the plain and the unfused copy to the prepacked one and of the
+prepacked one to the decoder, and whether all gave the same greedy tokens. Also: the prepacked
+copy's Linear layers timed alone at each batch size, and the rate at which this machine reads
+memory (torch.sum over a buffer as large as the Linear weights), with the time reading those
+weights once takes: no decoding step can be faster. Results go to bench/results/prepack.json.
 
 `--compiled` adds one more copy: the plain model under `torch.compile` (inductor, dynamic
 shapes, freezing: inductor then packs the weights itself). Its first step at each batch size
