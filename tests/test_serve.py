@@ -749,3 +749,20 @@ def test_the_chat_page_streams_an_answer_and_stops(server, tmp_path):
     finally:
         driver.quit()
 
+
+
+def test_remember_mb_bounds_the_remembered_prompts():
+    """`remember_mb=0` keeps only the newest prompt's cache; the default keeps several."""
+    from pmcllama.serve import ServeConfig, load_backend
+    from pmcllama.serve.engine import Request
+
+    prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41, 42, 43, 44, 45, 46, 47, 48]]
+    kept = {}
+    for mb in (0, None):
+        cfg = ServeConfig(model="tiny-llama") if mb is None else ServeConfig(model="tiny-llama", remember_mb=mb)
+        engine = load_backend(cfg).engine
+        assert engine.remember_bytes == int(cfg.remember_mb * (1 << 20))
+        engine.generate([Request(list(prompts[0]), max_tokens=1)])
+        engine.generate([Request(list(prompts[1]), max_tokens=1)])
+        kept[mb] = [e[0] for e in engine.remembered]
+    assert kept[0] == [prompts[1]] and kept[None] == prompts

@@ -36,6 +36,9 @@ class ServeConfig(Config):
     threads: Optional[int] = Field(None, ge=1, description="llamacpp: CPU threads (default: the CPU count, at most 8)")
     prepack: bool = Field(True, description="transformers on a CPU in fp32: prepack the Linear layers' weights for "
                                             "oneDNN (faster decoding, the same text); false: PyTorch's own layers")
+    remember_mb: float = Field(256.0, ge=0, description="transformers: KV cache kept of recent prompts (MB), so a "
+                                                        "conversation's next turn or a repeated system prompt is not "
+                                                        "computed again; the newest prompt is always kept")
 
 
 def model_name(cfg: ServeConfig) -> str:
@@ -62,7 +65,8 @@ def load_backend(cfg: ServeConfig):
     folder = models.resolve(cfg.model)
     model, tok = models.load_model(folder, device="cuda" if torch.cuda.is_available() else None,
                                   prepack=cfg.prepack)
-    return Backend(model, tok, max_batch=cfg.max_batch, default_max_tokens=cfg.default_max_tokens)
+    return Backend(model, tok, max_batch=cfg.max_batch, default_max_tokens=cfg.default_max_tokens,
+                   remember_bytes=int(cfg.remember_mb * (1 << 20)))
 
 
 def run(cfg: ServeConfig, force: bool = False) -> None:

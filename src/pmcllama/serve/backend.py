@@ -12,7 +12,7 @@ import os
 import torch
 
 from pmcllama.serve.api import ApiError
-from pmcllama.serve.engine import FINISH_CANCEL, FINISH_LENGTH, Engine, Request
+from pmcllama.serve.engine import FINISH_CANCEL, FINISH_LENGTH, REMEMBER_BYTES, Engine, Request
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -73,9 +73,10 @@ class Job:
 class Backend:
     """A transformers model and its engine, running on a background thread."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 32, default_max_tokens: int = DEFAULT_MAX_TOKENS):
+    def __init__(self, model, tokenizer, max_batch: int = 32, default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                 remember_bytes: int = REMEMBER_BYTES):
         self.model, self.tok = model, tokenizer
-        self.engine = Engine(model, tokenizer, max_batch=max_batch)
+        self.engine = Engine(model, tokenizer, max_batch=max_batch, remember_bytes=remember_bytes)
         self.context, self.vocab = self.engine.context, len(tokenizer)
         self.default_max_tokens = default_max_tokens
 
