@@ -149,10 +149,10 @@ class Decoder:
             cols = mask.shape[1]
             keep = keep & torch.ones((t, cols), dtype=torch.bool, device=mask.device).tril(cols - t)
         bias = torch.zeros(keep.shape, dtype=h.dtype, device=h.device).masked_fill_(~keep, float("-inf"))
-        heads, qk_width = self.heads + self.kv_heads, (self.heads + self.kv_heads) * self.head_dim
+        heads = self.heads + self.kv_heads
         for i, layer in enumerate(self.layers):
             x = _rms_norm(h, layer.in_norm, layer.in_eps)
-            qk, v = layer.qkv(x, qk_width)
+            qk, v = layer.qkv(x)
             qk = qk.view(rows, t, heads, self.head_dim).transpose(1, 2)  # (rows, heads, T, D)
             qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
             keys, values = cache.update(qk[:, self.heads:], v.view(rows, t, self.kv_heads, self.head_dim).transpose(1, 2), i)
@@ -178,33 +178,34 @@ class _Layer:
         self._gate_up = _product(mlp.gate_proj, mlp.up_proj)
         self.q_proj, self.k_proj, self.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
         self.gate_proj, self.up_proj = mlp.gate_proj, mlp.up_proj
-        self.inter = getattr(mlp, "intermediate_size", None) or mlp.gate_proj.out_features
+        # where the fused products split (Linear and FusedLinear both know their out_features)
+        self.qk = attn.q_proj.out_features + attn.k_proj.out_features
+        self.gate = mlp.gate_proj.out_features
 
-    def qkv(self, x: torch.Tensor, qk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The queries and keys side by side (their rotary embedding is one operation), the values."""
         if self._qkv is None:
             return torch.cat([self.q_proj(x), self.k_proj(x)], dim=-1), self.v_proj(x)
         y = self._qkv(x)
-        return y[..., :qk], y[..., qk:]
+        return y[..., :self.qk], y[..., self.qk:]
 
     def gate_up(self, x: torch.Tensor):
         if self._gate_up is None:
             return self.gate_proj(x), self.up_proj(x)
         y = self._gate_up(x)
-        return y[..., :self.inter], y[..., self.inter:]
+        return y[..., :self.gate], y[..., self.gate:]
 
 
 def _product(*linears):
     """The one packed product of `linears` when `pmcllama.prepack` fused exactly them, else None."""
     from pmcllama.prepack import FusedLinear
 
-    fused = {id(lin.fused) for lin in linears if isinstance(lin, FusedLinear)}
-    if len(fused) != 1 or not all(isinstance(lin, FusedLinear) for lin in linears):
+    if not all(isinstance(lin, FusedLinear) for lin in linears):
         return None
-    first = linears[0].fused
-    if first.count != len(linears) or [lin.index for lin in linears] != list(range(len(linears))):
+    fused = linears[0].fused
+    if fused.count != len(linears) or any(lin.fused is not fused or lin.index != i for i, lin in enumerate(linears)):
         return None
-    return first.product
+    return fused.product
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -313,8 +313,9 @@ class Engine:
         return best, entry
 
     def _remember(self, tokens: list[int], cache) -> None:
-        """Keep a copy of one row's cache of `tokens` as the most recent entry (a copy: the
-        cache's slab has spare columns, and later steps write into them). An entry whose tokens
+        """Keep a copy of one row's cache of `tokens` as the most recent entry (a copy: a view
+        would keep the whole slab alive, spare columns included, and `remember_bytes` would not
+        count them). An entry whose tokens
         begin the new one is dropped (it holds nothing more), and the least recently used go
         while all together exceed `remember_bytes`."""
         tokens = list(tokens)
