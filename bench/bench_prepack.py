@@ -1,15 +1,18 @@
 """One decoding step of the generation engine with the model's Linear layers as PyTorch leaves
 them, prepacked for oneDNN one by one, and prepacked with the siblings that read the same input
-fused (`pmcllama.prepack`, what `load_model(prepack=True)` gives), in one process, interleaved.
+fused (`pmcllama.prepack`), in one process, interleaved; the last two through the engine's own
+LLaMA forward (`pmcllama.serve.decoder`) too, and the model as `load_model(prepack=True)` gives
+it (what serve runs: one-row products on `pmcllama.gemv`'s kernel, where it is available).
 
-The three copies of the model are loaded side by side (the decoder runs the prepacked one); for
-each batch size B, B identical chat requests are admitted, a few steps warm up, then `--steps`
-decoding steps are timed, each arm in turn, `--rounds` times. Reported: the median milliseconds
-per step of each, the ratios of the plain and the unfused copy to the prepacked one and of the
-prepacked one to the decoder, and whether all gave the same greedy tokens. Also: the prepacked
-copy's Linear layers timed alone at each batch size, and the rate at which this machine reads
-memory (torch.sum over a buffer as large as the Linear weights), with the time reading those
-weights once takes: no decoding step can be faster. Results go to bench/results/prepack.json.
+The copies of the model are loaded side by side; for each batch size B, B identical chat
+requests are admitted, a few steps warm up, then `--steps` decoding steps are timed, each arm
+in turn, `--rounds` times. Reported: the median milliseconds per step of each, the ratios of
+the plain and the unfused copy to the prepacked one, of the prepacked one through transformers'
+forward to the decoder, and of the decoder with oneDNN only to the decoder as served, and
+whether all gave the same greedy tokens. Also: the Linear layers alone at each batch size
+(prepacked, and as served), and the rate at which this machine reads memory (torch.sum over a
+buffer as large as the Linear weights), with the time reading those weights once takes: no
+decoding step can be faster. Results go to bench/results/prepack.json.
 
 `--compiled` adds one more copy: the plain model under `torch.compile` (inductor, dynamic
 shapes, freezing: inductor then packs the weights itself). Its first step at each batch size
@@ -104,10 +107,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     plain, tok = load_model(args.model)
-    unfused, _ = load_model(args.model)
-    prepack_linears(unfused, fuse=False)
-    prepacked = load_model(args.model, prepack=True)[0]
-    models = {"plain": plain, "unfused": unfused, "prepacked": prepacked, "decoder": prepacked}
+    unfused, prepacked = load_model(args.model)[0], load_model(args.model)[0]
+    prepack_linears(unfused, fuse=False, gemv=False)
+    prepack_linears(prepacked, gemv=False)
+    served = load_model(args.model, prepack=True)[0]  # what serve runs: with the one-row kernel when it is available
+    from pmcllama import gemv
+
+    print(f"one-row kernel (pmcllama.gemv): {'available' if gemv.available() else gemv.reason()}", flush=True)
+    models = {"plain": plain, "unfused": unfused, "prepacked": prepacked, "decoder_onednn": prepacked,
+              "decoder": served}
     if args.compiled:
         import torch._inductor.config as inductor
 
@@ -125,26 +133,30 @@ def main() -> None:
         tokens = set()
         for _ in range(args.rounds):
             for name, model in models.items():
-                t, ids = step_ms(model, tok, prompt, batch, args.steps, decoder=name == "decoder")
+                t, ids = step_ms(model, tok, prompt, batch, args.steps, decoder=name.startswith("decoder"))
                 ms[name].append(t)
                 tokens.add(str(ids))
         row = {"batch": batch, **{k: round(statistics.median(v), 1) for k, v in ms.items()},
                "same_tokens": len(tokens) == 1}
         row["linears_only"] = round(linears_ms(models["prepacked"], batch), 1)
+        row["linears_served"] = round(linears_ms(models["decoder"], batch), 1)
         row["ratio"] = round(row["plain"] / row["prepacked"], 2)
         row["fusing"] = round(row["unfused"] / row["prepacked"], 2)
-        row["decoder_ratio"] = round(row["prepacked"] / row["decoder"], 2)
+        row["decoder_ratio"] = round(row["prepacked"] / row["decoder_onednn"], 2)
+        row["gemv_ratio"] = round(row["decoder_onednn"] / row["decoder"], 2)
         row["plain_over_decoder"] = round(row["plain"] / row["decoder"], 2)
         if "compiled" in row:
             row["compiled_ratio"] = round(row["compiled"] / row["prepacked"], 2)  # above 1: compile is slower
         rows.append(row)
         print(f"B={batch}: plain {row['plain']}, unfused {row['unfused']}, prepacked {row['prepacked']}, "
-              f"decoder {row['decoder']} ms/step; plain/prepacked {row['ratio']}x, unfused/prepacked "
-              f"{row['fusing']}x, prepacked/decoder {row['decoder_ratio']}x; "
-              f"same greedy tokens: {row['same_tokens']}; the prepacked step's Linear layers alone "
-              f"{row['linears_only']} ms" + (f"; compiled {row['compiled']} ms/step" if "compiled" in row else ""),
+              f"decoder (oneDNN only) {row['decoder_onednn']}, decoder as served {row['decoder']} ms/step; "
+              f"plain/prepacked {row['ratio']}x, unfused/prepacked {row['fusing']}x, prepacked/decoder "
+              f"{row['decoder_ratio']}x, oneDNN only/as served {row['gemv_ratio']}x; same greedy tokens: "
+              f"{row['same_tokens']}; the Linear layers alone {row['linears_only']} ms prepacked, "
+              f"{row['linears_served']} as served" + (f"; compiled {row['compiled']} ms/step" if "compiled" in row else ""),
               flush=True)
     result = {"model": args.model, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+              "gemv_kernel": gemv.available(),
               "torch": torch.__version__, "read_gb_per_s": round(gbps, 1), "weights_read_floor_ms": round(floor, 1),
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

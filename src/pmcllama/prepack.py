@@ -18,23 +18,33 @@ has no oneDNN.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 
 class PackedLinear(torch.nn.Module):
-    """`nn.Linear`'s forward over a weight prepacked by oneDNN (fp32, CPU, no autograd)."""
+    """`nn.Linear`'s forward over a weight prepacked by oneDNN (fp32, CPU, no autograd). With
+    `plain`, the unpacked weight is kept too and a one-row input goes to `pmcllama.gemv`'s
+    kernel instead, which reads the weight faster than oneDNN does for one row."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int, plain: bool = False):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
         self.bias = None if bias is None else bias.detach()
+        self.plain = weight.detach() if plain else None  # `prepack_linears` copies it out of the file
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plain is not None and x.numel() == self.in_features:
+            from pmcllama.gemv import gemv
+
+            return gemv(self.plain, x, self.bias).view(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+                + (", gemv=True" if self.plain is not None else ""))
 
 
 class _Fused:
@@ -43,9 +53,9 @@ class _Fused:
     one-row decoding steps pay for in per-call cost more than in arithmetic. The output is kept
     until every sibling has taken its columns, then let go."""
 
-    def __init__(self, linears: list[torch.nn.Linear], batch_hint: int):
+    def __init__(self, linears: list[torch.nn.Linear], batch_hint: int, plain: bool):
         bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
-        self.product = PackedLinear(torch.cat([lin.weight for lin in linears]), bias, batch_hint)
+        self.product = PackedLinear(torch.cat([lin.weight for lin in linears]), bias, batch_hint, plain)
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.taken: set[int] = set()
@@ -81,7 +91,7 @@ class FusedLinear(torch.nn.Module):
 FUSE = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def _fuse_siblings(parent: torch.nn.Module, batch_hint: int) -> int:
+def _fuse_siblings(parent: torch.nn.Module, batch_hint: int, plain: bool) -> int:
     swapped = 0
     for names in FUSE:
         linears = [getattr(parent, n, None) for n in names]
@@ -89,7 +99,7 @@ def _fuse_siblings(parent: torch.nn.Module, batch_hint: int) -> int:
             continue
         if len({lin.in_features for lin in linears}) > 1 or len({lin.bias is None for lin in linears}) > 1:
             continue
-        fused, start = _Fused(linears, batch_hint), 0
+        fused, start = _Fused(linears, batch_hint, plain), 0
         for i, (name, lin) in enumerate(zip(names, linears)):
             setattr(parent, name, FusedLinear(fused, i, start, lin))
             start += lin.out_features
@@ -107,25 +117,49 @@ def can_prepack(model: torch.nn.Module) -> bool:
     return bool(weights) and all(w.device.type == "cpu" and w.dtype == torch.float32 for w in weights)
 
 
-def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = True) -> int:
+def _gemv_fits(model: torch.nn.Module) -> bool:
+    """Whether a plain copy of the Linear weights (for `pmcllama.gemv`) takes at most a quarter
+    of the memory available now; where it would take more, oneDNN does the one-row products too."""
+    nbytes = sum(m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return False
+    return nbytes <= available // 4
+
+
+def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = True, gemv: bool = True) -> int:
     """Swap every plain `nn.Linear` of `model` for a `PackedLinear` (siblings that read the same
     input, `FUSE`, for `FusedLinear`s of one packed matrix unless `fuse=False`), in place, when
     `can_prepack(model)`. Returns how many were swapped (0 when not applicable). A weight tied
     to another module (the output layer tied to the embeddings) stays where it is tied; the
-    packed copy is extra memory for that one matrix only."""
+    packed copy is extra memory for that one matrix only.
+
+    With `gemv` (the default), where `pmcllama.gemv`'s kernel is available and the plain
+    weights fit (`_gemv_fits`), they are kept beside the packed ones and one-row products
+    (decoding one request) run on the kernel: the Linear weights then take twice the memory."""
     if not can_prepack(model):
         return 0
+    if gemv:
+        from pmcllama import gemv as kernel
+
+        gemv = _gemv_fits(model) and kernel.available()
     swapped = 0
     with torch.no_grad():
         for parent in list(model.modules()):
-            swapped += _fuse_siblings(parent, batch_hint) if fuse else 0
+            swapped += _fuse_siblings(parent, batch_hint, gemv) if fuse else 0
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
-                    setattr(parent, name, PackedLinear(child.weight, child.bias, batch_hint))
+                    setattr(parent, name, PackedLinear(child.weight, child.bias, batch_hint, gemv))
                     swapped += 1
-        # the weights left (embeddings, norms) are views of the memory-mapped safetensors file,
-        # which keeps every page the packing read mapped: copy them out so the mapping goes
-        # (SmolLM2-135M: 1.43 -> 1.03 GB resident after packing)
-        for t in list(model.parameters()) + list(model.buffers()):
-            t.data = t.data.clone()
+        # the weights left (embeddings, norms, the plain weights kept for the kernel) are views of
+        # the memory-mapped safetensors file, which keeps every page the packing read mapped: copy
+        # them out so the mapping goes (SmolLM2-135M: 1.43 -> 1.03 GB resident after packing)
+        kept = [m.plain for m in model.modules() if isinstance(m, PackedLinear) and m.plain is not None]
+        kept += [m.fused.product.plain for m in model.modules() if isinstance(m, FusedLinear) and m.index == 0
+                 and m.fused.product.plain is not None]
+        copies: dict = {}  # one copy of what several share (the output layer tied to the embeddings)
+        for t in list(model.parameters()) + list(model.buffers()) + kept:
+            key = (t.data_ptr(), t.shape, t.stride())
+            t.data = copies[key] if key in copies else copies.setdefault(key, t.data.clone())
     return swapped

@@ -1,0 +1,128 @@
+"""A one-row matrix-vector product (GEMV) for decoding on CPU, faster than oneDNN's here.
+
+A decoding step with one running request multiplies one row by every weight matrix: all the
+weights are read once for little arithmetic, so the product is as fast as memory is read.
+oneDNN's prepacked product (`pmcllama.prepack`) reads them at about 16 GB/s on the 2-core AMD
+EPYC of the README, where `torch.sum` reads memory at 27-30 GB/s; this kernel (`gemv.c`,
+AVX2 + FMA) reads them at about 24 GB/s (`python bench/bench_prepack.py`, "linears at one row").
+For two rows or more, oneDNN's blocked product stays faster, so `PackedLinear` keeps both: the
+packed weight for many rows and the plain one for this kernel.
+
+The kernel is compiled once with the C compiler found (`$CC`, else `cc`), into
+`$XDG_CACHE_HOME/pmcllama` (default `~/.cache/pmcllama`), and runs in PyTorch's own OpenMP
+threads (it links the libgomp PyTorch has loaded; with any other runtime it is not used).
+Where it cannot be had (not x86-64 Linux, no AVX2/FMA, no compiler, a failed build or
+self-check) `available()` is False, `reason()` says why, and oneDNN does every product.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("gemv.c")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared"]
+
+_state: dict = {}  # "fn": the loaded function, or "reason": why there is none
+
+
+def _cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "pmcllama" / "kernels"
+
+
+def _build() -> Path:
+    """The shared library, built when no copy for this source and these flags exists yet
+    (written to a temporary name, then renamed: processes building at once do not clash)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise RuntimeError("no C compiler (set CC, or install gcc)")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"pmcllama-kernels-{os.getuid()}"):
+        target = folder / f"gemv-{key}.so"
+        if target.exists():
+            return target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
+            os.close(fd)
+        except OSError:
+            continue  # not writable: the next place
+        try:
+            done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {(done.stderr or done.stdout).strip()[:300]}")
+            os.replace(tmp, target)
+            return target
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(f"no writable folder for the compiled kernel ({_cache_dir()})")
+
+
+def _gomp_paths() -> set[str]:
+    with open("/proc/self/maps") as maps:
+        return {line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]}
+
+
+def _load():
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise RuntimeError(f"the kernel is for x86-64 Linux, not {sys.platform} {platform.machine()}")
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        raise RuntimeError(f"this CPU has no AVX2 ({torch.backends.cpu.get_cpu_capability()})")
+    torch.ones(64).sum()  # PyTorch's OpenMP runtime is loaded by now
+    before = _gomp_paths()
+    if not before:
+        raise RuntimeError("PyTorch does not run on libgomp here, so the kernel would bring a second OpenMP runtime")
+    fn = ctypes.CDLL(str(_build())).pmcllama_gemv
+    if _gomp_paths() != before:
+        raise RuntimeError("the kernel loaded a second libgomp beside PyTorch's")
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
+    fn.restype = None
+    # self-check, on sizes that are not multiples of the kernel's 8 rows and 8 columns
+    gen = torch.Generator().manual_seed(0)
+    for n, k, bias in ((37, 29, True), (64, 48, False)):
+        w, x = torch.randn(n, k, generator=gen), torch.randn(k, generator=gen)
+        b = torch.randn(n, generator=gen) if bias else None
+        y = torch.empty(n)
+        fn(w.data_ptr(), x.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), n, k, 1)
+        if not torch.allclose(y, torch.nn.functional.linear(x, w, b), atol=1e-4):
+            raise RuntimeError("the compiled kernel failed its self-check")
+    return fn
+
+
+def available() -> bool:
+    """True when the kernel is built, loaded and checked (built on the first call)."""
+    if not _state:
+        try:
+            _state["fn"] = _load()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _state["reason"] = str(e)
+    return "fn" in _state
+
+
+def reason() -> str | None:
+    """Why the kernel is not available, or None when it is."""
+    return None if available() else _state["reason"]
+
+
+def gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`weight @ x (+ bias)`: `weight` (n, k) contiguous fp32 on CPU, `x` any shape with k
+    elements (one row), `bias` n or None. Returns n floats; only when `available()`."""
+    n, k = weight.shape
+    x = x.contiguous()
+    if (x.numel() != k or x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous()
+            or (bias is not None and (bias.shape != (n,) or bias.dtype != torch.float32 or not bias.is_contiguous()))):
+        raise ValueError(f"gemv: one fp32 row of {k} against a contiguous fp32 ({n}, {k}) weight and bias")
+    y = torch.empty(n)
+    _state["fn"](weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+                 n, k, torch.get_num_threads())
+    return y

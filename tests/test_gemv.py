@@ -1,0 +1,120 @@
+"""The one-row product kernel (`pmcllama.gemv`) and its use by the prepacked layers: the same
+numbers as PyTorch's product, only for one row, the plain weights kept without a second copy
+of a tied matrix, and oneDNN alone wherever the kernel cannot be built."""
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+
+import pytest
+import torch
+
+from pmcllama import gemv, models
+from pmcllama.prepack import FusedLinear, PackedLinear, prepack_linears
+
+# where the kernel must build: a test machine of this kind (x86-64 Linux, AVX2, a C compiler)
+EXPECTED = (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("cc") is not None
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+needs_kernel = pytest.mark.skipif(not EXPECTED, reason="the kernel needs x86-64 Linux with AVX2 and a C compiler")
+
+
+@needs_kernel
+def test_the_kernel_builds_and_passes_its_self_check_here():
+    assert gemv.available(), gemv.reason()
+    assert gemv.reason() is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,k,bias", [(1, 1, False), (7, 3, True), (8, 8, False), (37, 29, True),
+                                      (1000, 577, False), (49, 1536, True)])
+def test_the_kernel_gives_pytorchs_product_for_one_row(n, k, bias):
+    gen = torch.Generator().manual_seed(n * 1000 + k)
+    w, x = torch.randn(n, k, generator=gen), torch.randn(1, 1, k, generator=gen)
+    b = torch.randn(n, generator=gen) if bias else None
+    y = gemv.gemv(w, x, b)
+    assert y.shape == (n,)
+    # as close to the exact product (float64) as PyTorch's own fp32 product is, give or take
+    exact = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double()).reshape(n)
+    torch_error = (torch.nn.functional.linear(x, w, b).reshape(n) - exact).abs().max().item()
+    scale = (w.abs() @ x.abs().reshape(k)).max().item()
+    assert (y - exact).abs().max().item() <= 4 * torch_error + 1e-7 * scale
+    threads = torch.get_num_threads()
+    try:  # each output is one thread's sum in a fixed order: the thread count changes no bit
+        torch.set_num_threads(1)
+        assert torch.equal(gemv.gemv(w, x, b), y)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernel
+def test_the_kernel_refuses_what_it_cannot_compute():
+    w = torch.randn(4, 6)
+    for bad in (dict(x=torch.randn(2, 6)), dict(x=torch.randn(6, dtype=torch.float64)),
+                dict(x=torch.randn(6), weight=torch.randn(6, 4).t()), dict(x=torch.randn(6), bias=torch.randn(3))):
+        with pytest.raises(ValueError, match="one fp32 row"):
+            gemv.gemv(bad.get("weight", w), bad["x"], bad.get("bias"))
+
+
+@needs_kernel
+def test_prepacked_layers_send_one_row_to_the_kernel_and_more_to_onednn(monkeypatch):
+    calls = []
+    real = gemv.gemv
+    monkeypatch.setattr(gemv, "gemv", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    parent = torch.nn.Module()
+    for name, out in (("q_proj", 6), ("k_proj", 2), ("v_proj", 3), ("o_proj", 5)):
+        setattr(parent, name, torch.nn.Linear(5, out, bias=name != "o_proj"))
+    plain = {n: getattr(parent, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    assert prepack_linears(parent) == 4
+    assert parent.o_proj.plain is not None and parent.q_proj.fused.product.plain is not None
+    with torch.inference_mode():
+        for shape, kernel_calls in (((1, 1, 5), 2), ((3, 5), 0), ((2, 1, 5), 0)):
+            calls.clear()
+            x = torch.randn(*shape)
+            for n, lin in plain.items():
+                got = getattr(parent, n)(x)
+                assert got.shape == lin(x).shape and torch.allclose(got, lin(x), atol=1e-5), (shape, n)
+            assert len(calls) == kernel_calls, shape  # q, k, v share one product; o is the other
+
+
+@needs_kernel
+def test_a_model_keeps_its_plain_weights_once_and_only_when_asked(tiny_model):
+    plain, _ = tiny_model
+    served, _ = models.load_model("tiny-llama", prepack=True)
+    layers = [m for m in served.modules() if isinstance(m, PackedLinear)]
+    layers += [m.fused.product for m in served.modules() if isinstance(m, FusedLinear) and m.index == 0]
+    assert layers and all(m.plain is not None for m in layers)
+    # the output layer is tied to the embeddings: its plain weight is the same memory, not a copy
+    assert served.lm_head.plain.data_ptr() == served.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(served.lm_head.plain, plain.lm_head.weight)
+    assert not any("plain" in n for n, _ in served.named_parameters())  # nothing new to train or save
+    onednn_only, _ = models.load_model("tiny-llama")
+    prepack_linears(onednn_only, gemv=False)
+    assert all(m.plain is None for m in onednn_only.modules() if isinstance(m, PackedLinear))
+
+
+def test_without_a_compiler_onednn_does_every_product(monkeypatch, tmp_path, tiny_model):
+    monkeypatch.setattr(gemv, "_state", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(gemv.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert not gemv.available()
+    assert gemv.reason()
+    model, _ = models.load_model("tiny-llama", prepack=True)
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert packed and all(m.plain is None for m in packed)
+    ids = torch.randint(0, 100, (1, 5), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.allclose(model(input_ids=ids).logits, tiny_model[0](input_ids=ids).logits, atol=1e-4)
+    assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))  # a failed build leaves nothing
+
+
+@needs_kernel
+def test_the_kernel_is_built_once_per_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = gemv._build()
+    assert first.parent == tmp_path / "pmcllama" / "kernels" and first.suffix == ".so"
+    stamp = first.stat().st_mtime_ns
+    assert gemv._build() == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left
