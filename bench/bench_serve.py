@@ -1,13 +1,17 @@
 """Serving throughput: `pmcllama serve` beside `transformers serve` in one run, same model,
 threads and requests.
 
-Each server runs in its own process on 127.0.0.1 (loopback only); for each concurrency level
-N, N client threads each send one streaming chat request (a different medical question each,
-greedy, `max_tokens` tokens) at the same moment. Reported per server and N: aggregate
-generated tokens/s (completion tokens of all N answers / wall time of the round), time to
-first token (p50, p95, max) and the server's peak RSS, of the median of `--repeat` rounds
-(one round swings by up to 25% on 2 cores). The ratio column is the first tool over the second
-at the same N. Results go to bench/results/serve.json.
+Each server runs in its own process on 127.0.0.1 (loopback only), all of them up at once; for
+each concurrency level N, N client threads each send one streaming chat request (a different
+medical question each, greedy, `max_tokens` tokens) at the same moment, and the servers take
+turns round by round (the speed of this shared machine drifts by tens of percent over minutes;
+taking turns puts each drift on both; `--sequential` runs one server's rounds after the
+other's instead). Reported per server and N: aggregate generated tokens/s (completion tokens of
+all N answers / wall time of the round), time to first token (p50, p95, max) and the server's
+peak RSS, of the median of `--repeat` rounds (one round swings by up to 25% on 2 cores), and
+the most CPU a server used while another one's round ran (`idle_cpu_s_max`: an idle server
+should take none). The ratio column is the first tool over the second at the same N, with the
+range of the ratios of the round pairs. Results go to bench/results/serve.json.
 
     python bench/bench_serve.py --clients 1 8 32 --max-tokens 64 --threads 2
     python bench/bench_serve.py --tools pmcllama --clients 1 8     (pmcllama only)
@@ -99,6 +103,20 @@ def start(tool: str, folder: str, threads: int, max_batch: int, gguf: str) -> tu
     return proc, url, model
 
 
+def cpu_s(proc: subprocess.Popen) -> float:
+    """CPU seconds the process has used so far (user + system, all its threads)."""
+    try:
+        t = psutil.Process(proc.pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
 def one_request(url: str, model: str, question: str, max_tokens: int, t0: float) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
@@ -182,6 +200,10 @@ def main(argv=None) -> int:
     ap.add_argument("--llama-direct", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=1, help="requests sent before measuring")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per concurrency level; the median round is reported")
+    ap.add_argument("--sequential", action="store_true",
+                    help="one server at a time, all its rounds, then the next (default: all servers up at "
+                         "once, their rounds taking turns, so a slower or faster spell of the machine falls "
+                         "on both)")
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     args = ap.parse_args(argv)
     if args.llama_direct:
@@ -199,16 +221,37 @@ def main(argv=None) -> int:
         report["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001 - informational only
         pass
-    for tool in args.tools:
-        proc, url, model = start(tool, folder, args.threads, args.max_batch, gguf)
-        try:
+    servers: dict = {}
+    rounds = {t: [[] for _ in args.clients] for t in args.tools}
+    idle = {t: 0.0 for t in args.tools}  # most CPU seconds a server used during another's round
+
+    def measure(tools: list[str]) -> None:
+        for k, n in enumerate(args.clients):
+            for shift in range(args.repeat):
+                for tool in tools:
+                    proc, url, model = servers[tool]
+                    others = {t: cpu_s(servers[t][0]) for t in servers if t != tool}
+                    rounds[tool][k].append(round_of(url, model, n, args.max_tokens, proc, shift))
+                    for t, before in others.items():
+                        idle[t] = round(max(idle[t], cpu_s(servers[t][0]) - before), 2)
+
+    try:
+        for tool in args.tools:
+            servers[tool] = start(tool, folder, args.threads, args.max_batch, gguf)
+            proc, url, model = servers[tool]
             for _ in range(args.warmup):
                 one_request(url, model, "Hello", 8, time.perf_counter())
-            report["tools"][tool] = [median_round([round_of(url, model, n, args.max_tokens, proc, shift)
-                                                   for shift in range(args.repeat)]) for n in args.clients]
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            if args.sequential:
+                measure([tool])
+                stop(servers.pop(tool)[0])
+        if not args.sequential:
+            measure(args.tools)
+    finally:
+        for proc, _, _ in servers.values():
+            stop(proc)
+    report["order"] = "sequential" if args.sequential else "interleaved"
+    report["idle_cpu_s_max"] = idle
+    report["tools"] = {t: [median_round(r) for r in rounds[t]] for t in args.tools}
     rows = ["| clients | " + " | ".join(f"{t} tok/s (TTFT p50/p95 s, RSS GB)" for t in args.tools)
             + (" | ratio |" if len(args.tools) == 2 else " |"), "|---" * (len(args.tools) + 1 + (len(args.tools) == 2)) + "|"]
     for k, n in enumerate(args.clients):
@@ -216,7 +259,8 @@ def main(argv=None) -> int:
         line = f"| {n} | " + " | ".join(f"{c['tokens_per_s']} ({c['ttft_p50_s']}/{c['ttft_p95_s']}, {c['peak_rss_gb']})"
                                         for c in cells)
         if len(cells) == 2:
-            line += f" | {cells[0]['tokens_per_s'] / cells[1]['tokens_per_s']:.2f}x"
+            pairs = sorted(a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(*(rounds[t][k] for t in args.tools)))
+            line += f" | {cells[0]['tokens_per_s'] / cells[1]['tokens_per_s']:.2f}x (rounds {pairs[0]:.2f}-{pairs[-1]:.2f}x)"
         rows.append(line + " |")
     report["table"] = rows
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -114,15 +114,31 @@ def reason() -> str | None:
     return None if available() else _state["reason"]
 
 
-def gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`weight @ x (+ bias)`: `weight` (n, k) contiguous fp32 on CPU, `x` any shape with k
-    elements (one row), `bias` n or None. Returns n floats; only when `available()`."""
+def check(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Raise ValueError unless `weight` (n, k) and `bias` (n or None) are what the kernel reads:
+    contiguous fp32 on CPU."""
+    n = weight.shape[0]
+    if (weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu" or not weight.is_contiguous()
+            or (bias is not None and (bias.shape != (n,) or bias.dtype != torch.float32 or not bias.is_contiguous()))):
+        raise ValueError(f"gemv: the weight must be a contiguous fp32 (n, k) CPU tensor and the bias n of them, "
+                         f"not {tuple(weight.shape)} {weight.dtype}")
+
+
+def row_product(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`gemv` without its checks, for a weight and bias that passed `check` and an fp32 `x` of
+    k elements (the prepacked layers call it once per product of a decoding step)."""
     n, k = weight.shape
     x = x.contiguous()
-    if (x.numel() != k or x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous()
-            or (bias is not None and (bias.shape != (n,) or bias.dtype != torch.float32 or not bias.is_contiguous()))):
-        raise ValueError(f"gemv: one fp32 row of {k} against a contiguous fp32 ({n}, {k}) weight and bias")
     y = torch.empty(n)
     _state["fn"](weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
                  n, k, torch.get_num_threads())
     return y
+
+
+def gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`weight @ x (+ bias)`: `weight` (n, k) contiguous fp32 on CPU, `x` any shape with k
+    elements (one row), `bias` n or None. Returns n floats; only when `available()`."""
+    check(weight, bias)
+    if x.numel() != weight.shape[1] or x.dtype != torch.float32:
+        raise ValueError(f"gemv: x must be one fp32 row of {weight.shape[1]}, not {tuple(x.shape)} {x.dtype}")
+    return row_product(weight, x, bias)

@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from pmcllama import gemv as kernel
+
 
 class PackedLinear(torch.nn.Module):
     """`nn.Linear`'s forward over a weight prepacked by oneDNN (fp32, CPU, no autograd). With
@@ -34,12 +36,12 @@ class PackedLinear(torch.nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
         self.bias = None if bias is None else bias.detach()
         self.plain = weight.detach() if plain else None  # `prepack_linears` copies it out of the file
+        if plain:
+            kernel.check(self.plain, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plain is not None and x.numel() == self.in_features:
-            from pmcllama.gemv import gemv
-
-            return gemv(self.plain, x, self.bias).view(*x.shape[:-1], self.out_features)
+            return kernel.row_product(self.plain, x, self.bias).view(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
@@ -140,17 +142,14 @@ def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = Tr
     (decoding one request) run on the kernel: the Linear weights then take twice the memory."""
     if not can_prepack(model):
         return 0
-    if gemv:
-        from pmcllama import gemv as kernel
-
-        gemv = _gemv_fits(model) and kernel.available()
+    use_gemv = gemv and _gemv_fits(model) and kernel.available()
     swapped = 0
     with torch.no_grad():
         for parent in list(model.modules()):
-            swapped += _fuse_siblings(parent, batch_hint, gemv) if fuse else 0
+            swapped += _fuse_siblings(parent, batch_hint, use_gemv) if fuse else 0
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:
-                    setattr(parent, name, PackedLinear(child.weight, child.bias, batch_hint, gemv))
+                    setattr(parent, name, PackedLinear(child.weight, child.bias, batch_hint, use_gemv))
                     swapped += 1
         # the weights left (embeddings, norms, the plain weights kept for the kernel) are views of
         # the memory-mapped safetensors file, which keeps every page the packing read mapped: copy
