@@ -8,7 +8,9 @@ the same input (q, k, v; gate, up) become one matrix each, one call instead of t
 `python bench/bench_prepack.py` on a 2-core AMD EPYC (AVX2, fp32), SmolLM2-135M: a decoding step
 of 8 rows 145.6 ms with PyTorch's layers, 93.1 prepacked one by one, 87.8 prepacked and fused
 (77.3 with the engine's own forward, `pmcllama.serve.decoder`); the same greedy tokens (the
-README's Performance section has the served figures).
+README's Performance section has the served figures). For one row, `pmcllama.gemv`'s kernel
+reads the weights faster than oneDNN (a step 44.3 -> 30.1 ms in the same script), so where it
+builds the plain weights are kept beside the packed ones for it (`prepack_linears(gemv=...)`).
 
 The swap is for inference only (the packed weights take no gradients and are not saved):
 `models.load_model(..., prepack=True)` applies it where a model is loaded only to generate
