@@ -37,7 +37,9 @@ class PackedLinear(torch.nn.Module):
         self.out_features, self.in_features = weight.shape
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
         self.bias = None if bias is None else bias.detach()
-        self.plain = weight.detach() if plain else None  # `prepack_linears` copies it out of the file
+        # (contiguous: the same memory for a weight that is, so a tied one stays shared;
+        # `prepack_linears` then copies it out of the safetensors file)
+        self.plain = weight.detach().contiguous() if plain else None
         if plain:
             kernel.check(self.plain, self.bias)
 
