@@ -6,9 +6,9 @@ oneDNN's prepacked product (`pmcllama.prepack`) reads them at about 16 GB/s on t
 EPYC of the README, where `torch.sum` reads memory at 27-30 GB/s; this kernel (`gemv.c`,
 AVX2 + FMA) reads them at 24-27 GB/s (`python bench/bench_prepack.py`: the Linear layers alone
 at one row, 19.7 ms against oneDNN's 28.0 and an 18.7 ms floor for reading them once).
-For more rows oneDNN's blocked product was as fast as a tiled version of this kernel or faster
-(8 to 256 rows, measured while writing it), so `PackedLinear` keeps both: the packed weight for
-many rows and the plain one for this kernel.
+For more rows a tiled version of this kernel was not consistently faster than oneDNN's blocked
+product (8 to 256 rows, measured while writing it: from 9% faster to 33% slower at 8 rows), so
+`PackedLinear` keeps both: the packed weight for many rows and the plain one for this kernel.
 
 The kernel is compiled once with the C compiler found (`$CC`, else `cc`), into
 `$XDG_CACHE_HOME/pmcllama` (default `~/.cache/pmcllama`), and runs in PyTorch's own OpenMP
