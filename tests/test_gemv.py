@@ -122,3 +122,14 @@ def test_the_kernel_is_built_once_per_source(kernel, monkeypatch, tmp_path):
     stamp = first.stat().st_mtime_ns
     assert gemv._build() == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left
+
+
+def test_a_folder_others_can_write_in_is_never_used(kernel, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(gemv.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    shared = tmp_path / "cache" / "pmcllama" / "kernels"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)  # a library someone else put here would be loaded: not this folder
+    built = gemv._build()
+    assert built.parent == tmp_path / "tmp" / f"pmcllama-kernels-{os.getuid()}" and not list(shared.iterdir())
+    assert built.parent.stat().st_mode & 0o777 == 0o700

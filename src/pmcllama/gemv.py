@@ -41,19 +41,30 @@ def _cache_dir() -> Path:
     return base / "pmcllama" / "kernels"
 
 
+def _private(folder: Path) -> bool:
+    """Whether only this user can write in `folder`: a library found there is loaded, so a folder
+    others can write in (a shared temporary folder made by someone else) is never used."""
+    st = folder.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _build() -> Path:
     """The shared library, built when no copy for this source and these flags exists yet
-    (written to a temporary name, then renamed: processes building at once do not clash)."""
+    (written to a temporary name, then renamed: processes building at once do not clash), in
+    the first of the cache folder and a temporary one that exists or can be made, is writable
+    by this user alone, and lets a file be created in it."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise RuntimeError("no C compiler (set CC, or install gcc)")
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"pmcllama-kernels-{os.getuid()}"):
         target = folder / f"gemv-{key}.so"
-        if target.exists():
-            return target
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not _private(folder):
+                continue
+            if target.exists():
+                return target
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
             os.close(fd)
         except OSError:
@@ -67,7 +78,7 @@ def _build() -> Path:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise RuntimeError(f"no writable folder for the compiled kernel ({_cache_dir()})")
+    raise RuntimeError(f"no folder writable by this user alone for the compiled kernel ({_cache_dir()})")
 
 
 def _gomp_paths() -> set[str]:
@@ -94,9 +105,7 @@ def _load():
     for n, k, bias in ((37, 29, True), (64, 48, False)):
         w, x = torch.randn(n, k, generator=gen), torch.randn(k, generator=gen)
         b = torch.randn(n, generator=gen) if bias else None
-        y = torch.empty(n)
-        fn(w.data_ptr(), x.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), n, k, 1)
-        if not torch.allclose(y, torch.nn.functional.linear(x, w, b), atol=1e-4):
+        if not torch.allclose(_run(fn, w, x, b, threads=1), torch.nn.functional.linear(x, w, b), atol=1e-4):
             raise RuntimeError("the compiled kernel failed its self-check")
     return fn
 
@@ -129,11 +138,14 @@ def check(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
 def row_product(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`gemv` without its checks, for a weight and bias that passed `check` and an fp32 `x` of
     k elements (the prepacked layers call it once per product of a decoding step)."""
+    return _run(_state["fn"], weight, x, bias, torch.get_num_threads())
+
+
+def _run(fn, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, threads: int) -> torch.Tensor:
     n, k = weight.shape
     x = x.contiguous()
     y = torch.empty(n)
-    _state["fn"](weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
-                 n, k, torch.get_num_threads())
+    fn(weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), n, k, threads)
     return y
 
 
