@@ -315,9 +315,8 @@ class Engine:
     def _remember(self, tokens: list[int], cache) -> None:
         """Keep a copy of one row's cache of `tokens` as the most recent entry (a copy: a view
         would keep the whole slab alive, spare columns included, and `remember_bytes` would not
-        count them). An entry whose tokens
-        begin the new one is dropped (it holds nothing more), and the least recently used go
-        while all together exceed `remember_bytes`."""
+        count them). An entry whose tokens begin the new one is dropped (it holds nothing more),
+        and the least recently used go while all together exceed `remember_bytes`."""
         tokens = list(tokens)
         kept = [e for e in self.remembered if e[0] != tokens[:len(e[0])]]
         kept.append((tokens, [(layer.keys[:1].clone(), layer.values[:1].clone()) for layer in cache.layers]))
