@@ -33,6 +33,32 @@ def smollm2() -> str:
     return "smollm2-135m"
 
 
+# where pmcllama.gemv's kernel must build: a machine of the kind CI runs on (x86-64 Linux, AVX2, cc)
+def _kernel_expected() -> bool:
+    import platform
+    import shutil
+    import sys
+
+    import torch
+
+    return (sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("cc") is not None
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+
+
+@pytest.fixture
+def kernel():
+    """`pmcllama.gemv`, its kernels built; where they cannot be, a failure in CI on a machine
+    where they must build (a broken build or self-check must not pass as a skip there), else a
+    skip that says why."""
+    from pmcllama import gemv
+
+    if not gemv.available():
+        if _kernel_expected() and os.environ.get("CI"):
+            pytest.fail(f"the kernel did not build here: {gemv.reason()}")
+        pytest.skip(f"no one-row kernel here: {gemv.reason()}")
+    return gemv
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from pmcllama.models import load_tokenizer

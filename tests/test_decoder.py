@@ -17,10 +17,11 @@ def _llama(**overrides):
     return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
 
 
-def _scores_step_by_step(model, decoder, prompts: list[list[int]], prefix: int, steps: int):
-    """Each step's last-token logits from the decoder: `prefix` tokens common to every prompt
-    first (one row, its cache copied to every row), then the rests left-padded, then `steps`
-    decoding steps; beside them transformers' logits for the same whole sequences, each alone."""
+def _scores_step_by_step(model, decoder, prompts: list[list[int]], prefix: int, steps: int, alone: int = 0):
+    """The largest difference between the decoder's last-token logits and transformers' (for
+    the same whole sequences, each alone) over every step: `prefix` tokens common to every
+    prompt first (one row, its cache copied to every row), then the rests left-padded, then
+    `steps` decoding steps, then `alone` more of the last row by itself (its padding kept)."""
     from pmcllama.serve.engine import _pad_left
 
     rows = len(prompts)
@@ -34,28 +35,37 @@ def _scores_step_by_step(model, decoder, prompts: list[list[int]], prefix: int, 
     mask = torch.cat([torch.ones(rows, prefix, dtype=torch.long),
                       torch.stack([_pad_left(torch.ones(1, len(r), dtype=torch.long), width, dim=1)[0] for r in rests])], 1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    got, want, seqs = [], [], [list(p) for p in prompts]
+    worst, seqs = 0.0, [list(p) for p in prompts]
     logits, cache = decoder(ids, mask, positions[:, prefix:], cache)
-    for step in range(steps + 1):
-        got.append(logits)
-        want.append(torch.stack([model(input_ids=torch.tensor([s])).logits[0, -1] for s in seqs]))
-        if step == steps:
+    for step in range(steps + alone + 1):
+        assert torch.isfinite(logits).all()
+        want = torch.stack([model(input_ids=torch.tensor([s])).logits[0, -1] for s in seqs])
+        worst = max(worst, float((logits - want).abs().max()))
+        if step == steps + alone:
             break
+        if step == steps:  # the last row goes on by itself
+            cache.batch_select_indices(torch.tensor([len(seqs) - 1]))
+            seqs, mask, logits = seqs[-1:], mask[-1:], logits[-1:]
         nxt = logits.argmax(-1)
         for s, t in zip(seqs, nxt.tolist()):
             s.append(t)
-        mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], 1)
+        mask = torch.cat([mask, torch.ones(len(seqs), 1, dtype=torch.long)], 1)
         logits, cache = decoder(nxt[:, None], mask, mask.sum(-1, keepdim=True) - 1, cache)
-    return torch.stack(got), torch.stack(want)
+    return worst
 
 
-@pytest.mark.parametrize("overrides", [
+OVERRIDES = [
     {},  # grouped query heads, default rope
     {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True},  # one kv head per head, biases
     {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 32}},
     {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}, "head_dim": 32},
-], ids=["gqa", "mha-bias", "llama3-rope", "linear-rope-head-dim"])
+]
+OVERRIDE_IDS = ["gqa", "mha-bias", "llama3-rope", "linear-rope-head-dim"]
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [5, 6, 7, 8, 9, 20], [5, 6, 7, 8, 9, 30, 31, 32]]
+
+
+@pytest.mark.parametrize("overrides", OVERRIDES, ids=OVERRIDE_IDS)
 @pytest.mark.parametrize("prepacked", [False, True], ids=["plain", "prepacked"])
 def test_the_decoder_gives_transformers_scores(overrides, prepacked):
     from pmcllama.prepack import can_prepack, prepack_linears
@@ -65,16 +75,38 @@ def test_the_decoder_gives_transformers_scores(overrides, prepacked):
     if prepacked:
         if not can_prepack(model):
             pytest.skip("this PyTorch build has no oneDNN linear ops")
-        prepack_linears(model)
+        prepack_linears(model, gemv=False)
     assert Decoder.supports(model)
     decoder = Decoder(model, context=16)  # a small rotary table, so the sequences below grow it
     assert all((layer._qkv is not None) == prepacked for layer in decoder.layers)  # the fused product, once
-    prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [5, 6, 7, 8, 9, 20], [5, 6, 7, 8, 9, 30, 31, 32]]
+    assert decoder.one_row is None  # no plain weights kept: every step in PyTorch
     with torch.inference_mode():
-        got, want = _scores_step_by_step(model, decoder, prompts, prefix=5, steps=10)
+        assert _scores_step_by_step(model, decoder, PROMPTS, prefix=5, steps=10, alone=4) < 1e-4
     assert decoder.cos.shape[0] >= 21  # grown past the 16 positions it began with
-    assert torch.isfinite(got).all()
-    assert (got - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("overrides", OVERRIDES, ids=OVERRIDE_IDS)
+def test_one_row_steps_run_every_layer_in_one_kernel_call(kernel, overrides, monkeypatch):
+    """With the kernel, each step of one row is one call of `pmcllama_step1`, through a cached
+    prefix, padding columns (the last row of a batch going on by itself) and a grown slab and
+    rotary table; steps of more rows stay in PyTorch. The same scores as transformers."""
+    from pmcllama.prepack import prepack_linears
+    from pmcllama.serve.decoder import Decoder, SlabLayer
+
+    model = _llama(**overrides)
+    prepack_linears(model)
+    decoder = Decoder(model, context=16)
+    assert decoder.one_row is not None
+    calls = []
+    real = kernel._state["step1"]
+    monkeypatch.setitem(kernel._state, "step1", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(SlabLayer, "SPARE", 3)  # the one-row steps outgrow their slab
+    with torch.inference_mode():
+        assert _scores_step_by_step(model, decoder, PROMPTS, prefix=5, steps=3, alone=12) < 1e-4
+        assert len(calls) == 12
+        assert _scores_step_by_step(model, decoder, PROMPTS[1:2], prefix=2, steps=8) < 1e-4  # one row throughout
+    assert len(calls) == 12 + 8
+    assert decoder.cos.shape[0] >= 26
 
 
 def test_the_slab_cache_grows_and_selects_rows_without_losing_columns():

@@ -55,3 +55,111 @@ void pmcllama_gemv(const float *w, const float *x, const float *b, float *y, lon
         if (b) for (long r = r0; r < r1; r++) y[r] += b[r];
     }
 }
+
+/* One decoding step of a LLaMA-architecture model for one row (one running request), every
+ * layer in one call: pmcllama/serve/decoder.py calls it where a step decodes one token of one
+ * row, so that the small operations between the products (the norms, the rotary embedding,
+ * the cache write, the attention of one query, the residual additions, SiLU) cost no Python
+ * and no PyTorch dispatch. Everything runs in one OpenMP parallel region; the products split
+ * their rows, the attention its heads, between the threads.
+ *
+ * h (hidden floats) is the token's embedding on entry and the last layer's output on return.
+ * Each layer's cache holds `n` filled columns; this step writes column n (capacity for it is
+ * the caller's). `mask` (n + 1 longs) is 0 where a column only pads. cos and sin_signed are the
+ * rotary table's row for this position (head_dim floats each; sin_signed is -sin in the first
+ * half, so the rotation is x * cos + roll(x, half) * sin_signed). */
+#include <math.h>
+#include <stdlib.h>
+
+typedef struct {
+    const float *in_norm, *post_norm;  /* hidden */
+    const float *qkv, *qkv_b;          /* (heads + 2 kv_heads) * head_dim rows of hidden */
+    const float *o, *o_b;              /* hidden rows of heads * head_dim */
+    const float *gate_up, *gate_up_b;  /* 2 * inter rows of hidden: the gate's, then up's */
+    const float *down, *down_b;        /* hidden rows of inter */
+    float in_eps, post_eps;
+} pmcllama_layer;
+
+/* y[r] (+)= W[r] . x (+ b[r]) for the rows of this thread's share (inside a parallel region) */
+static void product(const float *w, const float *x, const float *b, float *y, long n, long k, int add) {
+    long blocks = (n + ROWS - 1) / ROWS;
+    #pragma omp for schedule(static)
+    for (long blk = 0; blk < blocks; blk++) {
+        long r0 = blk * ROWS;
+        float out[ROWS];
+        if (r0 + ROWS <= n) rows8(w + r0 * k, x, out, k);
+        else for (long r = r0; r < n; r++) out[r - r0] = row1(w + r * k, x, k);
+        for (long r = r0; r < n && r < r0 + ROWS; r++) {
+            float v = out[r - r0] + (b ? b[r] : 0.0f);
+            y[r] = add ? y[r] + v : v;
+        }
+    }
+}
+
+static void rms_norm(const float *x, const float *w, float eps, float *y, long n) {
+    float s = 0.0f;
+    for (long i = 0; i < n; i++) s += x[i] * x[i];
+    float r = 1.0f / sqrtf(s / (float)n + eps);
+    for (long i = 0; i < n; i++) y[i] = w[i] * (x[i] * r);
+}
+
+static void rotate(float *x, const float *cos, const float *sin_signed, long d) {
+    float t[d];
+    long half = d / 2;
+    for (long i = 0; i < d; i++) t[i] = x[i] * cos[i] + x[(i + half) % d] * sin_signed[i];
+    for (long i = 0; i < d; i++) x[i] = t[i];
+}
+
+void pmcllama_step1(const pmcllama_layer *layers, int n_layers, float *const *kc, float *const *vc,
+                    const long *head_stride, float *h, const long *mask, long n, const float *cos,
+                    const float *sin_signed, long hidden, long heads, long kv_heads, long d, long inter,
+                    float scale, int threads) {
+    long q_dim = heads * d, qkv_dim = (heads + 2 * kv_heads) * d, cols = n + 1, group = heads / kv_heads;
+    float *buf = malloc(sizeof(float) * (hidden + qkv_dim + q_dim + 3 * inter + heads * cols));
+    if (!buf) return;
+    float *xn = buf, *qkv = xn + hidden, *att = qkv + qkv_dim, *gu = att + q_dim, *act = gu + 2 * inter,
+          *scores = act + inter;
+    #pragma omp parallel num_threads(threads)
+    for (int l = 0; l < n_layers; l++) {
+        const pmcllama_layer *L = layers + l;
+        #pragma omp single
+        rms_norm(h, L->in_norm, L->in_eps, xn, hidden);
+        product(L->qkv, xn, L->qkv_b, qkv, qkv_dim, hidden, 0);
+        #pragma omp for schedule(static)
+        for (long i = 0; i < heads + kv_heads; i++) {  /* rotary on each query and key head; the cache write */
+            rotate(qkv + i * d, cos, sin_signed, d);
+            if (i >= heads) {
+                long g = i - heads;
+                float *k = kc[l] + g * head_stride[l] + n * d, *v = vc[l] + g * head_stride[l] + n * d;
+                for (long j = 0; j < d; j++) { k[j] = qkv[i * d + j]; v[j] = qkv[(heads + kv_heads + g) * d + j]; }
+            }
+        }
+        #pragma omp for schedule(static)
+        for (long hd = 0; hd < heads; hd++) {  /* one query against every real column */
+            const float *q = qkv + hd * d, *kb = kc[l] + (hd / group) * head_stride[l], *vb = vc[l] + (hd / group) * head_stride[l];
+            float *s = scores + hd * cols, *out = att + hd * d, top = -INFINITY, sum = 0.0f;
+            for (long c = 0; c < cols; c++) {
+                if (!mask[c]) continue;
+                float dot = 0.0f;
+                for (long j = 0; j < d; j++) dot += q[j] * kb[c * d + j];
+                s[c] = dot * scale;
+                if (s[c] > top) top = s[c];
+            }
+            for (long c = 0; c < cols; c++) if (mask[c]) { s[c] = expf(s[c] - top); sum += s[c]; }
+            for (long j = 0; j < d; j++) out[j] = 0.0f;
+            for (long c = 0; c < cols; c++) {
+                if (!mask[c]) continue;
+                float p = s[c] / sum;
+                for (long j = 0; j < d; j++) out[j] += p * vb[c * d + j];
+            }
+        }
+        product(L->o, att, L->o_b, h, hidden, q_dim, 1);
+        #pragma omp single
+        rms_norm(h, L->post_norm, L->post_eps, xn, hidden);
+        product(L->gate_up, xn, L->gate_up_b, gu, 2 * inter, hidden, 0);
+        #pragma omp for schedule(static)
+        for (long i = 0; i < inter; i++) act[i] = gu[i] / (1.0f + expf(-gu[i])) * gu[inter + i];
+        product(L->down, act, L->down_b, h, hidden, inter, 1);
+    }
+    free(buf);
+}

@@ -1,4 +1,5 @@
-"""A one-row matrix-vector product (GEMV) for decoding on CPU, faster than oneDNN's here.
+"""A one-row matrix-vector product (GEMV) for decoding on CPU, faster than oneDNN's here, and
+a whole one-row decoding step of a LLaMA-architecture model in one C call (`step1`).
 
 A decoding step with one running request multiplies one row by every weight matrix: all the
 weights are read once for little arithmetic, so the product is as fast as memory is read.
@@ -9,6 +10,8 @@ at one row, 19.7 ms against oneDNN's 28.0 and an 18.7 ms floor for reading them 
 For more rows a tiled version of this kernel was not consistently faster than oneDNN's blocked
 product (8 to 256 rows, measured while writing it: from 9% faster to 33% slower at 8 rows), so
 `PackedLinear` keeps both: the packed weight for many rows and the plain one for this kernel.
+`step1` runs every layer of a one-row step (norms, products, rotary embedding, cache write,
+attention, SiLU) in one OpenMP region over those plain weights, for `pmcllama.serve.decoder`.
 
 The kernel is compiled once with the C compiler found (`$CC`, else `cc`), into
 `$XDG_CACHE_HOME/pmcllama` (default `~/.cache/pmcllama`), and runs in PyTorch's own OpenMP
@@ -100,6 +103,9 @@ def _load():
         raise RuntimeError("the kernel loaded a second libgomp beside PyTorch's")
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
     fn.restype = None
+    step = ctypes.CDLL(str(_build())).pmcllama_step1
+    step.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_long] * 6 + [ctypes.c_float, ctypes.c_int]
+    step.restype = None
     # self-check, on sizes that are not multiples of the kernel's 8 rows and 8 columns
     gen = torch.Generator().manual_seed(0)
     for n, k, bias in ((37, 29, True), (64, 48, False)):
@@ -107,14 +113,85 @@ def _load():
         b = torch.randn(n, generator=gen) if bias else None
         if not torch.allclose(_run(fn, w, x, b, threads=1), torch.nn.functional.linear(x, w, b), atol=1e-4):
             raise RuntimeError("the compiled kernel failed its self-check")
-    return fn
+    if not _step1_checks(step, gen):
+        raise RuntimeError("the compiled one-row step failed its self-check")
+    return fn, step
+
+
+class Layer(ctypes.Structure):
+    """One layer's weights as `pmcllama_step1` reads them (gemv.c's `pmcllama_layer`): the
+    addresses of contiguous fp32 tensors (a bias may be None) and the norms' epsilons."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "in_norm", "post_norm", "qkv", "qkv_b", "o", "o_b", "gate_up", "gate_up_b", "down", "down_b")] + [
+        ("in_eps", ctypes.c_float), ("post_eps", ctypes.c_float)]
+
+
+def layers(specs: list[dict]):
+    """The C array of `Layer`s for `specs` (dicts of the fields: tensors or None, and floats);
+    the tensors must stay alive as long as the array is used."""
+    def address(t):
+        return None if t is None else t.data_ptr()
+
+    return (Layer * len(specs))(*[Layer(**{k: v if k.endswith("eps") else address(v) for k, v in spec.items()})
+                                  for spec in specs])
+
+
+def step1(table, keys: list[torch.Tensor], values: list[torch.Tensor], h: torch.Tensor, mask: torch.Tensor,
+          cos: torch.Tensor, sin_signed: torch.Tensor, heads: int, inter: int, scale: float) -> None:
+    """Every layer of one decoding step of one row, in place: `h` (hidden) the token's embedding,
+    then the last layer's output. `table` from `layers`; `keys`/`values` each layer's cache,
+    (1, kv heads, capacity, head dim) with contiguous columns and more capacity than the
+    `mask.numel() - 1` filled columns (this step writes the next); `mask` (longs) 0 where a
+    column pads; `cos`/`sin_signed` the rotary table's row for the position (gemv.c says more).
+    Only when `available()`; the caller checks shapes (`pmcllama.serve.decoder` does)."""
+    _step(_state["step1"], table, keys, values, h, mask, cos, sin_signed, heads, inter, scale, torch.get_num_threads())
+
+
+def _step(fn, table, keys, values, h, mask, cos, sin_signed, heads, inter, scale, threads) -> None:
+    count = len(keys)
+    kv_heads, _, d = keys[0].shape[1:]
+    strides = (ctypes.c_long * count)(*[k.stride(1) for k in keys])
+    kp = (ctypes.c_void_p * count)(*[k.data_ptr() for k in keys])
+    vp = (ctypes.c_void_p * count)(*[v.data_ptr() for v in values])
+    fn(table, count, kp, vp, strides, h.data_ptr(), mask.data_ptr(), mask.numel() - 1, cos.data_ptr(),
+       sin_signed.data_ptr(), h.numel(), heads, kv_heads, d, inter, scale, threads)
+
+
+def _step1_checks(step, gen: torch.Generator) -> bool:
+    """`pmcllama_step1` against the same layer in PyTorch on a small case: two layers, grouped
+    key/value heads, biases, a padding column, head dim not a multiple of 8."""
+    hidden, heads, kv, d, inter, n = 20, 4, 2, 6, 28, 5
+    rnd = lambda *shape: torch.randn(*shape, generator=gen) * 0.5  # noqa: E731
+    specs = [dict(in_norm=rnd(hidden) + 1, post_norm=rnd(hidden) + 1, qkv=rnd((heads + 2 * kv) * d, hidden),
+                  qkv_b=rnd((heads + 2 * kv) * d), o=rnd(hidden, heads * d), o_b=None, gate_up=rnd(2 * inter, hidden),
+                  gate_up_b=rnd(2 * inter), down=rnd(hidden, inter), down_b=rnd(hidden), in_eps=1e-5, post_eps=1e-6)
+             for _ in range(2)]
+    keys, values = [rnd(1, kv, n + 3, d) for _ in specs], [rnd(1, kv, n + 3, d) for _ in specs]
+    mask = torch.tensor([0, 1, 1, 1, 1, 1])
+    cos, sin = rnd(d), rnd(d)
+    h = rnd(hidden)
+    want, ref_k, ref_v = h.clone(), [k.clone() for k in keys], [v.clone() for v in values]
+    F = torch.nn.functional
+    for s, k, v in zip(specs, ref_k, ref_v):
+        y = F.linear(F.rms_norm(want, (hidden,), s["in_norm"], s["in_eps"]), s["qkv"], s["qkv_b"]).view(-1, d)
+        qk = y[:heads + kv] * cos + y[:heads + kv].roll(d // 2, -1) * sin
+        k[0, :, n], v[0, :, n] = qk[heads:], y[heads + kv:]
+        a = F.scaled_dot_product_attention(qk[None, :heads, None], k[:, :, :n + 1], v[:, :, :n + 1],
+                                           attn_mask=mask.bool()[None, None, None], scale=0.4, enable_gqa=True)
+        want = want + F.linear(a.reshape(-1), s["o"], s["o_b"])
+        g, u = F.linear(F.rms_norm(want, (hidden,), s["post_norm"], s["post_eps"]), s["gate_up"], s["gate_up_b"]).split(inter)
+        want = want + F.linear(F.silu(g) * u, s["down"], s["down_b"])
+    _step(step, layers(specs), keys, values, h, mask, cos, sin, heads, inter, 0.4, threads=2)
+    return torch.allclose(h, want, atol=1e-4) and all(
+        torch.allclose(a, b, atol=1e-5) for a, b in zip(keys + values, ref_k + ref_v))
 
 
 def available() -> bool:
     """True when the kernel is built, loaded and checked (built on the first call)."""
     if not _state:
         try:
-            _state["fn"] = _load()
+            _state["fn"], _state["step1"] = _load()
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _state["reason"] = str(e)
     return "fn" in _state
