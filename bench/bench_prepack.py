@@ -2,7 +2,8 @@
 them, prepacked for oneDNN one by one, and prepacked with the siblings that read the same input
 fused (`pmcllama.prepack`), in one process, interleaved; the last two through the engine's own
 LLaMA forward (`pmcllama.serve.decoder`) too, and the model as `load_model(prepack=True)` gives
-it (what serve runs: one-row steps in `pmcllama.gemv`'s C step, where it is available).
+it (what serve runs: `pmcllama.gemv`'s kernels for up to 16 rows and its one-row C step,
+where they build).
 
 The copies of the model are loaded side by side; for each batch size B, B identical chat
 requests are admitted, a few steps warm up, then `--steps` decoding steps are timed, each arm
@@ -110,10 +111,10 @@ def main() -> None:
     unfused, prepacked = load_model(args.model)[0], load_model(args.model)[0]
     prepack_linears(unfused, fuse=False, gemv=False)
     prepack_linears(prepacked, gemv=False)
-    served = load_model(args.model, prepack=True)[0]  # what serve runs: with the one-row kernel when it is available
+    served = load_model(args.model, prepack=True)[0]  # what serve runs: with pmcllama.gemv's kernels when they build
     from pmcllama import gemv
 
-    print(f"one-row kernel (pmcllama.gemv): {'available' if gemv.available() else gemv.reason()}", flush=True)
+    print(f"few-row kernels (pmcllama.gemv): {'available' if gemv.available() else gemv.reason()}", flush=True)
     models = {"plain": plain, "unfused": unfused, "prepacked": prepacked, "decoder_onednn": prepacked,
               "decoder": served}
     if args.compiled:

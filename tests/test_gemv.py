@@ -16,18 +16,19 @@ def test_the_kernel_builds_and_passes_its_self_check_here(kernel):
     assert kernel.reason() is None
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 16])
 @pytest.mark.parametrize("n,k,bias", [(1, 1, False), (7, 3, True), (8, 8, False), (37, 29, True),
                                       (1000, 577, False), (49, 1536, True)])
-def test_the_kernel_gives_pytorchs_product_for_one_row(kernel, n, k, bias):
-    gen = torch.Generator().manual_seed(n * 1000 + k)
-    w, x = torch.randn(n, k, generator=gen), torch.randn(1, 1, k, generator=gen)
+def test_the_kernel_gives_pytorchs_product_for_a_few_rows(kernel, rows, n, k, bias):
+    gen = torch.Generator().manual_seed(n * 1000 + k + rows)
+    w, x = torch.randn(n, k, generator=gen), torch.randn(rows, 1, k, generator=gen)
     b = torch.randn(n, generator=gen) if bias else None
     y = gemv.gemv(w, x, b)
-    assert y.shape == (n,)
+    assert y.shape == ((n,) if rows == 1 else (rows, n))
     # as close to the exact product (float64) as PyTorch's own fp32 product is, give or take
-    exact = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double()).reshape(n)
-    torch_error = (torch.nn.functional.linear(x, w, b).reshape(n) - exact).abs().max().item()
-    scale = (w.abs() @ x.abs().reshape(k)).max().item()
+    exact = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double()).reshape(y.shape)
+    torch_error = (torch.nn.functional.linear(x, w, b).reshape(y.shape) - exact).abs().max().item()
+    scale = (x.abs().reshape(rows, k) @ w.abs().T).max().item()
     assert (y - exact).abs().max().item() <= 4 * torch_error + 1e-7 * scale
     threads = torch.get_num_threads()
     try:  # each output is one thread's sum in a fixed order: the thread count changes no bit
@@ -39,16 +40,17 @@ def test_the_kernel_gives_pytorchs_product_for_one_row(kernel, n, k, bias):
 
 def test_the_kernel_refuses_what_it_cannot_compute(kernel):
     w = torch.randn(4, 6)
-    for bad in (dict(x=torch.randn(2, 6)), dict(x=torch.randn(6, dtype=torch.float64)),
+    for bad in (dict(x=torch.randn(gemv.MAX_ROWS + 1, 6)), dict(x=torch.randn(2, 4)), dict(x=torch.randn(6, dtype=torch.float64)),
                 dict(x=torch.randn(6), weight=torch.randn(6, 4).t()), dict(x=torch.randn(6), bias=torch.randn(3))):
         with pytest.raises(ValueError, match="gemv: "):
             gemv.gemv(bad.get("weight", w), bad["x"], bad.get("bias"))
 
 
-def test_prepacked_layers_send_one_row_to_the_kernel_and_more_to_onednn(kernel, monkeypatch):
+def test_prepacked_layers_send_a_few_rows_to_the_kernel_and_more_to_onednn(kernel, monkeypatch):
     calls = []
-    real = gemv._state["fn"]
-    monkeypatch.setitem(gemv._state, "fn", lambda *a: calls.append(1) or real(*a))
+    for name in ("fn", "gemm"):
+        real = gemv._state[name]
+        monkeypatch.setitem(gemv._state, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     torch.manual_seed(0)
     parent = torch.nn.Module()
     for name, out in (("q_proj", 6), ("k_proj", 2), ("v_proj", 3), ("o_proj", 5)):
@@ -57,13 +59,14 @@ def test_prepacked_layers_send_one_row_to_the_kernel_and_more_to_onednn(kernel, 
     assert prepack_linears(parent) == 4
     assert parent.o_proj.plain is not None and parent.q_proj.fused.product.plain is not None
     with torch.inference_mode():
-        for shape, kernel_calls in (((1, 1, 5), 2), ((3, 5), 0), ((2, 1, 5), 0)):
+        for shape, kernel_calls in (((1, 1, 5), ["fn"] * 2), ((3, 5), ["gemm"] * 2), ((2, 1, 5), ["gemm"] * 2),
+                                    ((gemv.MAX_ROWS, 5), ["gemm"] * 2), ((gemv.MAX_ROWS + 1, 5), [])):
             calls.clear()
             x = torch.randn(*shape)
             for n, lin in plain.items():
                 got = getattr(parent, n)(x)
                 assert got.shape == lin(x).shape and torch.allclose(got, lin(x), atol=1e-5), (shape, n)
-            assert len(calls) == kernel_calls, shape  # q, k, v share one product; o is the other
+            assert calls == kernel_calls, shape  # q, k, v share one product; o is the other
 
 
 def test_a_model_keeps_its_plain_weights_once_and_only_when_asked(kernel, tiny_model):

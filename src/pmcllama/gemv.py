@@ -1,5 +1,5 @@
-"""A one-row matrix-vector product (GEMV) for decoding on CPU, faster than oneDNN's here, and
-a whole one-row decoding step of a LLaMA-architecture model in one C call (`step1`).
+"""Products of a few rows for decoding on CPU, faster than oneDNN's here, and a whole one-row
+decoding step of a LLaMA-architecture model in one C call (`step1`).
 
 A decoding step with one running request multiplies one row by every weight matrix: all the
 weights are read once for little arithmetic, so the product is as fast as memory is read.
@@ -7,9 +7,11 @@ oneDNN's prepacked product (`pmcllama.prepack`) reads them at about 16 GB/s on t
 EPYC of the README, where `torch.sum` reads memory at 27-30 GB/s; this kernel (`gemv.c`,
 AVX2 + FMA) reads them at 24-27 GB/s (`python bench/bench_prepack.py`: the Linear layers alone
 at one row, 19.7 ms against oneDNN's 28.0 and an 18.7 ms floor for reading them once).
-For more rows a tiled version of this kernel was not consistently faster than oneDNN's blocked
-product (8 to 256 rows, measured while writing it: from 9% faster to 33% slower at 8 rows), so
-`PackedLinear` keeps both: the packed weight for many rows and the plain one for this kernel.
+For 2 to `MAX_ROWS` (16) rows `pmcllama_gemm` multiplies three rows of the weight by four of
+the input at a time and prefetches the next three while it computes, so reading the weights
+overlaps the arithmetic (the Linear layers at 8 rows 37.7 ms against oneDNN's 57.0, same
+script). For more rows oneDNN's blocked product is as fast or faster, so `PackedLinear` keeps
+both: the packed weight for many rows and the plain one for these kernels.
 `step1` runs every layer of a one-row step (norms, products, rotary embedding, cache write,
 attention, SiLU) in one OpenMP region over those plain weights, for `pmcllama.serve.decoder`.
 
@@ -35,6 +37,9 @@ import torch
 
 SOURCE = Path(__file__).with_name("gemv.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared"]
+# the most rows `pmcllama_gemm` takes a product of: beyond them oneDNN's blocked product was as
+# fast or faster (a decoding step's products at 16 rows 1.0-1.4x oneDNN's, at 32 0.94x)
+MAX_ROWS = 16
 
 _state: dict = {}  # "fn": the loaded function, or "reason": why there is none
 
@@ -98,24 +103,29 @@ def _load():
     before = _gomp_paths()
     if not before:
         raise RuntimeError("PyTorch does not run on libgomp here, so the kernel would bring a second OpenMP runtime")
-    fn = ctypes.CDLL(str(_build())).pmcllama_gemv
+    lib = ctypes.CDLL(str(_build()))
     if _gomp_paths() != before:
         raise RuntimeError("the kernel loaded a second libgomp beside PyTorch's")
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
-    fn.restype = None
-    step = ctypes.CDLL(str(_build())).pmcllama_step1
-    step.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_long] * 6 + [ctypes.c_float, ctypes.c_int]
-    step.restype = None
-    # self-check, on sizes that are not multiples of the kernel's 8 rows and 8 columns
+    kernels = {"fn": lib.pmcllama_gemv, "gemm": lib.pmcllama_gemm, "step1": lib.pmcllama_step1}
+    kernels["fn"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
+    kernels["gemm"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    kernels["step1"].argtypes = ([ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_long] * 6
+                                 + [ctypes.c_float, ctypes.c_int])
+    for fn in kernels.values():
+        fn.restype = None
+    # self-check, on sizes that are not multiples of the kernels' tiles (8 or 3 rows of the weight,
+    # 4 rows of x, 8 columns)
     gen = torch.Generator().manual_seed(0)
-    for n, k, bias in ((37, 29, True), (64, 48, False)):
-        w, x = torch.randn(n, k, generator=gen), torch.randn(k, generator=gen)
+    for rows, n, k, bias in ((1, 37, 29, True), (1, 64, 48, False), (7, 37, 29, True), (4, 64, 48, False), (2, 5, 3, True),
+                                 (5, 5, 3, True)):
+        w, x = torch.randn(n, k, generator=gen), torch.randn(rows, k, generator=gen)
         b = torch.randn(n, generator=gen) if bias else None
-        if not torch.allclose(_run(fn, w, x, b, threads=1), torch.nn.functional.linear(x, w, b), atol=1e-4):
-            raise RuntimeError("the compiled kernel failed its self-check")
-    if not _step1_checks(step, gen):
+        got = _run(kernels, w, x, b, threads=1).view(rows, n)
+        if not torch.allclose(got, torch.nn.functional.linear(x, w, b), atol=1e-4):
+            raise RuntimeError(f"the compiled kernel failed its self-check ({rows} rows)")
+    if not _step1_checks(kernels["step1"], gen):
         raise RuntimeError("the compiled one-row step failed its self-check")
-    return fn, step
+    return kernels
 
 
 class Layer(ctypes.Structure):
@@ -191,7 +201,7 @@ def available() -> bool:
     """True when the kernel is built, loaded and checked (built on the first call)."""
     if not _state:
         try:
-            _state["fn"], _state["step1"] = _load()
+            _state.update(_load())
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _state["reason"] = str(e)
     return "fn" in _state
@@ -214,22 +224,31 @@ def check(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 def row_product(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`gemv` without its checks, for a weight and bias that passed `check` and an fp32 `x` of
-    k elements (the prepacked layers call it once per product of a decoding step)."""
-    return _run(_state["fn"], weight, x, bias, torch.get_num_threads())
+    1 to `MAX_ROWS` rows of k (the prepacked layers call it once per product of a decoding step)."""
+    return _run(_state, weight, x, bias, torch.get_num_threads())
 
 
-def _run(fn, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, threads: int) -> torch.Tensor:
+def _run(kernels: dict, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, threads: int) -> torch.Tensor:
     n, k = weight.shape
+    rows = x.numel() // k
     x = x.contiguous()
-    y = torch.empty(n)
-    fn(weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), n, k, threads)
+    y = torch.empty(n) if rows == 1 else torch.empty(rows, n)
+    b = None if bias is None else bias.data_ptr()
+    if rows == 1:
+        kernels["fn"](weight.data_ptr(), x.data_ptr(), b, y.data_ptr(), n, k, threads)
+    else:
+        kernels["gemm"](weight.data_ptr(), x.data_ptr(), b, y.data_ptr(), rows, n, k, threads)
     return y
 
 
 def gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`weight @ x (+ bias)`: `weight` (n, k) contiguous fp32 on CPU, `x` any shape with k
-    elements (one row), `bias` n or None. Returns n floats; only when `available()`."""
+    """`x @ weight.T (+ bias)`: `weight` (n, k) contiguous fp32 on CPU, `x` fp32 (..., k) of 1 to
+    `MAX_ROWS` rows, `bias` n or None. Returns n floats for one row, else (rows, n); only when
+    `available()`."""
     check(weight, bias)
-    if x.numel() != weight.shape[1] or x.dtype != torch.float32:
-        raise ValueError(f"gemv: x must be one fp32 row of {weight.shape[1]}, not {tuple(x.shape)} {x.dtype}")
+    k = weight.shape[1]
+    rows = x.numel() // k
+    if x.dtype != torch.float32 or x.shape[-1] != k or not 1 <= rows <= MAX_ROWS:
+        raise ValueError(f"gemv: x must be 1 to {MAX_ROWS} fp32 rows of {k}, "
+                         f"not {tuple(x.shape)} {x.dtype}")
     return row_product(weight, x, bias)

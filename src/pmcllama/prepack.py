@@ -8,9 +8,10 @@ the same input (q, k, v; gate, up) become one matrix each, one call instead of t
 `python bench/bench_prepack.py` on a 2-core AMD EPYC (AVX2, fp32), SmolLM2-135M: a decoding step
 of 8 rows 145.6 ms with PyTorch's layers, 93.1 prepacked one by one, 87.8 prepacked and fused
 (77.3 with the engine's own forward, `pmcllama.serve.decoder`); the same greedy tokens (the
-README's Performance section has the served figures). For one row, `pmcllama.gemv`'s kernel
-reads the weights faster than oneDNN (a step 44.3 -> 30.1 ms in the same script), so where it
-builds the plain weights are kept beside the packed ones for it (`prepack_linears(gemv=...)`).
+README's Performance section has the served figures). For up to 16 rows `pmcllama.gemv`'s
+kernels are faster than oneDNN (the Linear layers at one row 36.9 -> 23.4 ms, at 8 rows 57.0 ->
+37.7 in the same script), so where they build the plain weights are kept beside the packed ones
+for them (`prepack_linears(gemv=...)`).
 
 The swap is for inference only (the packed weights take no gradients and are not saved):
 `models.load_model(..., prepack=True)` applies it where a model is loaded only to generate
@@ -29,8 +30,8 @@ from pmcllama import gemv as kernel
 
 class PackedLinear(torch.nn.Module):
     """`nn.Linear`'s forward over a weight prepacked by oneDNN (fp32, CPU, no autograd). With
-    `plain`, the unpacked weight is kept too and a one-row input goes to `pmcllama.gemv`'s
-    kernel instead, which reads the weight faster than oneDNN does for one row."""
+    `plain`, the unpacked weight is kept too and an input of 1 to `gemv.MAX_ROWS` rows goes to
+    `pmcllama.gemv`'s kernels instead, which are faster than oneDNN for that few rows."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int, plain: bool = False):
         super().__init__()
@@ -44,7 +45,7 @@ class PackedLinear(torch.nn.Module):
             kernel.check(self.plain, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.plain is not None and x.numel() == self.in_features:
+        if self.plain is not None and x.numel() <= kernel.MAX_ROWS * self.in_features:
             return kernel.row_product(self.plain, x, self.bias).view(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
@@ -125,7 +126,7 @@ def can_prepack(model: torch.nn.Module) -> bool:
 
 def _gemv_fits(model: torch.nn.Module) -> bool:
     """Whether a plain copy of the Linear weights (for `pmcllama.gemv`) takes at most a quarter
-    of the memory available now; where it would take more, oneDNN does the one-row products too."""
+    of the memory available now; where it would take more, oneDNN does every product."""
     nbytes = sum(m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear)
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -141,9 +142,10 @@ def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = Tr
     to another module (the output layer tied to the embeddings) stays where it is tied; the
     packed copy is extra memory for that one matrix only.
 
-    With `gemv` (the default), where `pmcllama.gemv`'s kernel is available and the plain
-    weights fit (`_gemv_fits`), they are kept beside the packed ones and one-row products
-    (decoding one request) run on the kernel: the Linear weights then take twice the memory."""
+    With `gemv` (the default), where `pmcllama.gemv`'s kernels are available and the plain
+    weights fit (`_gemv_fits`), they are kept beside the packed ones and products of up to
+    `gemv.MAX_ROWS` rows (decoding that many requests) run on the kernels: the Linear weights
+    then take twice the memory."""
     if not can_prepack(model):
         return 0
     use_gemv = gemv and _gemv_fits(model) and kernel.available()

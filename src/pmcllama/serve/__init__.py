@@ -35,8 +35,8 @@ class ServeConfig(Config):
     context: int = Field(2048, ge=64, description="llamacpp: tokens per request slot (max_batch slots)")
     threads: Optional[int] = Field(None, ge=1, description="llamacpp: CPU threads (default: the CPU count, at most 8)")
     prepack: bool = Field(True, description="transformers on a CPU in fp32: prepack the Linear layers' weights for "
-                                            "oneDNN, and keep the plain ones too for pmcllama's one-row kernel where "
-                                            "it builds and they fit in a quarter of the free memory (faster "
+                                            "oneDNN, and keep the plain ones too for pmcllama's few-row kernels where "
+                                            "they build and the copies fit in a quarter of the free memory (faster "
                                             "decoding, the same text); false: PyTorch's own layers")
     remember_mb: float = Field(256.0, ge=0, description="transformers: KV cache kept of recent prompts (MB), so a "
                                                         "conversation's next turn or a repeated system prompt is not "
