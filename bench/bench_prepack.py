@@ -2,8 +2,7 @@
 them, prepacked for oneDNN one by one, and prepacked with the siblings that read the same input
 fused (`pmcllama.prepack`), in one process, interleaved; the last two through the engine's own
 LLaMA forward (`pmcllama.serve.decoder`) too, and the model as `load_model(prepack=True)` gives
-it (what serve runs: `pmcllama.gemv`'s kernels for up to 16 rows and its one-row C step,
-where they build).
+it (what serve runs: `pmcllama.gemv`'s kernels and C step for up to 32 rows, where they build).
 
 The copies of the model are loaded side by side; for each batch size B, B identical chat
 requests are admitted, a few steps warm up, then `--steps` decoding steps are timed, each arm

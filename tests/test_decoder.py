@@ -79,33 +79,39 @@ def test_the_decoder_gives_transformers_scores(overrides, prepacked):
     assert Decoder.supports(model)
     decoder = Decoder(model, context=16)  # a small rotary table, so the sequences below grow it
     assert all((layer._qkv is not None) == prepacked for layer in decoder.layers)  # the fused product, once
-    assert decoder.one_row is None  # no plain weights kept: every step in PyTorch
+    assert decoder.c_layers is None  # no plain weights kept: every step in PyTorch
     with torch.inference_mode():
         assert _scores_step_by_step(model, decoder, PROMPTS, prefix=5, steps=10, alone=4) < 1e-4
     assert decoder.cos.shape[0] >= 21  # grown past the 16 positions it began with
 
 
 @pytest.mark.parametrize("overrides", OVERRIDES, ids=OVERRIDE_IDS)
-def test_one_row_steps_run_every_layer_in_one_kernel_call(kernel, overrides, monkeypatch):
-    """With the kernel, each step of one row is one call of `pmcllama_step1`, through a cached
-    prefix, padding columns (the last row of a batch going on by itself) and a grown slab and
-    rotary table; steps of more rows stay in PyTorch. The same scores as transformers."""
+def test_decoding_steps_run_every_layer_in_one_kernel_call(kernel, overrides, monkeypatch):
+    """With the kernels, each decoding step of up to `gemv.MAX_ROWS` rows is one call of
+    `pmcllama_step`, through a cached prefix, padding columns, rows at different positions, the
+    last row of a batch going on by itself, and a grown slab and rotary table; prefills and steps
+    of more rows stay in PyTorch. The same scores as transformers."""
     from pmcllama.prepack import prepack_linears
     from pmcllama.serve.decoder import Decoder, SlabLayer
 
     model = _llama(**overrides)
     prepack_linears(model)
     decoder = Decoder(model, context=16)
-    assert decoder.one_row is not None
+    assert decoder.c_layers is not None
     calls = []
-    real = kernel._state["step1"]
-    monkeypatch.setitem(kernel._state, "step1", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(SlabLayer, "SPARE", 3)  # the one-row steps outgrow their slab
+    real = kernel._state["step"]
+    monkeypatch.setitem(kernel._state, "step", lambda *a: calls.append(a[8]) or real(*a))  # a[8]: the rows
+    monkeypatch.setattr(SlabLayer, "SPARE", 3)  # the steps outgrow their slab
     with torch.inference_mode():
         assert _scores_step_by_step(model, decoder, PROMPTS, prefix=5, steps=3, alone=12) < 1e-4
-        assert len(calls) == 12
+        assert calls == [3] * 3 + [1] * 12
+        calls.clear()
         assert _scores_step_by_step(model, decoder, PROMPTS[1:2], prefix=2, steps=8) < 1e-4  # one row throughout
-    assert len(calls) == 12 + 8
+        assert calls == [1] * 8
+        calls.clear()
+        monkeypatch.setattr(kernel, "MAX_ROWS", 2)
+        assert _scores_step_by_step(model, decoder, PROMPTS, prefix=5, steps=2, alone=2) < 1e-4
+        assert calls == [1] * 2  # three rows: more than MAX_ROWS, in PyTorch
     assert decoder.cos.shape[0] >= 26
 
 

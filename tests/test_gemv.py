@@ -16,7 +16,7 @@ def test_the_kernel_builds_and_passes_its_self_check_here(kernel):
     assert kernel.reason() is None
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 16, 32])
 @pytest.mark.parametrize("n,k,bias", [(1, 1, False), (7, 3, True), (8, 8, False), (37, 29, True),
                                       (1000, 577, False), (49, 1536, True)])
 def test_the_kernel_gives_pytorchs_product_for_a_few_rows(kernel, rows, n, k, bias):

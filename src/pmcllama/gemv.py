@@ -1,5 +1,5 @@
-"""Products of a few rows for decoding on CPU, faster than oneDNN's here, and a whole one-row
-decoding step of a LLaMA-architecture model in one C call (`step1`).
+"""Products of a few rows for decoding on CPU, faster than oneDNN's here, and a whole decoding
+step of a few rows of a LLaMA-architecture model in one C call (`step`).
 
 A decoding step with one running request multiplies one row by every weight matrix: all the
 weights are read once for little arithmetic, so the product is as fast as memory is read.
@@ -7,13 +7,15 @@ oneDNN's prepacked product (`pmcllama.prepack`) reads them at about 16 GB/s on t
 EPYC of the README, where `torch.sum` reads memory at 27-30 GB/s; this kernel (`gemv.c`,
 AVX2 + FMA) reads them at 24-27 GB/s (`python bench/bench_prepack.py`: the Linear layers alone
 at one row, 19.7 ms against oneDNN's 28.0 and an 18.7 ms floor for reading them once).
-For 2 to `MAX_ROWS` (16) rows `pmcllama_gemm` multiplies three rows of the weight by four of
+For 2 to `MAX_ROWS` (32) rows `pmcllama_gemm` multiplies three rows of the weight by four of
 the input at a time and prefetches the next three while it computes, so reading the weights
 overlaps the arithmetic (the Linear layers at 8 rows 37.7 ms against oneDNN's 57.0, same
-script). For more rows oneDNN's blocked product is as fast or faster, so `PackedLinear` keeps
-both: the packed weight for many rows and the plain one for these kernels.
-`step1` runs every layer of a one-row step (norms, products, rotary embedding, cache write,
-attention, SiLU) in one OpenMP region over those plain weights, for `pmcllama.serve.decoder`.
+script; at 32 rows about the same as oneDNN). For more rows oneDNN's blocked product is left
+to do them, so `PackedLinear` keeps both: the packed weight for many rows and the plain one
+for these kernels.
+`step` runs every layer of a decoding step of 1 to `MAX_ROWS` rows (norms, products, rotary
+embedding, cache write, attention, SiLU) in one OpenMP region over those plain weights, for
+`pmcllama.serve.decoder`.
 
 The kernel is compiled once with the C compiler found (`$CC`, else `cc`), into
 `$XDG_CACHE_HOME/pmcllama` (default `~/.cache/pmcllama`), and runs in PyTorch's own OpenMP
@@ -37,9 +39,11 @@ import torch
 
 SOURCE = Path(__file__).with_name("gemv.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared"]
-# the most rows `pmcllama_gemm` takes a product of: beyond them oneDNN's blocked product was as
-# fast or faster (a decoding step's products at 16 rows 1.0-1.4x oneDNN's, at 32 0.94x)
-MAX_ROWS = 16
+# the most rows `pmcllama_gemm` and `pmcllama_step` take (the server's default batch): at 32
+# rows a decoding step's products on `pmcllama_gemm` took 0.94-1.03x the time oneDNN's took,
+# and the whole step in C less than the step with oneDNN's products (bench_prepack: 121.0
+# against 139.2 ms); for more rows oneDNN's blocked product is left to do them
+MAX_ROWS = 32
 
 _state: dict = {}  # "fn": the loaded function, or "reason": why there is none
 
@@ -106,11 +110,11 @@ def _load():
     lib = ctypes.CDLL(str(_build()))
     if _gomp_paths() != before:
         raise RuntimeError("the kernel loaded a second libgomp beside PyTorch's")
-    kernels = {"fn": lib.pmcllama_gemv, "gemm": lib.pmcllama_gemm, "step1": lib.pmcllama_step1}
+    kernels = {"fn": lib.pmcllama_gemv, "gemm": lib.pmcllama_gemm, "step": lib.pmcllama_step}
     kernels["fn"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
     kernels["gemm"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    kernels["step1"].argtypes = ([ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_long] * 6
-                                 + [ctypes.c_float, ctypes.c_int])
+    kernels["step"].argtypes = ([ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_long] * 2
+                                + [ctypes.c_void_p] * 2 + [ctypes.c_long] * 5 + [ctypes.c_float, ctypes.c_int])
     for fn in kernels.values():
         fn.restype = None
     # self-check, on sizes that are not multiples of the kernels' tiles (8 or 3 rows of the weight,
@@ -123,13 +127,13 @@ def _load():
         got = _run(kernels, w, x, b, threads=1).view(rows, n)
         if not torch.allclose(got, torch.nn.functional.linear(x, w, b), atol=1e-4):
             raise RuntimeError(f"the compiled kernel failed its self-check ({rows} rows)")
-    if not _step1_checks(kernels["step1"], gen):
-        raise RuntimeError("the compiled one-row step failed its self-check")
+    if not _step_checks(kernels["step"], gen):
+        raise RuntimeError("the compiled decoding step failed its self-check")
     return kernels
 
 
 class Layer(ctypes.Structure):
-    """One layer's weights as `pmcllama_step1` reads them (gemv.c's `pmcllama_layer`): the
+    """One layer's weights as `pmcllama_step` reads them (gemv.c's `pmcllama_layer`): the
     addresses of contiguous fp32 tensors (a bias may be None) and the norms' epsilons."""
 
     _fields_ = [(name, ctypes.c_void_p) for name in (
@@ -147,54 +151,63 @@ def layers(specs: list[dict]):
                                   for spec in specs])
 
 
-def step1(table, keys: list[torch.Tensor], values: list[torch.Tensor], h: torch.Tensor, mask: torch.Tensor,
-          cos: torch.Tensor, sin_signed: torch.Tensor, heads: int, inter: int, scale: float) -> None:
-    """Every layer of one decoding step of one row, in place: `h` (hidden) the token's embedding,
-    then the last layer's output. `table` from `layers`; `keys`/`values` each layer's cache,
-    (1, kv heads, capacity, head dim) with contiguous columns and more capacity than the
-    `mask.numel() - 1` filled columns (this step writes the next); `mask` (longs) 0 where a
-    column pads; `cos`/`sin_signed` the rotary table's row for the position (gemv.c says more).
-    Only when `available()`; the caller checks shapes (`pmcllama.serve.decoder` does)."""
-    _step(_state["step1"], table, keys, values, h, mask, cos, sin_signed, heads, inter, scale, torch.get_num_threads())
+def step(table, keys: list[torch.Tensor], values: list[torch.Tensor], h: torch.Tensor, mask: torch.Tensor,
+         cos: torch.Tensor, sin_signed: torch.Tensor, heads: int, inter: int, scale: float) -> None:
+    """Every layer of one decoding step of 1 to `MAX_ROWS` rows, in place: `h` (rows, hidden) the
+    tokens' embeddings, then the last layer's output. `table` from `layers`; `keys`/`values`
+    each layer's cache, (rows, kv heads, capacity, head dim) with contiguous columns and more
+    capacity than the `mask.shape[1] - 1` filled columns (this step writes the next); `mask`
+    (rows, columns) contiguous longs, 0 where a column pads; `cos`/`sin_signed` (rows, head dim)
+    the rotary table's rows for each row's position (gemv.c says more). Only when
+    `available()`; the caller checks shapes (`pmcllama.serve.decoder` does)."""
+    _step(_state["step"], table, keys, values, h, mask, cos, sin_signed, heads, inter, scale, torch.get_num_threads())
 
 
 def _step(fn, table, keys, values, h, mask, cos, sin_signed, heads, inter, scale, threads) -> None:
     count = len(keys)
-    kv_heads, _, d = keys[0].shape[1:]
-    strides = (ctypes.c_long * count)(*[k.stride(1) for k in keys])
+    rows, kv_heads, _, d = keys[0].shape
+    head_strides = (ctypes.c_long * count)(*[k.stride(1) for k in keys])
+    row_strides = (ctypes.c_long * count)(*[k.stride(0) for k in keys])
     kp = (ctypes.c_void_p * count)(*[k.data_ptr() for k in keys])
     vp = (ctypes.c_void_p * count)(*[v.data_ptr() for v in values])
-    fn(table, count, kp, vp, strides, h.data_ptr(), mask.data_ptr(), mask.numel() - 1, cos.data_ptr(),
-       sin_signed.data_ptr(), h.numel(), heads, kv_heads, d, inter, scale, threads)
+    fn(table, count, kp, vp, head_strides, row_strides, h.data_ptr(), mask.data_ptr(), rows, mask.shape[1] - 1,
+       cos.data_ptr(), sin_signed.data_ptr(), h.shape[1], heads, kv_heads, d, inter, scale, threads)
 
 
-def _step1_checks(step, gen: torch.Generator) -> bool:
-    """`pmcllama_step1` against the same layer in PyTorch on a small case: two layers, grouped
-    key/value heads, biases, a padding column, head dim not a multiple of 8."""
+def _step_checks(fn, gen: torch.Generator) -> bool:
+    """`pmcllama_step` against the same layers in PyTorch, row by row, on small cases: two layers,
+    grouped key/value heads, biases, padding columns, each row at its own position, head dim not
+    a multiple of 8; one row, and three."""
     hidden, heads, kv, d, inter, n = 20, 4, 2, 6, 28, 5
+    F = torch.nn.functional
     rnd = lambda *shape: torch.randn(*shape, generator=gen) * 0.5  # noqa: E731
     specs = [dict(in_norm=rnd(hidden) + 1, post_norm=rnd(hidden) + 1, qkv=rnd((heads + 2 * kv) * d, hidden),
                   qkv_b=rnd((heads + 2 * kv) * d), o=rnd(hidden, heads * d), o_b=None, gate_up=rnd(2 * inter, hidden),
                   gate_up_b=rnd(2 * inter), down=rnd(hidden, inter), down_b=rnd(hidden), in_eps=1e-5, post_eps=1e-6)
              for _ in range(2)]
-    keys, values = [rnd(1, kv, n + 3, d) for _ in specs], [rnd(1, kv, n + 3, d) for _ in specs]
-    mask = torch.tensor([0, 1, 1, 1, 1, 1])
-    cos, sin = rnd(d), rnd(d)
-    h = rnd(hidden)
-    want, ref_k, ref_v = h.clone(), [k.clone() for k in keys], [v.clone() for v in values]
-    F = torch.nn.functional
-    for s, k, v in zip(specs, ref_k, ref_v):
-        y = F.linear(F.rms_norm(want, (hidden,), s["in_norm"], s["in_eps"]), s["qkv"], s["qkv_b"]).view(-1, d)
-        qk = y[:heads + kv] * cos + y[:heads + kv].roll(d // 2, -1) * sin
-        k[0, :, n], v[0, :, n] = qk[heads:], y[heads + kv:]
-        a = F.scaled_dot_product_attention(qk[None, :heads, None], k[:, :, :n + 1], v[:, :, :n + 1],
-                                           attn_mask=mask.bool()[None, None, None], scale=0.4, enable_gqa=True)
-        want = want + F.linear(a.reshape(-1), s["o"], s["o_b"])
-        g, u = F.linear(F.rms_norm(want, (hidden,), s["post_norm"], s["post_eps"]), s["gate_up"], s["gate_up_b"]).split(inter)
-        want = want + F.linear(F.silu(g) * u, s["down"], s["down_b"])
-    _step(step, layers(specs), keys, values, h, mask, cos, sin, heads, inter, 0.4, threads=2)
-    return torch.allclose(h, want, atol=1e-4) and all(
-        torch.allclose(a, b, atol=1e-5) for a, b in zip(keys + values, ref_k + ref_v))
+    for mask in (torch.tensor([[0, 1, 1, 1, 1, 1]]), torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6, [0, 1, 1, 1, 1, 1]])):
+        rows = mask.shape[0]
+        keys, values = [rnd(rows, kv, n + 3, d) for _ in specs], [rnd(rows, kv, n + 3, d) for _ in specs]
+        cos, sin, h = rnd(rows, d), rnd(rows, d), rnd(rows, hidden)
+        want, ref_k, ref_v = h.clone(), [k.clone() for k in keys], [v.clone() for v in values]
+        for r in range(rows):
+            x = want[r]
+            for s, k, v in zip(specs, ref_k, ref_v):
+                y = F.linear(F.rms_norm(x, (hidden,), s["in_norm"], s["in_eps"]), s["qkv"], s["qkv_b"]).view(-1, d)
+                qk = y[:heads + kv] * cos[r] + y[:heads + kv].roll(d // 2, -1) * sin[r]
+                k[r, :, n], v[r, :, n] = qk[heads:], y[heads + kv:]
+                a = F.scaled_dot_product_attention(qk[None, :heads, None], k[r:r + 1, :, :n + 1], v[r:r + 1, :, :n + 1],
+                                                   attn_mask=mask[r].bool()[None, None, None], scale=0.4, enable_gqa=True)
+                x = x + F.linear(a.reshape(-1), s["o"], s["o_b"])
+                g, u = F.linear(F.rms_norm(x, (hidden,), s["post_norm"], s["post_eps"]), s["gate_up"],
+                                s["gate_up_b"]).split(inter)
+                x = x + F.linear(F.silu(g) * u, s["down"], s["down_b"])
+            want[r] = x
+        _step(fn, layers(specs), keys, values, h, mask, cos, sin, heads, inter, 0.4, threads=2)
+        if not (torch.allclose(h, want, atol=1e-4) and all(
+                torch.allclose(a, b, atol=1e-5) for a, b in zip(keys + values, ref_k + ref_v))):
+            return False
+    return True
 
 
 def available() -> bool:

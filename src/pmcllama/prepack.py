@@ -8,9 +8,9 @@ the same input (q, k, v; gate, up) become one matrix each, one call instead of t
 `python bench/bench_prepack.py` on a 2-core AMD EPYC (AVX2, fp32), SmolLM2-135M: a decoding step
 of 8 rows 145.6 ms with PyTorch's layers, 93.1 prepacked one by one, 87.8 prepacked and fused
 (77.3 with the engine's own forward, `pmcllama.serve.decoder`); the same greedy tokens (the
-README's Performance section has the served figures). For up to 16 rows `pmcllama.gemv`'s
-kernels are faster than oneDNN (the Linear layers at one row 36.9 -> 23.4 ms, at 8 rows 57.0 ->
-37.7 in the same script), so where they build the plain weights are kept beside the packed ones
+README's Performance section has the served figures). For up to 32 rows `pmcllama.gemv`'s
+kernels are as fast as oneDNN or faster (the Linear layers at one row 36.9 -> 23.4 ms, at 8 rows
+57.0 -> 37.7 in the same script), so where they build the plain weights are kept beside the packed ones
 for them (`prepack_linears(gemv=...)`).
 
 The swap is for inference only (the packed weights take no gradients and are not saved):

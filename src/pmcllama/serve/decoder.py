@@ -7,11 +7,11 @@ fewer operations: the rotary table is computed once and applied to queries and k
 expression, the projections that read the same input are one call when `pmcllama.prepack`
 fused them, the attention reads grouped key/value heads as they are (SDPA's `enable_gqa`),
 and the KV cache (`SlabCache`) is a preallocated slab per layer that a step writes one column
-into instead of concatenating the whole cache anew. A step of one row (one running request)
-on a prepacked model whose layers keep their plain weights for `pmcllama.gemv` runs every layer
-in one call of that module's C step (`gemv.step1`: no Python and no PyTorch dispatch between
-the products; a step of SmolLM2-135M 49.7 -> 25.4 ms on the README's machine, `python
-bench/bench_prepack.py`). Its logits equal transformers' within float rounding (tests: 1e-4).
+into instead of concatenating the whole cache anew. A decoding step of 1 to 32 rows (running
+requests) on a prepacked model whose layers keep their plain weights for `pmcllama.gemv` runs
+every layer in one call of that module's C step (`gemv.step`: no Python and no PyTorch
+dispatch between the products). Its logits equal transformers' within float rounding (tests:
+1e-4).
 
 `Decoder.supports(model)` says which models it runs: `LlamaForCausalLM` (LLaMA 1-3, SmolLM,
 TinyLlama, the stage outputs) with SiLU MLPs and a rotary embedding that depends only on the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from pmcllama import gemv
 
 # scaled_dot_product_attention(enable_gqa=...) came with PyTorch 2.5
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -68,8 +69,8 @@ class SlabLayer:
         return self.keys, self.values
 
     def make_room(self) -> None:
-        """Room for one more column in a slab whose columns are contiguous (what the one-row
-        step in C writes into); a slab the engine's cut left as a view without room is copied."""
+        """Room for one more column in a slab whose columns are contiguous (what the C step
+        writes into); a slab the engine's cut left as a view without room is copied."""
         if self.n + 1 > self.k.shape[2] or self.k.stride(3) != 1 or self.k.stride(2) != self.k.shape[3]:
             self._grow(self.k, 1)
 
@@ -114,7 +115,7 @@ class Decoder:
         self.rotary = inner.rotary_emb
         self._rotary_table(min(context, 4096))  # grown when a longer sequence comes
         self.inter = cfg.intermediate_size
-        self.one_row = self._one_row_table()
+        self.c_layers = self._c_layers()
 
     @staticmethod
     def supports(model) -> bool:
@@ -146,10 +147,10 @@ class Decoder:
         half = self.head_dim // 2
         self.cos, self.sin_signed = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
 
-    def _one_row_table(self):
-        """The layers' weights for `pmcllama.gemv.step1` (every layer of a one-row step in one C
-        call), or None where it does not apply: the kernel is not in use (the prepacked layers
-        keep no plain weights for it), or the model is not fp32."""
+    def _c_layers(self):
+        """The layers' weights for `pmcllama.gemv.step` (every layer of a decoding step in one C
+        call), or None where it does not apply: the kernels are not in use (the prepacked layers
+        keep no plain weights for them), or the model is not fp32."""
         from pmcllama.prepack import PackedLinear
 
         products = [(layer._qkv, layer.o, layer._gate_up, layer.down) for layer in self.layers]
@@ -164,28 +165,24 @@ class Decoder:
         if (self.heads % self.kv_heads or self.head_dim % 2
                 or not all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)):
             return None
-        from pmcllama import gemv
-
         return gemv.layers([dict(
             in_norm=layer.in_norm, post_norm=layer.post_norm, in_eps=layer.in_eps, post_eps=layer.post_eps,
             qkv=qkv.plain, qkv_b=qkv.bias, o=o.plain, o_b=o.bias, gate_up=gate_up.plain, gate_up_b=gate_up.bias,
             down=down.plain, down_b=down.bias) for layer, (qkv, o, gate_up, down) in zip(self.layers, products)])
 
-    def _step_one_row(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                      cache: SlabCache) -> tuple[torch.Tensor, SlabCache]:
-        """`__call__` for one token of one row, every layer in one C call (`gemv.step1`)."""
-        from pmcllama import gemv
-
-        h = self.embed(ids).reshape(-1).contiguous()
-        position = int(positions.reshape(-1)[0])
+    def _c_step(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                cache: SlabCache) -> tuple[torch.Tensor, SlabCache]:
+        """`__call__` for one new token per row, every layer in one C call (`gemv.step`)."""
+        h = self.embed(ids).reshape(ids.shape[0], -1).contiguous()
+        positions = positions.reshape(-1)
         for layer in cache.layers:
             layer.make_room()
-        gemv.step1(self.one_row, [layer.k for layer in cache.layers], [layer.v for layer in cache.layers], h,
-                   mask.reshape(-1).to(torch.long).contiguous(), self.cos[position], self.sin_signed[position],
-                   self.heads, self.inter, self.scale)
+        gemv.step(self.c_layers, [layer.k for layer in cache.layers], [layer.v for layer in cache.layers], h,
+                  mask.to(torch.long).contiguous(), self.cos[positions], self.sin_signed[positions],
+                  self.heads, self.inter, self.scale)
         for layer in cache.layers:
             layer.n += 1
-        return self.lm_head(_rms_norm(h, *self.norm)[None]).float(), cache
+        return self.lm_head(_rms_norm(h, *self.norm)).float(), cache
 
     def new_cache(self) -> SlabCache:
         return SlabCache(len(self.layers))
@@ -197,9 +194,9 @@ class Decoder:
         rows, t = ids.shape
         if mask.shape[1] > self.cos.shape[0]:  # a position past the table (positions < columns)
             self._rotary_table(max(mask.shape[1], 2 * self.cos.shape[0]))
-        if rows == 1 and t == 1 and self.one_row is not None and all(
-                layer.k is not None and layer.n == mask.shape[1] - 1 for layer in cache.layers):
-            return self._step_one_row(ids, mask, positions, cache)
+        if t == 1 and self.c_layers is not None and rows <= gemv.MAX_ROWS and all(
+                layer.k is not None and layer.k.shape[0] == rows and layer.n == mask.shape[1] - 1 for layer in cache.layers):
+            return self._c_step(ids, mask, positions, cache)
         h = self.embed(ids)
         cos, sin = self.cos[positions][:, None], self.sin_signed[positions][:, None]  # (rows, 1, T, D)
         keep = mask[:, None, None, :].bool()  # (rows, 1, 1, columns): the real tokens
