@@ -69,10 +69,13 @@ class SlabLayer:
         return self.keys, self.values
 
     def make_room(self) -> None:
-        """Room for one more column in a slab whose columns are contiguous (what the C step
-        writes into); a slab the engine's cut left as a view without room is copied."""
-        if self.n + 1 > self.k.shape[2] or self.k.stride(3) != 1 or self.k.stride(2) != self.k.shape[3]:
-            self._grow(self.k, 1)
+        """Room for one more column in a slab whose columns are contiguous, the values laid out
+        as the keys (what the C step writes into); a slab the engine's cut left as a view
+        without room is copied."""
+        k, v = self.k, self.v
+        if (self.n + 1 > k.shape[2] or k.stride(3) != 1 or k.stride(2) != k.shape[3]
+                or (k.shape, k.stride()) != (v.shape, v.stride())):
+            self._grow(k, 1)
 
     def _grow(self, like: torch.Tensor, t: int) -> None:
         shape = (like.shape[0], like.shape[1], self.n + t + self.SPARE, like.shape[3])
@@ -194,8 +197,9 @@ class Decoder:
         rows, t = ids.shape
         if mask.shape[1] > self.cos.shape[0]:  # a position past the table (positions < columns)
             self._rotary_table(max(mask.shape[1], 2 * self.cos.shape[0]))
-        if t == 1 and self.c_layers is not None and rows <= gemv.MAX_ROWS and all(
-                layer.k is not None and layer.k.shape[0] == rows and layer.n == mask.shape[1] - 1 for layer in cache.layers):
+        if (t == 1 and self.c_layers is not None and rows <= gemv.MAX_ROWS and mask.shape[0] == positions.numel() == rows
+                and all(layer.k is not None and layer.k.shape[0] == rows and layer.n == mask.shape[1] - 1
+                        for layer in cache.layers)):
             return self._c_step(ids, mask, positions, cache)
         h = self.embed(ids)
         cos, sin = self.cos[positions][:, None], self.sin_signed[positions][:, None]  # (rows, 1, T, D)
