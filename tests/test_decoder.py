@@ -115,6 +115,23 @@ def test_decoding_steps_run_every_layer_in_one_kernel_call(kernel, overrides, mo
     assert decoder.cos.shape[0] >= 26
 
 
+def test_a_step_the_kernel_cannot_get_memory_for_raises(kernel, monkeypatch):
+    from pmcllama.prepack import prepack_linears
+    from pmcllama.serve.decoder import Decoder
+
+    model = _llama()
+    prepack_linears(model)
+    decoder = Decoder(model, context=16)
+    cache = decoder.new_cache()
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.inference_mode():
+        decoder(ids, torch.ones_like(ids), torch.arange(3)[None], cache)
+        monkeypatch.setitem(kernel._state, "step", lambda *a: -1)  # what pmcllama_step returns when malloc fails
+        with pytest.raises(MemoryError, match="gemv.step"):
+            decoder(torch.tensor([[8]]), torch.ones(1, 4, dtype=torch.long), torch.tensor([[3]]), cache)
+    assert all(layer.n == 3 for layer in cache.layers)  # the cache is as it was: the engine fails the requests
+
+
 def test_the_slab_cache_grows_and_selects_rows_without_losing_columns():
     from pmcllama.serve.decoder import SlabCache, SlabLayer
 

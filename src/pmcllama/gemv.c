@@ -42,7 +42,6 @@ static void rows8(const float *w, const float *x, float *y, long k) {
     }
 }
 
-
 void pmcllama_gemv(const float *w, const float *x, const float *b, float *y, long n, long k, int threads) {
     long blocks = n / ROWS;
     #pragma omp parallel for schedule(static) num_threads(threads)
@@ -63,7 +62,8 @@ void pmcllama_gemv(const float *w, const float *x, const float *b, float *y, lon
  * sums in registers), every four rows of X in turn while those three rows of W are in the L1
  * cache, so W is read from memory once; the next three rows of W are prefetched meanwhile,
  * which overlaps reading them with the arithmetic (without it a step at 8 rows took about the
- * sum of the two). With `add`, the products are added to Y. */
+ * sum of the two; a prefetch past the end of W is harmless: it never faults). With `add`, the
+ * products are added to Y. */
 #define WROWS 3
 #define XROWS 4
 
@@ -193,13 +193,14 @@ static void attend(const float *q, const float *kb, const float *vb, const long 
     }
 }
 
-void pmcllama_step(const pmcllama_layer *layers, int n_layers, float *const *kc, float *const *vc,
+/* Returns 0, or -1 when its scratch memory could not be had (nothing is changed then). */
+int pmcllama_step(const pmcllama_layer *layers, int n_layers, float *const *kc, float *const *vc,
                    const long *head_stride, const long *row_stride, float *h, const long *mask, long rows, long n,
                    const float *cos, const float *sin_signed, long hidden, long heads, long kv_heads, long d, long inter,
                    float scale, int threads) {
     long q_dim = heads * d, per = heads + kv_heads, qkv_dim = (per + kv_heads) * d, cols = n + 1, group = heads / kv_heads;
     float *buf = malloc(sizeof(float) * rows * (hidden + qkv_dim + q_dim + 3 * inter + heads * cols));
-    if (!buf) return;
+    if (!buf) return -1;
     float *xn = buf, *qkv = xn + rows * hidden, *att = qkv + rows * qkv_dim, *gu = att + rows * q_dim,
           *act = gu + rows * 2 * inter, *scores = act + rows * inter;
     #pragma omp parallel num_threads(threads)
@@ -236,4 +237,5 @@ void pmcllama_step(const pmcllama_layer *layers, int n_layers, float *const *kc,
         product(L->down, act, L->down_b, h, rows, hidden, inter, 1);
     }
     free(buf);
+    return 0;
 }

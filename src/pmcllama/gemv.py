@@ -117,6 +117,7 @@ def _load():
                                 + [ctypes.c_void_p] * 2 + [ctypes.c_long] * 5 + [ctypes.c_float, ctypes.c_int])
     for fn in kernels.values():
         fn.restype = None
+    kernels["step"].restype = ctypes.c_int
     # self-check, on sizes that are not multiples of the kernels' tiles (8 or 3 rows of the weight,
     # 4 rows of x, 8 columns)
     gen = torch.Generator().manual_seed(0)
@@ -170,8 +171,9 @@ def _step(fn, table, keys, values, h, mask, cos, sin_signed, heads, inter, scale
     row_strides = (ctypes.c_long * count)(*[k.stride(0) for k in keys])
     kp = (ctypes.c_void_p * count)(*[k.data_ptr() for k in keys])
     vp = (ctypes.c_void_p * count)(*[v.data_ptr() for v in values])
-    fn(table, count, kp, vp, head_strides, row_strides, h.data_ptr(), mask.data_ptr(), rows, mask.shape[1] - 1,
-       cos.data_ptr(), sin_signed.data_ptr(), h.shape[1], heads, kv_heads, d, inter, scale, threads)
+    if fn(table, count, kp, vp, head_strides, row_strides, h.data_ptr(), mask.data_ptr(), rows, mask.shape[1] - 1,
+          cos.data_ptr(), sin_signed.data_ptr(), h.shape[1], heads, kv_heads, d, inter, scale, threads):
+        raise MemoryError(f"gemv.step: no memory for the scratch space of a step of {rows} rows")
 
 
 def _step_checks(fn, gen: torch.Generator) -> bool:
