@@ -42,21 +42,6 @@ static void rows8(const float *w, const float *x, float *y, long k) {
     }
 }
 
-void pmcllama_gemv(const float *w, const float *x, const float *b, float *y, long n, long k, int threads) {
-    long blocks = n / ROWS;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long blk = 0; blk <= blocks; blk++) {
-        long r0 = blk * ROWS;
-        if (blk < blocks) {
-            rows8(w + r0 * k, x, y + r0, k);
-        } else {
-            for (long r = r0; r < n; r++) y[r] = dot(w + r * k, x, k);
-        }
-        long r1 = blk < blocks ? r0 + ROWS : n;
-        if (b) for (long r = r0; r < r1; r++) y[r] += b[r];
-    }
-}
-
 /* Y = X W^T (+ b) for a few rows of X (2 to 32: a decoding step of that many requests): X is
  * (rows, k) and Y (rows, n), row-major. Three rows of W against four rows of X at a time (twelve
  * sums in registers), every four rows of X in turn while those three rows of W are in the L1
@@ -110,9 +95,36 @@ static void block(const float *w, const float *x, const float *bias, float *y, l
     else tiles(w + r0 * k, x, b, y + r0, rows, k, n, 1, add);
 }
 
+/* Y (+)= X W^T (+ b), this thread's share of it (inside a parallel region) */
+static void product(const float *w, const float *x, const float *b, float *y, long rows, long n, long k, int add) {
+    if (rows > 1) {
+        #pragma omp for schedule(static)
+        for (long r0 = 0; r0 < n; r0 += WROWS) block(w, x, b, y, rows, n, k, r0, add);
+        return;
+    }
+    long blocks = (n + ROWS - 1) / ROWS;
+    #pragma omp for schedule(static)
+    for (long blk = 0; blk < blocks; blk++) {
+        long r0 = blk * ROWS;
+        float out[ROWS];
+        if (r0 + ROWS <= n) rows8(w + r0 * k, x, out, k);
+        else for (long r = r0; r < n; r++) out[r - r0] = dot(w + r * k, x, k);
+        for (long r = r0; r < n && r < r0 + ROWS; r++) {
+            float v = out[r - r0] + (b ? b[r] : 0.0f);
+            y[r] = add ? y[r] + v : v;
+        }
+    }
+}
+
+/* the products called from Python: one row (y n floats), and 2 to 32 rows (Y rows x n) */
+void pmcllama_gemv(const float *w, const float *x, const float *b, float *y, long n, long k, int threads) {
+    #pragma omp parallel num_threads(threads)
+    product(w, x, b, y, 1, n, k, 0);
+}
+
 void pmcllama_gemm(const float *w, const float *x, const float *bias, float *y, long rows, long n, long k, int threads) {
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long r0 = 0; r0 < n; r0 += WROWS) block(w, x, bias, y, rows, n, k, r0, 0);
+    #pragma omp parallel num_threads(threads)
+    product(w, x, bias, y, rows, n, k, 0);
 }
 
 /* One decoding step of a LLaMA-architecture model for a few rows (running requests, one new
@@ -139,27 +151,6 @@ typedef struct {
     const float *down, *down_b;        /* hidden rows of inter */
     float in_eps, post_eps;
 } pmcllama_layer;
-
-/* Y (+)= X W^T (+ b), this thread's share of it (inside a parallel region) */
-static void product(const float *w, const float *x, const float *b, float *y, long rows, long n, long k, int add) {
-    if (rows > 1) {
-        #pragma omp for schedule(static)
-        for (long r0 = 0; r0 < n; r0 += WROWS) block(w, x, b, y, rows, n, k, r0, add);
-        return;
-    }
-    long blocks = (n + ROWS - 1) / ROWS;
-    #pragma omp for schedule(static)
-    for (long blk = 0; blk < blocks; blk++) {
-        long r0 = blk * ROWS;
-        float out[ROWS];
-        if (r0 + ROWS <= n) rows8(w + r0 * k, x, out, k);
-        else for (long r = r0; r < n; r++) out[r - r0] = dot(w + r * k, x, k);
-        for (long r = r0; r < n && r < r0 + ROWS; r++) {
-            float v = out[r - r0] + (b ? b[r] : 0.0f);
-            y[r] = add ? y[r] + v : v;
-        }
-    }
-}
 
 static void rms_norm(const float *x, const float *w, float eps, float *y, long n) {
     float s = dot(x, x, n);

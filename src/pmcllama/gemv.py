@@ -121,8 +121,8 @@ def _load():
     # self-check, on sizes that are not multiples of the kernels' tiles (8 or 3 rows of the weight,
     # 4 rows of x, 8 columns)
     gen = torch.Generator().manual_seed(0)
-    for rows, n, k, bias in ((1, 37, 29, True), (1, 64, 48, False), (7, 37, 29, True), (4, 64, 48, False), (2, 5, 3, True),
-                                 (5, 5, 3, True)):
+    for rows, n, k, bias in ((1, 37, 29, True), (1, 64, 48, False), (7, 37, 29, True), (4, 64, 48, False),
+                             (2, 5, 3, True), (5, 5, 3, True)):
         w, x = torch.randn(n, k, generator=gen), torch.randn(rows, k, generator=gen)
         b = torch.randn(n, generator=gen) if bias else None
         got = _run(kernels, w, x, b, threads=1).view(rows, n)
