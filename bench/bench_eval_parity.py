@@ -20,9 +20,10 @@ A repeated row's r-th copy has " (r)" after its question, so that every prompt i
 lm-eval groups requests with equal contexts across documents into one forward, which would
 time 10 questions for N.
 
-pmcllama reads the original layouts with its own loaders and scores them with
-`benchmarks.scoring.evaluate_items` (padding-free, `--max-batch-tokens` per forward, no
-question cap); lm-eval with `--lmeval-batch-size` questions per forward (its default
+pmcllama reads the original layouts with its own loaders, loads the model as `pmcllama
+evaluate` does (`evaluate.load_for`: in fp32 on a CPU, oneDNN-prepacked Linear layers) and
+scores them with `benchmarks.scoring.evaluate_items` (padding-free, `--max-batch-tokens` per
+forward, no question cap); lm-eval with `--lmeval-batch-size` questions per forward (its default
 `logits_cache` groups single-token choices into one forward per question; `--no-logits-cache`
 gives one sequence per choice). The script checks that every pmcllama prompt is character for
 character lm-eval's context, then reports per shape the agreement of the acc predictions,
@@ -34,9 +35,13 @@ runs of each, model loading excluded for both.
 Ceiling: the forward input tokens pmcllama runs (one sequence per question for single-token
 choices; a prefix common to every prompt, such as MMLU's subject header, once) times 2 x
 non-embedding parameters, plus causal attention (QK and AV over the tokens each one sees),
-against the matmul peak measured in the same run with the
-model's own shapes (its q/k/v/o and MLP projections on `--max-batch-tokens` rows) and, as
-before, 1024^3 square matmuls: each tool's share of the peak.
+against the matmul peaks measured in the same run: PyTorch's matmul at the
+model's own shapes (its q/k/v/o and MLP projections on `--max-batch-tokens` rows), 1024^3
+square matmuls, and (CPU, fp32) oneDNN's prepacked products at the fused shapes pmcllama runs
+(q/k/v and gate/up as one matrix each), the fastest fp32 product this PyTorch has: on CPUs
+where PyTorch's default GEMM does not use the wider vectors oneDNN does (seen on an AMD EPYC
+with AVX-512, where it ran at 0.4x oneDNN's rate) a tool can exceed the first two. Each
+tool's share of each peak; the CPU's name and extensions are in the result.
 
     python bench/bench_eval_parity.py --limit 20 --repeat 1      # a quick check
     python bench/bench_eval_parity.py                            # the full run (460 questions, 2 repeats)
@@ -213,9 +218,10 @@ def run_pmcllama(folder: Path, items: dict, args) -> tuple[dict, dict, dict]:
     import torch
 
     from pmcllama.benchmarks.scoring import evaluate_items
-    from pmcllama.models import load_model
+    from pmcllama.evaluate import load_for
 
-    model, tok = load_model(folder, device=None if args.device == "cpu" else args.device)
+    # as `pmcllama evaluate` loads it (fp32 on a CPU: oneDNN-prepacked Linear layers)
+    model, tok = load_for(folder, "loglik", args.precision, device=args.device)
     per_task, seconds = {}, {}
     for shape, its in items.items():
         evaluate_items(model, tok, its[:2], precision=args.precision, progress=False)  # warm-up
@@ -236,13 +242,18 @@ def work(model, tok, items) -> dict:
     from pmcllama.benchmarks.packed import layout, shared_prefix
     from pmcllama.benchmarks.scoring import build_requests, context_length
 
+    import torch
+    from transformers import AutoModelForCausalLM
+
     cfg = model.config
     requests = build_requests(tok, items, context_length(model, tok))
     skip = shared_prefix(requests)
     qs = [layout(reqs, skip) for reqs in requests]
     tokens = skip + sum(q.tokens for q in qs)
-    embedding = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
-    body = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+    with torch.device("meta"):  # the parameters as declared (prepacked layers hold plain tensors)
+        ref = AutoModelForCausalLM.from_config(cfg)
+    embedding = {id(ref.get_input_embeddings().weight), id(ref.get_output_embeddings().weight)}
+    body = sum(p.numel() for p in ref.parameters() if id(p) not in embedding)
     width = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
     pairs = skip * (skip + 1) / 2 + sum(
         len(q.context) * (skip + (len(q.context) + 1) / 2)
@@ -251,17 +262,31 @@ def work(model, tok, items) -> dict:
             "body_flops": 2.0 * body * tokens, "attention_flops": 4.0 * width * cfg.num_hidden_layers * pairs}
 
 
-def model_shape_peak(model_cfg, device, precision: str, rows: int, seconds: float = 2.0) -> float:
-    """Best FLOP/s of one layer's projections (q, k, v, o, gate, up, down) on `rows` tokens."""
+def model_shape_peak(model_cfg, device, precision: str, rows: int, seconds: float = 2.0,
+                     onednn: bool = False) -> float:
+    """Best FLOP/s of one layer's products on `rows` tokens: PyTorch's matmul over the projections
+    (q, k, v, o, gate, up, down), or with `onednn` the products pmcllama runs on a CPU in fp32,
+    oneDNN's over prepacked weights with q/k/v and gate/up fused (`pmcllama.prepack`)."""
     import torch
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     d, f = model_cfg.hidden_size, model_cfg.intermediate_size
     heads, kv = model_cfg.num_attention_heads, model_cfg.num_key_value_heads
     hd = getattr(model_cfg, "head_dim", d // heads)
-    shapes = [(d, heads * hd), (d, kv * hd), (d, kv * hd), (heads * hd, d), (d, f), (d, f), (f, d)]
-    mats = [(torch.randn(rows, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype))
-            for k, n in shapes]
+    if onednn:
+        shapes = [(d, (heads + 2 * kv) * hd), (heads * hd, d), (d, 2 * f), (f, d)]
+        mats = [(torch.randn(rows, k), torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k), rows))
+                for k, n in shapes]
+
+        def product(a, w):
+            return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+    else:
+        shapes = [(d, heads * hd), (d, kv * hd), (d, kv * hd), (heads * hd, d), (d, f), (d, f), (f, d)]
+        mats = [(torch.randn(rows, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype))
+                for k, n in shapes]
+
+        def product(a, b):
+            return a @ b
     flops = sum(2 * rows * k * n for k, n in shapes)
     best, t_end = 0.0, time.perf_counter() + seconds
     for i in range(200):
@@ -269,13 +294,29 @@ def model_shape_peak(model_cfg, device, precision: str, rows: int, seconds: floa
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for a, b in mats:
-            a @ b
+            product(a, b)
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = max(best, flops / (time.perf_counter() - t0))
         if i >= 3 and time.perf_counter() > t_end:
             break
     return best
+
+
+def cpu_description() -> str:
+    """The CPU's model name, family/model and its wide-vector and matrix extensions (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return __import__("platform").processor() or "unknown"
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    ext = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
+    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model "
+            f"{fields.get('model', '?')}; {', '.join(ext) or 'no AVX2'})")
 
 
 def compare(ours: list[dict], items, theirs: list[dict]) -> dict:
@@ -336,9 +377,11 @@ def main(argv=None) -> int:
     from transformers import AutoConfig
 
     device = torch.device(args.device)
-    peaks = {"model_shape_peak": model_shape_peak(AutoConfig.from_pretrained(folder), device, args.precision,
-                                                  min(args.max_batch_tokens, 2048)),
+    model_cfg, rows = AutoConfig.from_pretrained(folder), min(args.max_batch_tokens, 2048)
+    peaks = {"model_shape_peak": model_shape_peak(model_cfg, device, args.precision, rows),
              "square_peak": matmul_peak(device, args.precision, size=1024, seconds=2.0)}
+    if device.type == "cpu" and args.precision == "fp32" and torch.backends.mkldnn.is_available():
+        peaks["onednn_model_shape_peak"] = model_shape_peak(model_cfg, device, "fp32", rows, onednn=True)
     per_task = {t: {**compare(ours[t], items[t], theirs[t]),
                     **speed(len(items[t]), runs_ours[t], runs_theirs[t], done[t], peaks)} for t in shapes}
     n = sum(len(v) for v in ours.values())
@@ -347,7 +390,8 @@ def main(argv=None) -> int:
     agree = sum(per_task[t]["agreement_acc"] * per_task[t]["n"] for t in shapes) / n
     result = {
         "model": args.model, "model_folder": str(folder), "threads": args.threads, "device": args.device,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "precision": args.precision,
+        "cpu": cpu_description(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "precision": args.precision,
         "max_batch_tokens": args.max_batch_tokens, "lmeval_batch_size": args.lmeval_batch_size,
         "limit": args.limit, "repeat": args.repeat, "lm_eval_version": __import__("lm_eval").__version__,
         "lmeval_logits_cache": not args.no_logits_cache, "peaks_flops_per_s": peaks, "tasks": per_task,
@@ -373,15 +417,20 @@ def report(result: dict, args) -> None:
               f"lm-eval {100 * r['acc_lmeval']:.1f}  max |dloglik| {r['max_abs_loglik_diff']:.1e}  "
               f"pmcllama {r['pmcllama_q_per_s']} q/s, lm-eval {r['lmeval_q_per_s']} q/s -> {r['speed_ratio']}x; "
               f"share of the model-shape matmul peak: pmcllama {100 * r['pmcllama_share_of_model_shape_peak']:.0f}%"
-              f", lm-eval {100 * r['lmeval_share_of_model_shape_peak']:.0f}%")
+              f", lm-eval {100 * r['lmeval_share_of_model_shape_peak']:.0f}%"
+              + (f"; of oneDNN's: pmcllama {100 * r['pmcllama_share_of_onednn_model_shape_peak']:.0f}%, lm-eval "
+                 f"{100 * r['lmeval_share_of_onednn_model_shape_peak']:.0f}%"
+                 if "pmcllama_share_of_onednn_model_shape_peak" in r else ""))
     peaks = result["peaks_flops_per_s"]
     print(f"all: {result['questions']} questions, agreement {100 * result['agreement_acc']:.1f}%; pmcllama "
           f"{result['pmcllama_q_per_s']} q/s, lm-eval {result['lmeval_q_per_s']} q/s -> {result['speed_ratio']}x "
           f"({args.threads} threads, {args.device} {result['cpu_capability']}, {args.precision}, pmcllama "
           f"max_batch_tokens {args.max_batch_tokens}, lm-eval batch {args.lmeval_batch_size}); matmul peak "
           f"{peaks['model_shape_peak'] / 1e9:.1f} GFLOP/s at the model's shapes, "
-          f"{peaks['square_peak'] / 1e9:.1f} GFLOP/s square; load average {result['load_average_1min']:.1f}; "
-          f"wrote {args.out}")
+          f"{peaks['square_peak'] / 1e9:.1f} GFLOP/s square"
+          + (f", oneDNN's {peaks['onednn_model_shape_peak'] / 1e9:.1f} GFLOP/s at the model's fused shapes"
+             if "onednn_model_shape_peak" in peaks else "")
+          + f"; {result['cpu']}; load average {result['load_average_1min']:.1f}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from pmcllama.benchmarks import load_benchmark, packed
 from pmcllama.benchmarks.base import Item
@@ -132,6 +133,23 @@ def test_fewshot_fixed_shares_the_prefix_and_equals_recomputation(tiny_model, mo
     twin = Item("p0", pool[0].prompt, [" A", " B"], 0)  # an example never precedes itself
     (alone,) = build([twin], "loglik", 3, pool, seed=0, fixed=True)
     assert alone.prompt.count(pool[0].prompt) == 1 and alone.prompt.endswith(pool[0].prompt)
+
+
+def test_scores_on_prepacked_layers_equal_the_plain_models(tiny_model):
+    """`pmcllama evaluate` scores fp32 on oneDNN-prepacked Linear layers (evaluate.load_for),
+    the output layer included: the same logliks and predictions as PyTorch's layers."""
+    from pmcllama import models
+    from pmcllama.evaluate import load_for
+    from pmcllama.prepack import PackedLinear
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    model, tok = tiny_model
+    fast, _ = load_for(models.resolve("tiny-llama"), "loglik", "fp32")
+    assert type(fast.get_output_embeddings()) is PackedLinear
+    for items in (shaped_items(), fixed_fewshot_items()[0]):  # the second: a prefix computed once
+        assert_close(evaluate_items(fast, tok, items, max_batch_tokens=80, progress=False),
+                     evaluate_items(model, tok, items, max_batch_tokens=80, progress=False))
 
 
 def test_stage_fewshot_fixed_and_token_budget(tmp_path):

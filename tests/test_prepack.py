@@ -57,16 +57,21 @@ def test_fused_siblings_give_each_its_own_columns_whatever_the_order():
     assert parent.q_proj.fused.y is None  # every sibling took its columns: the product is let go
 
 
-def test_generation_entry_points_load_prepacked_models():
-    from pmcllama.evaluate import _load
+def test_generation_and_fp32_scoring_load_prepacked_models():
+    from pmcllama.evaluate import load_for
     from pmcllama.generate import GenerateConfig, complete
     from pmcllama.serve import ServeConfig, load_backend
 
     backend = load_backend(ServeConfig(model="tiny-llama"))
     assert _linears(backend.model) == 0 and any(type(m) is PackedLinear for m in backend.model.modules())
     assert _linears(load_backend(ServeConfig(model="tiny-llama", prepack=False)).model) > 0
-    scoring, _ = _load(models.resolve("tiny-llama"), prepack=False)
-    assert _linears(scoring) > 0  # log-likelihood scoring keeps the plain model
+    folder = models.resolve("tiny-llama")
+    assert _linears(load_for(folder, "generate", "fp32")[0]) == 0
+    scoring, _ = load_for(folder, "loglik", "fp32")  # log-likelihood scoring: prepacked, no few-row copies
+    packed = [m.fused.product if type(m) is FusedLinear else m for m in scoring.modules()
+              if type(m) in (PackedLinear, FusedLinear)]
+    assert _linears(scoring) == 0 and packed and all(m.plain is None for m in packed)
+    assert _linears(load_for(folder, "loglik", "bf16")[0]) > 0  # bf16 autocast keeps PyTorch's layers
     # `pmcllama generate`'s pinned greedy outputs (tests/test_serve.py) hold on the packed model
     out = complete(backend.model, backend.tok, ["Heart", "The aorta is a large", "Insulin"],
                    GenerateConfig(max_new_tokens=10, stream=False))

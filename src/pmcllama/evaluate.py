@@ -184,7 +184,7 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
     for bench in loaded.values():  # every data error is found before the model loads
         for warning in bench.warnings:
             print(f"warning: {warning}")
-    model, tok = _load(folder, prepack=cfg.mode != "loglik")
+    model, tok = load_for(folder, cfg.mode, cfg.precision)
     model_meta = _model_manifest(folder)
     if cfg.precision == "bf16" and next(model.parameters()).device.type == "cpu":
         from pmcllama.training.loop import cpu_has_native_bf16
@@ -209,12 +209,22 @@ def _work(cfg: EvaluateConfig, folder: Path, tmp: Path) -> StageResult:
     return StageResult(counts=counts, info={"model": cfg.model, "results": results})
 
 
-def _load(folder: Path, prepack: bool):
-    """The model; prepacked for generation when it is only used to generate (mode generate|cot)."""
+def load_for(folder: Path, mode: str = "loglik", precision: str = "fp32", device: str | None = None):
+    """(model, tokenizer) for scoring in `mode` (on CUDA when there is one, unless `device`). On a
+    CPU in fp32 the Linear layers are prepacked for oneDNN (`pmcllama.prepack`): to generate
+    (generate/cot, with `pmcllama.gemv`'s kernels for few rows), and for loglik, whose products of
+    hundreds of rows oneDNN ran 1.1-1.8x faster than PyTorch's default GEMM on the CPUs measured
+    (`python bench/bench_eval_parity.py`); loglik keeps no plain copies for the few-row kernels.
+    bf16 scoring keeps PyTorch's layers, which autocast turns to bf16."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else None
-    return models.load_model(folder, device=device, prepack=prepack)
+    device = device or ("cuda" if torch.cuda.is_available() else None)
+    model, tok = models.load_model(folder, device=device, prepack=mode != "loglik")
+    if mode == "loglik" and precision == "fp32":
+        from pmcllama.prepack import prepack_linears
+
+        prepack_linears(model, gemv=False)
+    return model, tok
 
 
 def _model_manifest(folder: Path) -> dict:

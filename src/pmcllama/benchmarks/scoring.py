@@ -175,9 +175,9 @@ def _logits_at(model, ids, row_t, pos_t, precision: str, **extra):
                 return model(input_ids=ids, use_cache=False, **extra).logits[row_t, pos_t].float()
         with _autocast(ids.device, precision):
             out = decoder(input_ids=ids, use_cache=False, **extra)
-        hidden = out[0]
-        h = hidden[row_t, pos_t]
-        return head(h.to(head.weight.dtype)).float()
+        h = out[0][row_t, pos_t]
+        # a prepacked output layer (`pmcllama.prepack`) keeps no `weight`: it is fp32
+        return head(h.to(head.weight.dtype if hasattr(head, "weight") else torch.float32)).float()
 
 
 def predict(item: Item, logliks: list[float], truncated: bool) -> dict:
