@@ -274,12 +274,13 @@ def model_shape_peak(model_cfg, device, precision: str, rows: int, seconds: floa
     heads, kv = model_cfg.num_attention_heads, model_cfg.num_key_value_heads
     hd = getattr(model_cfg, "head_dim", d // heads)
     if onednn:
-        shapes = [(d, (heads + 2 * kv) * hd), (heads * hd, d), (d, 2 * f), (f, d)]
-        mats = [(torch.randn(rows, k), torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k), rows))
-                for k, n in shapes]
+        from pmcllama.prepack import PackedLinear
 
-        def product(a, w):
-            return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+        shapes = [(d, (heads + 2 * kv) * hd), (heads * hd, d), (d, 2 * f), (f, d)]
+        mats = [(torch.randn(rows, k), PackedLinear(torch.randn(n, k), None, rows)) for k, n in shapes]
+
+        def product(a, layer):
+            return layer(a)
     else:
         shapes = [(d, heads * hd), (d, kv * hd), (d, kv * hd), (heads * hd, d), (d, f), (d, f), (f, d)]
         mats = [(torch.randn(rows, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype))

@@ -219,12 +219,11 @@ def load_for(folder: Path, mode: str = "loglik", precision: str = "fp32", device
     PyTorch's layers, which autocast turns to bf16."""
     import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else None)
-    model, tok = models.load_model(folder, device=device, prepack=mode != "loglik")
-    if mode == "loglik" and precision == "fp32":
-        from pmcllama.prepack import prepack_linears
+    from pmcllama.prepack import prepack_linears
 
-        prepack_linears(model, gemv=False)
+    model, tok = models.load_model(folder, device=device or ("cuda" if torch.cuda.is_available() else None))
+    if mode != "loglik" or precision == "fp32":  # a no-op where it does not apply (CUDA, ...)
+        prepack_linears(model, gemv=mode != "loglik")
     return model, tok
 
 
