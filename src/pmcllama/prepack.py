@@ -16,9 +16,9 @@ for them (`prepack_linears(gemv=...)`).
 Log-likelihood scoring multiplies hundreds to thousands of rows at a time, where packing on
 every call costs little; there the gain is oneDNN's own kernels. On an AMD EPYC with AVX-512
 (family 26) PyTorch's default fp32 GEMM ran at 180-205 GFLOP/s on 2 threads and oneDNN's
-prepacked product at 440-480 (the model's shapes, 300-2048 rows), about the 2-thread rate of
-an AVX2 FMA loop against an AVX-512 one; with oneDNN held to AVX2 (`ONEDNN_MAX_CPU_ISA=AVX2`)
-it still ran 1.13-1.27x PyTorch's. `evaluate.load_for` therefore prepacks for loglik in fp32
+prepacked product at 440-480 (the model's shapes, 300-2048 rows; an AVX-512 FMA loop reached
+about 490 there); with oneDNN held to AVX2 (`ONEDNN_MAX_CPU_ISA=AVX2`) it still ran
+1.13-1.27x PyTorch's. `evaluate.load_for` therefore prepacks for loglik in fp32
 too, without the plain copies (`gemv=False`: no few-row products there).
 
 The swap is for inference only (the packed weights take no gradients and are not saved):
