@@ -118,3 +118,85 @@ def test_a_folder_others_can_write_in_is_never_used(kernel, monkeypatch, tmp_pat
     built = gemv._build()
     assert built.parent == tmp_path / "tmp" / f"pmcllama-kernels-{os.getuid()}" and not list(shared.iterdir())
     assert built.parent.stat().st_mode & 0o777 == 0o700
+
+
+def _torch_tree_attention(query, key, value, tree, prefix, scale):
+    """training.varlen's tree attention on PyTorch's kernels (the kernel turned away)."""
+    from pmcllama.training import varlen
+
+    class Module:
+        layer_idx, is_causal, training = 0, True, False
+        num_key_value_groups = query.shape[1] // key.shape[1]
+
+    fits, gemv.tree_attention_fits = gemv.tree_attention_fits, lambda *a: False
+    try:
+        return varlen._tree_attention(Module, query, key, value, tree, 0.0, scale,
+                                      {"pmcllama_prefix": None if prefix is None else {0: prefix}})[0][0]
+    finally:
+        gemv.tree_attention_fits = fits
+
+
+@pytest.mark.parametrize("heads,kv,d,n_prefix", [(9, 3, 64, 0), (4, 4, 16, 7), (6, 2, 72, 20), (2, 1, 128, 0)])
+def test_the_scoring_attention_kernel_equals_pytorchs(kernel, heads, kv, d, n_prefix):
+    gen = torch.Generator().manual_seed(heads * 100 + d)
+    # segments of 1 to 70 tokens, questions whose choices' tails see the question's prompt
+    tree, at = [], 0
+    for length, tails in ((70, ()), (1, ()), (33, (2, 5, 1)), (9, ()), (12, (8, 8))):
+        tree.append((at, at + length, None))
+        ctx, at = (at, at + length), at + length
+        for t in tails:
+            tree.append((at, at + t, ctx))
+            at += t
+    tokens = at
+    # as the model's attention passes them: q and k rotated (their own tensors), v a view of the fused projection
+    q = torch.randn(tokens, heads, d, generator=gen).transpose(0, 1)[None]
+    k = torch.randn(tokens, kv, d, generator=gen).transpose(0, 1)[None]
+    v = torch.randn(tokens, heads + 2 * kv, d, generator=gen)[:, heads + kv:].transpose(0, 1)[None]
+    prefix = tuple(torch.randn(1, kv, n_prefix, d, generator=gen) for _ in "kv") if n_prefix else None
+    assert gemv.tree_attention_fits(q, k, v, prefix)
+    got = gemv.tree_attention(q, k, v, tree, prefix, 0.37)
+    want = _torch_tree_attention(q, k, v, tree, prefix, 0.37)
+    exact = _torch_tree_attention(q.double(), k.double(), v.double(), tree,
+                                  None if prefix is None else tuple(t.double() for t in prefix), 0.37)
+    assert got.shape == (tokens, heads, d)
+    # as close to the exact attention (float64) as PyTorch's own in fp32, give or take
+    assert (got - exact).abs().max() <= 4 * (want - exact).abs().max() + 1e-6
+    threads = torch.get_num_threads()
+    try:  # each output is one thread's sums in a fixed order
+        torch.set_num_threads(1)
+        assert torch.equal(gemv.tree_attention(q, k, v, tree, prefix, 0.37), got)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_scoring_attention_kernel_takes_only_what_it_computes(kernel):
+    q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16)
+    assert gemv.tree_attention_fits(q, k, k)
+    for bad in ((q.bfloat16(), k.bfloat16(), k.bfloat16()),            # bf16
+                (q[..., :12], k[..., :12], k[..., :12]),                # head dim not a multiple of 8
+                (q, torch.randn(1, 3, 5, 16), torch.randn(1, 3, 5, 16)),  # heads not a multiple of kv heads
+                (q.requires_grad_(), k, k),                             # needs a gradient
+                (torch.randn(2, 4, 5, 16), k, k)):                      # more than one row
+        assert not gemv.tree_attention_fits(*bad)
+    assert not gemv.tree_attention_fits(q.detach(), k, k, (k[..., :8], k[..., :8]))  # a prefix of another head dim
+
+
+def test_scoring_runs_its_attention_on_the_kernel(kernel, tiny_model, monkeypatch):
+    from pmcllama.benchmarks.base import Item
+    from pmcllama.benchmarks.scoring import evaluate_items
+
+    model, tok = tiny_model
+    # multi-token choices: each question's prompt is a segment its choices' tails see
+    items = [Item(str(i), f"Question {i}: which organ makes insulin?" + " and" * i + "\nAnswer:",
+                  [" the pancreas", " liver", " the spleen of the body"], i % 3) for i in range(5)]
+    calls = []
+    real = gemv._state["tree"]
+    monkeypatch.setitem(gemv._state, "tree", lambda *a: calls.append(a[14]) or real(*a))
+    got = evaluate_items(model, tok, items, progress=False)
+    layers = model.config.num_hidden_layers
+    assert calls and len(calls) % layers == 0  # every layer of every forward
+    monkeypatch.setattr(gemv, "tree_attention_fits", lambda *a: False)
+    want = evaluate_items(model, tok, items, progress=False)
+    for a, b in zip(got, want):
+        assert a["pred"] == b["pred"]
+        assert max(abs(x - y) for x, y in zip(a["loglik"], b["loglik"])) < 1e-4

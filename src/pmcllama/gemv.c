@@ -230,3 +230,199 @@ int pmcllama_step(const pmcllama_layer *layers, int n_layers, float *const *kc, 
     free(buf);
     return 0;
 }
+
+/* The attention of log-likelihood scoring's flattened rows (pmcllama/training/varlen.py's
+ * segment tree, called through gemv.py's `tree_attention`): segment i is the rows
+ * seg[4i]..seg[4i+1] of the row; each of its rows attends to the `np` prefix tokens (pk, pv: a
+ * fixed few-shot prefix), then to the rows seg[4i+2]..seg[4i+3] (its question's prompt; none when
+ * equal), then causally to its own segment. q is (tokens, heads, d), k and v (tokens, kv heads,
+ * d), read through their token and head strides (the d floats of a head contiguous, d % 8 == 0);
+ * out is (tokens, heads, d) contiguous. PyTorch's attention does the same with a gather of the
+ * segments into a padded batch and its flash kernel, whose small blocks run far below the
+ * products' rate here; this reads q, k and v where they lie, and each key and value it loads
+ * serves three query vectors (heads of one group, or rows of one segment). The work is split
+ * between the threads by (four rows of a segment, kv head). Each output is one thread's sums in
+ * a fixed order: the thread count changes no bit. */
+
+/* exp of eight floats (Cephes' polynomial on the range reduction x = n ln 2 + r): within 2 ulp
+ * of expf over the range softmax gives it (x <= 0) */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* s[0..n) <- exp(s - max s); returns their sum */
+static float exp_shifted(float *s, long n) {
+    float top = -INFINITY, sum = 0.0f;
+    for (long j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
+    __m256 t = _mm256_set1_ps(top), acc = _mm256_setzero_ps();
+    long j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), t));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    sum = hsum(acc);
+    for (; j < n; j++) { s[j] = expf(s[j] - top); sum += s[j]; }
+    return sum;
+}
+
+#define QV 3     /* query vectors that share each key and value load */
+#define QROWS 4  /* rows of a segment per piece of work */
+
+/* the four sums of a0..a3 */
+static inline __m128 sums4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+/* s[h][off + j] = scale * q[h] . key j, for nq query vectors and the n keys at k (token stride ks):
+ * four keys against the nq vectors at a time, in registers */
+static inline __attribute__((always_inline)) void scores(const float *const *q, const float *k, long ks, long n, long d,
+                                                         float scale, float *const *s, long off, const int nq) {
+    long j = 0;
+    for (; j + 4 <= n; j += 4) {
+        __m256 acc[QV][4];
+        for (int h = 0; h < nq; h++) for (int t = 0; t < 4; t++) acc[h][t] = _mm256_setzero_ps();
+        for (long c = 0; c < d; c += 8) {
+            __m256 qv[QV];
+            for (int h = 0; h < nq; h++) qv[h] = _mm256_loadu_ps(q[h] + c);
+            for (int t = 0; t < 4; t++) {
+                __m256 kv = _mm256_loadu_ps(k + (j + t) * ks + c);
+                for (int h = 0; h < nq; h++) acc[h][t] = _mm256_fmadd_ps(qv[h], kv, acc[h][t]);
+            }
+        }
+        for (int h = 0; h < nq; h++)
+            _mm_storeu_ps(s[h] + off + j, _mm_mul_ps(sums4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), _mm_set1_ps(scale)));
+    }
+    for (; j < n; j++) for (int h = 0; h < nq; h++) s[h][off + j] = dot(q[h], k + j * ks, d) * scale;
+}
+
+/* out[h] += sum_j p[h][off + j] * value j, for nq vectors and the n values at v (token stride vs):
+ * 32 columns of the nq outputs at a time, in registers */
+static inline __attribute__((always_inline)) void weigh(float *const *p, long off, const float *v, long vs, long n, long d,
+                                                        float *const *out, const int nq) {
+    for (long c0 = 0; c0 < d; c0 += 32) {
+        __m256 acc[QV][4];
+        if (d - c0 >= 32) {
+            for (int h = 0; h < nq; h++) for (int c = 0; c < 4; c++) acc[h][c] = _mm256_loadu_ps(out[h] + c0 + 8 * c);
+            for (long j = 0; j < n; j++) {
+                __m256 pj[QV];
+                for (int h = 0; h < nq; h++) pj[h] = _mm256_broadcast_ss(p[h] + off + j);
+                for (int c = 0; c < 4; c++) {
+                    __m256 vv = _mm256_loadu_ps(v + j * vs + c0 + 8 * c);
+                    for (int h = 0; h < nq; h++) acc[h][c] = _mm256_fmadd_ps(pj[h], vv, acc[h][c]);
+                }
+            }
+            for (int h = 0; h < nq; h++) for (int c = 0; c < 4; c++) _mm256_storeu_ps(out[h] + c0 + 8 * c, acc[h][c]);
+        } else {  /* the last 8 to 24 columns */
+            int nc = (int)((d - c0) / 8);
+            for (int h = 0; h < nq; h++) for (int c = 0; c < nc; c++) acc[h][c] = _mm256_loadu_ps(out[h] + c0 + 8 * c);
+            for (long j = 0; j < n; j++) for (int h = 0; h < nq; h++) {
+                __m256 pj = _mm256_broadcast_ss(p[h] + off + j);
+                for (int c = 0; c < nc; c++) acc[h][c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + j * vs + c0 + 8 * c), acc[h][c]);
+            }
+            for (int h = 0; h < nq; h++) for (int c = 0; c < nc; c++) _mm256_storeu_ps(out[h] + c0 + 8 * c, acc[h][c]);
+        }
+    }
+}
+
+/* the keys and values a segment's rows see, in order: (k, v, their token strides, count); the
+ * last range is the segment's own rows, of which each row sees those up to itself */
+typedef struct { const float *k, *v; long ks, vs, n; } span;
+
+/* the attention of nq query vectors q (the rows `own` of their segment, counted from 1) */
+static inline __attribute__((always_inline)) void attend_spans(const float *const *q, float *const *out, const long *own,
+                                                               const span *sp, int nsp, float *const *s, long d, float scale,
+                                                               const int nq) {
+    long before = 0, last = 0;
+    for (int h = 0; h < nq; h++) last = own[h] > last ? own[h] : last;
+    for (int i = 0; i < nsp; i++) {
+        long n = i == nsp - 1 ? last : sp[i].n;
+        scores(q, sp[i].k, sp[i].ks, n, d, scale, s, before, nq);
+        before += n;
+    }
+    before -= last;  /* the tokens before the segment's own */
+    float inv[QV];
+    for (int h = 0; h < nq; h++) {
+        long n = before + own[h];
+        inv[h] = 1.0f / exp_shifted(s[h], n);
+        for (long j = n; j < before + last; j++) s[h][j] = 0.0f;  /* the segment's later rows */
+        for (long e = 0; e < d; e++) out[h][e] = 0.0f;
+    }
+    long at = 0;
+    for (int i = 0; i < nsp; i++) {
+        long n = i == nsp - 1 ? last : sp[i].n;
+        weigh(s, at, sp[i].v, sp[i].vs, n, d, out, nq);
+        at += n;
+    }
+    for (int h = 0; h < nq; h++) for (long e = 0; e < d; e++) out[h][e] *= inv[h];
+}
+
+/* Returns 0, or -1 when its scratch memory could not be had (out is then incomplete). */
+int pmcllama_tree_attention(const float *q, long qt, long qh, const float *k, long kt, long kh, const float *v, long vt,
+                            long vh, const float *pk, const float *pv, long pt, long ph, long np, const long *seg, long nseg,
+                            float *out, long heads, long kv_heads, long d, float scale, int threads) {
+    long group = heads / kv_heads, most = 1, pieces = 0;
+    for (long i = 0; i < nseg; i++) {
+        long n = np + seg[4 * i + 3] - seg[4 * i + 2] + seg[4 * i + 1] - seg[4 * i];
+        most = n > most ? n : most;
+        pieces += (seg[4 * i + 1] - seg[4 * i] + QROWS - 1) / QROWS;
+    }
+    long *work = malloc(sizeof(long) * 2 * (pieces ? pieces : 1));
+    if (!work) return -1;
+    for (long i = 0, w = 0; i < nseg; i++)
+        for (long r = seg[4 * i]; r < seg[4 * i + 1]; r += QROWS, w++) { work[2 * w] = i; work[2 * w + 1] = r; }
+    int failed = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *scratch = malloc(sizeof(float) * QV * most);
+        if (!scratch) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(dynamic, 1) collapse(2)
+        for (long piece = 0; piece < pieces; piece++) for (long g = 0; g < kv_heads; g++) {
+            if (!scratch) continue;
+            long i = work[2 * piece], r0 = work[2 * piece + 1];
+            long a = seg[4 * i], b = seg[4 * i + 1], c0 = seg[4 * i + 2], c1 = seg[4 * i + 3];
+            span sp[3];
+            int nsp = 0;
+            if (np) sp[nsp++] = (span){pk + g * ph, pv + g * ph, pt, pt, np};
+            if (c1 > c0) sp[nsp++] = (span){k + c0 * kt + g * kh, v + c0 * vt + g * vh, kt, vt, c1 - c0};
+            sp[nsp++] = (span){k + a * kt + g * kh, v + a * vt + g * vh, kt, vt, b - a};
+            /* the query vectors of rows r0.. (at most QROWS) x the group's heads, QV at a time */
+            long nv = (b - r0 < QROWS ? b - r0 : QROWS) * group;
+            for (long v0 = 0; v0 < nv; v0 += QV) {
+                int nq = nv - v0 < QV ? (int)(nv - v0) : QV;
+                const float *qv[QV];
+                float *ov[QV], *s[QV];
+                long own[QV];
+                for (int h = 0; h < nq; h++) {
+                    long r = r0 + (v0 + h) / group, hq = g * group + (v0 + h) % group;
+                    qv[h] = q + r * qt + hq * qh;
+                    ov[h] = out + (r * heads + hq) * d;
+                    s[h] = scratch + h * most;
+                    own[h] = r - a + 1;
+                }
+                if (nq == 3) attend_spans(qv, ov, own, sp, nsp, s, d, scale, 3);
+                else if (nq == 2) attend_spans(qv, ov, own, sp, nsp, s, d, scale, 2);
+                else attend_spans(qv, ov, own, sp, nsp, s, d, scale, 1);
+            }
+        }
+        free(scratch);
+    }
+    free(work);
+    return failed ? -1 : 0;
+}
