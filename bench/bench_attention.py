@@ -92,26 +92,46 @@ def attention_rows(captured: list[dict], rounds: int) -> list[dict]:
     return rows
 
 
-def scoring(model, tok, items, rounds: int) -> dict:
+def scoring(model, tok, items, rounds: int, switch: str = "tree_attention_fits") -> dict:
+    """Whole scoring of `items` with the kernel and without it (`gemv.<switch>` turned away)."""
     from pmcllama import gemv
     from pmcllama.benchmarks.scoring import evaluate_items
 
-    fits, runs, recs = gemv.tree_attention_fits, {"torch": [], "kernel": []}, {}
+    fits, runs, recs = getattr(gemv, switch), {"torch": [], "kernel": []}, {}
     evaluate_items(model, tok, items[:2], progress=False)
     try:
         for _ in range(rounds):
             for arm in runs:
-                gemv.tree_attention_fits = fits if arm == "kernel" else (lambda *a: False)
+                setattr(gemv, switch, fits if arm == "kernel" else (lambda *a: False))
                 t0 = time.perf_counter()
                 recs[arm] = evaluate_items(model, tok, items, progress=False)
                 runs[arm].append(round(time.perf_counter() - t0, 3))
     finally:
-        gemv.tree_attention_fits = fits
+        setattr(gemv, switch, fits)
     pairs = list(zip(recs["torch"], recs["kernel"]))
     return {"items": len(items), "torch_seconds_runs": runs["torch"], "kernel_seconds_runs": runs["kernel"],
             "ratio": round(min(runs["torch"]) / min(runs["kernel"]), 3),
             "identical_predictions": sum(a["pred"] == b["pred"] for a, b in pairs),
             "max_abs_loglik_diff": max(abs(x - y) for a, b in pairs for x, y in zip(a["loglik"], b["loglik"]))}
+
+
+def setup(args):
+    """(model, tokenizer, items per shape, the result's header) for `args.threads`,
+    `args.shapes` and `args.items`: SmolLM2-135M as `pmcllama evaluate` scores in fp32."""
+    import torch
+
+    from pmcllama import gemv
+    from pmcllama.evaluate import load_for
+    from pmcllama.models import resolve
+
+    torch.set_num_threads(args.threads)
+    if not gemv.available():
+        raise SystemExit(f"the kernels are not available here: {gemv.reason()}")
+    model, tok = load_for(resolve("smollm2-135m"), "loglik", "fp32")
+    items = parity.write_data(Path(tempfile.mkdtemp()), args.shapes, args.items)
+    return model, tok, items, {"model": "smollm2-135m", "precision": "fp32", "threads": args.threads,
+                               "cpu": parity.cpu_description(),
+                               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "shapes": {}}
 
 
 def main() -> None:
@@ -124,20 +144,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results" / "attention.json"))
     args = ap.parse_args()
-
-    import torch
-
-    from pmcllama import gemv
-    from pmcllama.evaluate import load_for
-    from pmcllama.models import resolve
-
-    torch.set_num_threads(args.threads)
-    if not gemv.available():
-        raise SystemExit(f"the kernel is not available here: {gemv.reason()}")
-    model, tok = load_for(resolve("smollm2-135m"), "loglik", "fp32")
-    items = parity.write_data(Path(tempfile.mkdtemp()), args.shapes, args.items)
-    result = {"model": "smollm2-135m", "precision": "fp32", "threads": args.threads, "cpu": parity.cpu_description(),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "layer": args.layer, "shapes": {}}
+    model, tok, items, result = setup(args)
+    result["layer"] = args.layer
     for shape in args.shapes:
         rows = attention_rows(capture(model, tok, items[shape], args.layer, args.batches), args.rounds)
         whole = scoring(model, tok, items[shape], args.rounds)

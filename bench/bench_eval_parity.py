@@ -30,7 +30,7 @@ character lm-eval's context, then reports per shape the agreement of the acc pre
 both accuracies, the largest loglik difference, and questions/s of each. Timed: pmcllama's
 `evaluate_items` call (tokenizing included) against lm-eval's `loglikelihood` call (its
 tokenizing and scoring, without its task building and metrics), the fastest of `--repeat`
-runs of each, model loading excluded for both.
+runs of each, the two tools taking turns run by run (ABBA), model loading excluded for both.
 
 Ceiling: the forward input tokens pmcllama runs (one sequence per question for single-token
 choices; a prefix common to every prompt, such as MMLU's subject header, once) times 2 x
@@ -179,8 +179,9 @@ def write_data(tmp: Path, shapes: list[str], limit: int | None) -> dict:
     return items
 
 
-def run_lmeval(folder: Path, tmp: Path, shapes: list[str], args) -> tuple[dict, dict]:
-    """lm-eval on each shape; returns its per-question results and the fastest scoring seconds."""
+def lmeval_runner(folder: Path, tmp: Path, args):
+    """lm-eval's HFLM on the model; returns run(shape) -> (per-question results, seconds of its
+    loglikelihood call)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -198,41 +199,46 @@ def run_lmeval(folder: Path, tmp: Path, shapes: list[str], args) -> tuple[dict, 
 
     lm.loglikelihood = loglikelihood
     tm = TaskManager(include_path=str(tmp))
-    per_task, seconds = {}, {}
-    for shape in shapes:
+
+    def run(shape: str) -> tuple[list[dict], float]:
         task = SHAPES[shape][0]
-        for _ in range(max(1, args.repeat)):
-            timed[0] = 0.0
-            out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, num_fewshot=0, log_samples=True,
-                                  bootstrap_iters=0)
-            seconds.setdefault(shape, []).append(round(timed[0], 3))
+        timed[0] = 0.0
+        out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, num_fewshot=0, log_samples=True,
+                              bootstrap_iters=0)
         samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-        per_task[shape] = [{"id": s["doc"]["id"], "prompt": s["arguments"][0][0] if isinstance(
+        return [{"id": s["doc"]["id"], "prompt": s["arguments"][0][0] if isinstance(
             s["arguments"][0], (list, tuple)) else None,
             "loglik": [float(r[0]) for r in s["filtered_resps"]], "acc": s["acc"],
-            "acc_norm": s.get("acc_norm")} for s in samples]
-    return per_task, seconds
+            "acc_norm": s.get("acc_norm")} for s in samples], round(timed[0], 3)
+
+    return run
 
 
-def run_pmcllama(folder: Path, items: dict, args) -> tuple[dict, dict, dict]:
+def pmcllama_runner(folder: Path, items: dict, args):
+    """The model as `pmcllama evaluate` loads it (fp32 on a CPU: oneDNN-prepacked Linear
+    layers); returns run(shape) -> (records, seconds of its evaluate_items call), and work()
+    -> what it computes per shape."""
     import torch
 
     from pmcllama.benchmarks.scoring import evaluate_items
     from pmcllama.evaluate import load_for
 
-    # as `pmcllama evaluate` loads it (fp32 on a CPU: oneDNN-prepacked Linear layers)
     model, tok = load_for(folder, "loglik", args.precision, device=args.device)
-    per_task, seconds = {}, {}
-    for shape, its in items.items():
-        evaluate_items(model, tok, its[:2], precision=args.precision, progress=False)  # warm-up
-        for _ in range(max(1, args.repeat)):
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            per_task[shape] = evaluate_items(model, tok, its, precision=args.precision, progress=False,
-                                             max_batch_tokens=args.max_batch_tokens)
-            seconds.setdefault(shape, []).append(round(time.perf_counter() - t0, 3))
-    return per_task, seconds, {shape: work(model, tok, its) for shape, its in items.items()}
+    warm: set[str] = set()
+
+    def run(shape: str) -> tuple[list[dict], float]:
+        its = items[shape]
+        if shape not in warm:
+            evaluate_items(model, tok, its[:2], precision=args.precision, progress=False)
+            warm.add(shape)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        recs = evaluate_items(model, tok, its, precision=args.precision, progress=False,
+                              max_batch_tokens=args.max_batch_tokens)
+        return recs, round(time.perf_counter() - t0, 3)
+
+    return run, lambda: {shape: work(model, tok, its) for shape, its in items.items()}
 
 
 def work(model, tok, items) -> dict:
@@ -373,8 +379,18 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="pmcllama-parity-") as d:
         tmp = Path(d)
         items = write_data(tmp, shapes, args.limit)
-        ours, runs_ours, done = run_pmcllama(folder, items, args)
-        theirs, runs_theirs = run_lmeval(folder, tmp, shapes, args)
+        runners = {"pmcllama": pmcllama_runner(folder, items, args), "lmeval": (lmeval_runner(folder, tmp, args), None)}
+        got: dict = {"pmcllama": {}, "lmeval": {}}
+        runs: dict = {"pmcllama": {}, "lmeval": {}}
+        # the tools take turns run by run, the first of a round alternating (ABBA), so that a
+        # machine whose speed drifts over minutes (a shared host) slows both alike
+        for shape in shapes:
+            for r in range(max(1, args.repeat)):
+                for tool in ("pmcllama", "lmeval")[:: 1 if r % 2 == 0 else -1]:
+                    got[tool][shape], sec = runners[tool][0](shape)
+                    runs[tool].setdefault(shape, []).append(sec)
+        ours, theirs, runs_ours, runs_theirs = got["pmcllama"], got["lmeval"], runs["pmcllama"], runs["lmeval"]
+        done = runners["pmcllama"][1]()
     from transformers import AutoConfig
 
     device = torch.device(args.device)

@@ -200,3 +200,74 @@ def test_scoring_runs_its_attention_on_the_kernel(kernel, tiny_model, monkeypatc
     for a, b in zip(got, want):
         assert a["pred"] == b["pred"]
         assert max(abs(x - y) for x, y in zip(a["loglik"], b["loglik"])) < 1e-4
+
+
+@pytest.mark.parametrize("lead,n", [((1,), 13), ((2, 5), 40), ((1, 9), 576), ((3,), 8)])
+def test_the_pointwise_kernels_equal_pytorchs(kernel, lead, n):
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(n)
+    # the gated MLP's input is half of the fused gate/up product: rows at a stride of 2n + pad
+    wide = torch.randn(*lead, 2 * n + 5, generator=gen) * 5
+    wide.view(-1, 2 * n + 5)[0, :3] = torch.tensor([-120.0, 120.0, 0.0])  # far out on both sides
+    y = wide[..., : 2 * n]
+    assert gemv.pointwise_fits(y)
+    got, want = gemv.silu_mul(y), F.silu(y[..., :n]) * y[..., n:]
+    assert got.shape == (*lead, n)
+    assert torch.allclose(got, want, rtol=2e-6, atol=1e-6)
+    x, w = y[..., n:], torch.randn(n, generator=gen)
+    got, want = gemv.rms_norm(x, w, 1e-6), w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    assert got.shape == x.shape and got.is_contiguous()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    threads = torch.get_num_threads()
+    try:  # rows are split between the threads, each computed alone: the thread count changes no bit
+        torch.set_num_threads(1)
+        assert torch.equal(gemv.rms_norm(x, w, 1e-6), got)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_pointwise_kernels_take_only_what_they_compute(kernel):
+    x = torch.randn(4, 6, 16)
+    assert gemv.pointwise_fits(x) and gemv.pointwise_fits(x[:, :, :8]) and gemv.pointwise_fits(x[:1].transpose(0, 1))
+    assert not gemv.pointwise_fits(x.transpose(1, 2))            # columns not side by side
+    assert not gemv.pointwise_fits(x.transpose(0, 1)[:, :2])     # rows at two strides
+    assert not gemv.pointwise_fits(x.double()) and not gemv.pointwise_fits(x.requires_grad_())
+    assert not gemv.pointwise_fits(torch.randn(3, 0))
+
+
+def test_prepacked_models_run_their_mlp_and_norms_on_the_pointwise_kernels(kernel, tiny_model, monkeypatch):
+    plain = tiny_model[0]
+    model, _ = models.load_model("tiny-llama")
+    prepack_linears(model, gemv=False)
+    layers = model.config.num_hidden_layers
+    calls = {"silu_mul": 0, "rms_norm": 0}
+    for name in calls:
+        real = gemv._state[name]
+        monkeypatch.setitem(gemv._state, name, lambda *a, _n=name, _r=real: calls.__setitem__(_n, calls[_n] + 1) or _r(*a))
+    ids = torch.randint(0, model.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got, want = model(input_ids=ids).logits, plain(input_ids=ids).logits
+    assert calls == {"silu_mul": layers, "rms_norm": 2 * layers + 1}  # every MLP, every norm, the final one
+    assert torch.allclose(got, want, atol=1e-4)
+    # the modules stay where they were, by name
+    assert [name for name, _ in model.named_modules()] == [name for name, _ in plain.named_modules()]
+
+
+def test_only_the_pointwise_work_the_kernels_compute_goes_to_them(kernel, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, hidden_act="gelu")
+    torch.manual_seed(0)
+    plain = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).eval()
+    model.load_state_dict(plain.state_dict())
+    prepack_linears(model, gemv=False)
+    # a GELU MLP keeps PyTorch's forward; its RMSNorms still go to the kernel
+    hooked = {name for name, m in model.named_modules() if "forward" in m.__dict__}
+    assert hooked and all(name.endswith("norm") for name in hooked)
+    ids = torch.arange(20).view(2, 10)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4)
+        monkeypatch.setattr(gemv, "pointwise_fits", lambda x: False)  # where they do not fit: the model's own
+        assert torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4)

@@ -426,3 +426,34 @@ int pmcllama_tree_attention(const float *q, long qt, long qh, const float *k, lo
     free(work);
     return failed ? -1 : 0;
 }
+
+/* The pointwise work between the products of a forward over many rows, one pass over memory
+ * each where PyTorch makes several (scoring's rows: its RMSNorm is five operations, the gated
+ * MLP's silu(gate) * up two over a strided half of the fused gate/up product). Rows are split
+ * between the threads; each output is one thread's arithmetic in a fixed order. */
+
+/* out (rows, n) = silu(y[:, :n]) * y[:, n:2n], y with a row stride of ys floats:
+ * silu(g) = g * sigmoid(g), sigmoid from exp(-|g|) (exp8's range) */
+void pmcllama_silu_mul(const float *y, long ys, float *out, long rows, long n, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const float *g = y + r * ys, *u = g + n;
+        float *o = out + r * n;
+        const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+        long j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256 x = _mm256_loadu_ps(g + j);
+            __m256 e = exp8(_mm256_or_ps(x, sign));                                  /* exp(-|x|) */
+            __m256 num = _mm256_blendv_ps(one, e, x);                                 /* x < 0: e, else 1 */
+            __m256 sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(o + j, _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(u + j)));
+        }
+        for (; j < n; j++) o[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+    }
+}
+
+/* out (rows, n) = w * (x * rsqrt(mean(x^2) + eps)), x with a row stride of xs floats */
+void pmcllama_rms_norm(const float *x, long xs, const float *w, float eps, float *out, long rows, long n, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) rms_norm(x + r * xs, w, eps, out + r * n, n);
+}

@@ -1,0 +1,45 @@
+"""Scoring's pointwise work (RMSNorm; the gated MLP's silu(gate) * up) on `pmcllama.gemv`'s
+kernels against PyTorch's operations, in one process.
+
+For each item shape of bench_eval_parity (real rows from ../shared/data), SmolLM2-135M scores
+the items in fp32 as `pmcllama evaluate` does (`evaluate.load_for`: prepacked, fused layers whose
+norms and MLPs run their pointwise work on the kernels), and again with the kernels turned away
+(`gemv.pointwise_fits` false: the same modules on PyTorch's operations), each arm in turn,
+`--rounds` times, fastest kept: seconds, the ratio, identical predictions, the largest loglik
+difference. The CPU's name and extensions are in the result (bench/results/pointwise.json).
+
+    python bench/bench_pointwise.py --items 8 --rounds 12
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import bench_attention
+import bench_eval_parity as parity
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=list(parity.SHAPES))
+    ap.add_argument("--items", type=int, default=8, help="items per shape")
+    ap.add_argument("--rounds", type=int, default=12, help="runs of each arm (a noisy machine needs many)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(HERE / "results" / "pointwise.json"))
+    args = ap.parse_args()
+    model, tok, items, result = bench_attention.setup(args)
+    for shape in args.shapes:
+        whole = bench_attention.scoring(model, tok, items[shape], args.rounds, switch="pointwise_fits")
+        result["shapes"][shape] = whole
+        print(f"{shape}: scoring {whole['items']} items {min(whole['torch_seconds_runs']):.2f} -> "
+              f"{min(whole['kernel_seconds_runs']):.2f} s ({whole['ratio']:.3f}x), {whole['identical_predictions']}/"
+              f"{whole['items']} identical predictions, max |dloglik| {whole['max_abs_loglik_diff']:.1e}", flush=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"{result['cpu']} ({result['cpu_capability']}), {args.threads} threads; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
