@@ -196,3 +196,22 @@ def test_smollm2_every_shape_equals_padded(smollm2, shared_data, monkeypatch):
     assert all(r["truncated"] for r in short[:3])
     assert_close(short, padded(monkeypatch, model, tok, pqa + cloze, max_length=200, batch_size=2,
                                progress=False))
+
+
+def test_a_short_header_common_to_every_prompt_is_computed_once(tiny_model, monkeypatch):
+    """MMLU's subject header (15 tokens of SmolLM2's tokenizer) is shared: a common prefix of 8
+    or more tokens runs once, with the same logliks as recomputing it in every prompt."""
+    model, tok = tiny_model
+    header = "Anatomy questions.\n\n"
+    items = [Item(str(i), f"{header}Question {i}: where is the {w}?" + " and" * (i % 3) + "\nAnswer:",
+                  [" A", " B", " C", " D"], i % 4) for i, w in enumerate(["liver", "heart", "spleen", "aorta", "lung"])]
+    reqs = build_requests(tok, items, 2048)
+    skip = packed.shared_prefix(reqs)
+    assert packed.MIN_SHARED_PREFIX <= skip < 16
+    seen = []
+    real = packed.shared_prefix
+    monkeypatch.setattr(packed, "shared_prefix", lambda r: seen.append(real(r)) or seen[-1])
+    shared = evaluate_items(model, tok, items, max_batch_tokens=60, progress=False)
+    assert seen == [skip]
+    again = evaluate_items(model, tok, items, max_batch_tokens=60, share_prefix=False, progress=False)
+    assert_close(shared, again)
