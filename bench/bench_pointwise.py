@@ -1,14 +1,17 @@
-"""Scoring's pointwise work (RMSNorm; the gated MLP's silu(gate) * up) on `pmcllama.gemv`'s
-kernels against PyTorch's operations, in one process.
+"""Scoring's pointwise work on `pmcllama.gemv`'s kernels against PyTorch's operations, in one
+process: `--kernels pointwise` (the default) RMSNorm and the gated MLP's silu(gate) * up,
+`--kernels rope` the rotary embedding of q and k (in place on the fused q/k/v product).
 
 For each item shape of bench_eval_parity (real rows from ../shared/data), SmolLM2-135M scores
 the items in fp32 as `pmcllama evaluate` does (`evaluate.load_for`: prepacked, fused layers whose
-norms and MLPs run their pointwise work on the kernels), and again with the kernels turned away
-(`gemv.pointwise_fits` false: the same modules on PyTorch's operations), each arm in turn,
-`--rounds` times, fastest kept: seconds, the ratio, identical predictions, the largest loglik
-difference. The CPU's name and extensions are in the result (bench/results/pointwise.json).
+norms, MLPs and attention run their pointwise work on the kernels), and again with those kernels
+turned away (`gemv.pointwise_fits` or `gemv.rope_fits` false: the same modules on PyTorch's
+operations), each arm in turn, `--rounds` times, fastest kept: seconds, the ratio, identical
+predictions, the largest loglik difference. The CPU's name and extensions are in the result
+(bench/results/pointwise.json, rope.json).
 
     python bench/bench_pointwise.py --items 8 --rounds 12
+    python bench/bench_pointwise.py --kernels rope
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import bench_attention
 import bench_eval_parity as parity
 
 HERE = Path(__file__).resolve().parent
+SWITCHES = {"pointwise": "pointwise_fits", "rope": "rope_fits"}
 
 
 def main() -> None:
@@ -28,11 +32,14 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=8, help="items per shape")
     ap.add_argument("--rounds", type=int, default=12, help="runs of each arm (a noisy machine needs many)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(HERE / "results" / "pointwise.json"))
+    ap.add_argument("--kernels", choices=list(SWITCHES), default="pointwise")
+    ap.add_argument("--out", help="default: bench/results/<kernels>.json")
     args = ap.parse_args()
+    args.out = args.out or str(HERE / "results" / f"{args.kernels}.json")
     model, tok, items, result = bench_attention.setup(args)
+    result["kernels"] = args.kernels
     for shape in args.shapes:
-        whole = bench_attention.scoring(model, tok, items[shape], args.rounds, switch="pointwise_fits")
+        whole = bench_attention.scoring(model, tok, items[shape], args.rounds, switch=SWITCHES[args.kernels])
         result["shapes"][shape] = whole
         print(f"{shape}: scoring {whole['items']} items {min(whole['torch_seconds_runs']):.2f} -> "
               f"{min(whole['kernel_seconds_runs']):.2f} s ({whole['ratio']:.3f}x), {whole['identical_predictions']}/"

@@ -169,6 +169,85 @@ def test_the_scoring_attention_kernel_equals_pytorchs(kernel, heads, kv, d, n_pr
         torch.set_num_threads(threads)
 
 
+def test_the_scoring_attention_kernel_keeps_large_scores_finite(kernel):
+    """Scores in the hundreds: a softmax shifted by anything but the row's largest score (its
+    running maxima, 32 at a time) overflows to inf or loses every weight to 0."""
+    gen = torch.Generator().manual_seed(5)
+    tree = [(0, 70, None), (70, 75, (0, 70)), (75, 112, None)]
+    q = torch.randn(1, 4, 112, 16, generator=gen) * 40
+    k, v = (torch.randn(1, 2, 112, 16, generator=gen) for _ in "kv")
+    got = gemv.tree_attention(q, k, v, tree, None, 0.5)
+    exact = _torch_tree_attention(q.double(), k.double(), v.double(), tree, None, 0.5)
+    assert torch.isfinite(got).all()
+    assert (got - exact).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("heads,d,extra", [(12, 64, 192), (3, 20, 7), (1, 8, 0)])
+def test_the_rotary_kernel_equals_transformers(kernel, heads, d, extra):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    gen = torch.Generator().manual_seed(d)
+    tokens = 9
+    y = torch.randn(1, tokens, heads * d + extra, generator=gen)  # q and k heads, then v's columns
+    cos, sin = torch.randn(1, tokens, d, generator=gen), torch.randn(1, tokens, d, generator=gen)
+    x = y[..., :heads * d].view(1, tokens, heads, d).transpose(1, 2)
+    want, _ = apply_rotary_pos_emb(x, x, cos, sin)
+    rest = y[..., heads * d:].clone()
+    assert gemv.rope_fits(y, cos, sin, heads, d)
+    assert gemv.rope(y, cos, sin, heads, d) is y
+    assert torch.allclose(x, want, rtol=1e-5, atol=1e-6)  # in place: x is a view of y
+    assert torch.equal(y[..., heads * d:], rest)
+
+
+def test_the_rotary_kernel_takes_only_what_it_computes(kernel):
+    y, cos = torch.randn(1, 5, 96), torch.randn(1, 5, 16)
+    assert gemv.rope_fits(y, cos, cos, 6, 16)
+    assert not gemv.rope_fits(y, cos, cos, 7, 16)                        # more heads than columns
+    assert not gemv.rope_fits(y, cos[..., :15], cos[..., :15], 6, 15)    # odd head dim
+    assert not gemv.rope_fits(y, cos[:, :4], cos[:, :4], 6, 16)          # not one row of cos per row
+    assert not gemv.rope_fits(y, cos.double(), cos.double(), 6, 16)
+    assert not gemv.rope_fits(y.bfloat16(), cos, cos, 6, 16)
+    assert not gemv.rope_fits(y.transpose(1, 2), cos, cos, 1, 4)         # columns not side by side
+
+
+def test_prepacked_attention_rotates_in_place_only_for_scoring(kernel, tiny_model, monkeypatch):
+    from pmcllama.benchmarks.base import Item
+    from pmcllama.benchmarks.scoring import evaluate_items
+
+    plain, tok = tiny_model
+    model, _ = models.load_model("tiny-llama")
+    prepack_linears(model, gemv=False)
+    layers = model.config.num_hidden_layers
+    assert sum("forward" in vars(m) for m in model.modules() if type(m).__name__ == "LlamaAttention") == layers
+    calls = []
+    real = gemv._state["rope"]
+    monkeypatch.setitem(gemv._state, "rope", lambda *a: calls.append(a[1:4]) or real(*a))
+    items = [Item(str(i), f"Question {i}: which organ makes insulin?" + " and" * i + "\nAnswer:",
+                  [" the pancreas", " liver", " the spleen"], i % 3) for i in range(4)]
+    got, want = (evaluate_items(m, tok, items, progress=False) for m in (model, plain))
+    heads, kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    d = model.config.hidden_size // heads
+    assert calls and len(calls) % layers == 0
+    assert set(calls) == {((heads + 2 * kv) * d, heads + kv, d)}  # q and k heads, in the fused product's rows
+    for a, b in zip(got, want):
+        assert a["pred"] == b["pred"]
+        assert max(abs(x - y) for x, y in zip(a["loglik"], b["loglik"])) < 1e-4
+    # where the kernel does not take them, transformers' rotary embedding, on the same one product
+    fused = model.model.layers[0].self_attn.q_proj.fused
+    products = []
+    monkeypatch.setattr(fused, "product", lambda x, _p=fused.product: products.append(x.shape) or _p(x))
+    monkeypatch.setattr(gemv, "rope_fits", lambda *a: False)
+    calls.clear()
+    again = evaluate_items(model, tok, items, progress=False)
+    assert calls == [] and len(products) == 1  # one forward (the items fit in one), one q/k/v product
+    assert max(abs(x - y) for a, b in zip(again, got) for x, y in zip(a["loglik"], b["loglik"])) < 1e-4
+    calls.clear()  # a plain forward (generation, a cache) keeps transformers' rotary embedding
+    ids = torch.arange(12).view(2, 6)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4)
+    assert calls == []
+
+
 def test_the_scoring_attention_kernel_takes_only_what_it_computes(kernel):
     q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16)
     assert gemv.tree_attention_fits(q, k, k)
@@ -263,9 +342,10 @@ def test_only_the_pointwise_work_the_kernels_compute_goes_to_them(kernel, monkey
     model = LlamaForCausalLM(config).eval()
     model.load_state_dict(plain.state_dict())
     prepack_linears(model, gemv=False)
-    # a GELU MLP keeps PyTorch's forward; its RMSNorms still go to the kernel
+    # a GELU MLP keeps PyTorch's forward; its RMSNorms (and attention) still go to the kernels
     hooked = {name for name, m in model.named_modules() if "forward" in m.__dict__}
-    assert hooked and all(name.endswith("norm") for name in hooked)
+    assert hooked and all(name.endswith(("norm", "self_attn")) for name in hooked)
+    assert not any(name.endswith("mlp") for name in hooked)
     ids = torch.arange(20).view(2, 10)
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4)

@@ -265,9 +265,20 @@ static inline __m256 exp8(__m256 x) {
 /* s[0..n) <- exp(s - max s); returns their sum */
 static float exp_shifted(float *s, long n) {
     float top = -INFINITY, sum = 0.0f;
-    for (long j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
-    __m256 t = _mm256_set1_ps(top), acc = _mm256_setzero_ps();
     long j = 0;
+    if (n >= 32) {  /* four running maxima of eight: a scalar one waits on itself at every step */
+        __m256 m[4];
+        for (int i = 0; i < 4; i++) m[i] = _mm256_loadu_ps(s + 8 * i);
+        for (j = 32; j + 32 <= n; j += 32)
+            for (int i = 0; i < 4; i++) m[i] = _mm256_max_ps(m[i], _mm256_loadu_ps(s + j + 8 * i));
+        __m256 a = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+        __m128 b = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        b = _mm_max_ps(b, _mm_movehl_ps(b, b));
+        top = _mm_cvtss_f32(_mm_max_ss(b, _mm_movehdup_ps(b)));
+    }
+    for (; j < n; j++) top = s[j] > top ? s[j] : top;
+    __m256 t = _mm256_set1_ps(top), acc = _mm256_setzero_ps();
+    j = 0;
     for (; j + 8 <= n; j += 8) {
         __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), t));
         _mm256_storeu_ps(s + j, e);
@@ -456,4 +467,33 @@ void pmcllama_silu_mul(const float *y, long ys, float *out, long rows, long n, i
 void pmcllama_rms_norm(const float *x, long xs, const float *w, float eps, float *out, long rows, long n, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long r = 0; r < rows; r++) rms_norm(x + r * xs, w, eps, out + r * n, n);
+}
+
+/* rotary position embedding in place, x * cos + rotate_half(x) * sin (LLaMA's), on the first
+ * `heads` heads of d floats of each row of y (row stride ys: the query and key columns of the
+ * fused q/k/v product, which then needs no copies); cos and sin (rows, d) contiguous.
+ * rotate_half(x) = (-x[d/2:], x[:d/2]), so out[i] = x[i] cos[i] - x[i + d/2] sin[i] in the first
+ * half and x[i] cos[i] + x[i - d/2] sin[i] in the second. */
+void pmcllama_rope(float *y, long ys, long heads, long d, const float *cos, const float *sin, long rows, int threads) {
+    long half = d / 2;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const float *c = cos + r * d, *s = sin + r * d;
+        for (long h = 0; h < heads; h++) {
+            float *x = y + r * ys + h * d;
+            long i = 0;
+            for (; i + 8 <= half; i += 8) {
+                __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + half + i);
+                _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, _mm256_loadu_ps(c + i)),
+                                                      _mm256_mul_ps(b, _mm256_loadu_ps(s + i))));
+                _mm256_storeu_ps(x + half + i, _mm256_add_ps(_mm256_mul_ps(b, _mm256_loadu_ps(c + half + i)),
+                                                             _mm256_mul_ps(a, _mm256_loadu_ps(s + half + i))));
+            }
+            for (; i < half; i++) {
+                float a = x[i], b = x[half + i];
+                x[i] = a * c[i] - b * s[i];
+                x[half + i] = b * c[half + i] + a * s[half + i];
+            }
+        }
+    }
 }

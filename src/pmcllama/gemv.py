@@ -28,6 +28,10 @@ silu(gate) * up over the fused gate/up product, LLaMA's RMSNorm), one pass over 
 where PyTorch makes two to five; `pmcllama.prepack` routes the prepacked models' MLPs and norms
 through them. Whole scoring took 1.03-1.08x less time with them on a 2-core AMD EPYC with AVX2
 (family 25), with the same predictions (`python bench/bench_pointwise.py`).
+`rope` is LLaMA's rotary embedding in place on the query and key columns of the fused q/k/v
+product, where PyTorch makes ten passes over copies of q and k; the prepacked LLaMA attention
+uses it for scoring's rows (1.03-1.06x less scoring time on a 2-core Intel Xeon with AVX-512,
+`python bench/bench_pointwise.py --kernels rope`).
 
 The kernel is compiled once with the C compiler found (`$CC`, else `cc`), into
 `$XDG_CACHE_HOME/pmcllama` (default `~/.cache/pmcllama`), and runs in PyTorch's own OpenMP
@@ -123,7 +127,8 @@ def _load():
     if _gomp_paths() != before:
         raise RuntimeError("the kernel loaded a second libgomp beside PyTorch's")
     kernels = {"fn": lib.pmcllama_gemv, "gemm": lib.pmcllama_gemm, "step": lib.pmcllama_step,
-               "tree": lib.pmcllama_tree_attention, "silu_mul": lib.pmcllama_silu_mul, "rms_norm": lib.pmcllama_rms_norm}
+               "tree": lib.pmcllama_tree_attention, "silu_mul": lib.pmcllama_silu_mul, "rms_norm": lib.pmcllama_rms_norm,
+               "rope": lib.pmcllama_rope}
     kernels["fn"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
     kernels["gemm"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
     kernels["step"].argtypes = ([ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_long] * 2
@@ -134,6 +139,7 @@ def _load():
     kernels["silu_mul"].argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p] + [ctypes.c_long] * 2 + [ctypes.c_int]
     kernels["rms_norm"].argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
                                     + [ctypes.c_long] * 2 + [ctypes.c_int])
+    kernels["rope"].argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_long, ctypes.c_int]
     for fn in kernels.values():
         fn.restype = None
     kernels["step"].restype = kernels["tree"].restype = ctypes.c_int
@@ -153,6 +159,8 @@ def _load():
         raise RuntimeError("the compiled scoring attention failed its self-check")
     if not _pointwise_checks(kernels, gen):
         raise RuntimeError("the compiled RMSNorm or gated activation failed its self-check")
+    if not _rope_checks(kernels["rope"], gen):
+        raise RuntimeError("the compiled rotary embedding failed its self-check")
     return kernels
 
 
@@ -272,14 +280,18 @@ def _tree(fn, query, key, value, tree, prefix, scale, threads) -> torch.Tensor:
 def _tree_checks(fn, gen: torch.Generator) -> bool:
     """`pmcllama_tree_attention` against PyTorch's attention segment by segment, on small cases:
     grouped heads, head dims of 8, 24 and 40 (the kernel's column blocks are 32), segments of 1 to
-    9 tokens, a context seen by two segments, a prefix, keys and values of different strides."""
+    9 tokens and one of 40 (the running maxima of the softmax take 32 scores at a time), a
+    context seen by two segments, a prefix, keys and values of different strides."""
     F = torch.nn.functional
-    tree = [(0, 9, None), (9, 14, (0, 6)), (14, 15, (0, 6)), (15, 16, None), (16, 23, None)]
+    tree = [(0, 9, None), (9, 14, (0, 6)), (14, 15, (0, 6)), (15, 16, None), (16, 23, None), (23, 63, None),
+            (63, 66, (23, 63))]
     for heads, kv, d, n_prefix in ((4, 2, 24, 0), (3, 1, 40, 5), (2, 2, 8, 3)):
-        # as the model's attention gets them: q and k rotated (own tensors), v a view of the fused projection
-        fused = torch.randn(23, heads + 2 * kv, d, generator=gen)
-        q, k = (torch.randn(23, n, d, generator=gen).transpose(0, 1)[None] for n in (heads, kv))
-        v = fused[:, heads + kv:].transpose(0, 1)[None]
+        # as the model's attention gets them: views of the fused projection (q and k rotated in
+        # place, `prepack`), or q and k rotated by PyTorch (own tensors) and v such a view
+        fused = torch.randn(66, heads + 2 * kv, d, generator=gen)
+        q, k, v = (fused[:, a:b].transpose(0, 1)[None] for a, b in ((0, heads), (heads, heads + kv), (heads + kv, None)))
+        if n_prefix:
+            q, k = (torch.randn(66, n, d, generator=gen).transpose(0, 1)[None] for n in (heads, kv))
         prefix = tuple(torch.randn(1, kv, n_prefix, d, generator=gen) for _ in "kv") if n_prefix else None
         got = _tree(fn, q, k, v, tree, prefix, 0.3, threads=2)
         for a, b, ctx in tree:
@@ -298,8 +310,12 @@ def _tree_checks(fn, gen: torch.Generator) -> bool:
 def pointwise_fits(x: torch.Tensor) -> bool:
     """Whether `silu_mul` and `rms_norm` take `x`: fp32 on CPU, no gradient, its rows of one
     stride with their floats side by side, the kernel available."""
+    return _row_major(x) and available()
+
+
+def _row_major(x: torch.Tensor) -> bool:
     return (x.dtype == torch.float32 and x.device.type == "cpu" and not x.requires_grad and x.dim() >= 1
-            and x.shape[-1] > 0 and x.stride(-1) == 1 and _rows(x) is not None and available())
+            and x.shape[-1] > 0 and x.stride(-1) == 1 and _rows(x) is not None)
 
 
 def silu_mul(y: torch.Tensor) -> torch.Tensor:
@@ -353,6 +369,45 @@ def _pointwise_checks(kernels: dict, gen: torch.Generator) -> bool:
         x, w = y[:, :n], torch.randn(n, generator=gen)
         want = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
         if not torch.allclose(_rms_norm(kernels["rms_norm"], x, w, 1e-5, 2), want, rtol=1e-5, atol=1e-6):
+            return False
+    return True
+
+
+def rope_fits(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, d: int) -> bool:
+    """Whether `rope` takes these: `y` as `pointwise_fits` takes it, with at least `heads` heads of
+    an even `d` in a row, `cos` and `sin` fp32 of (y's rows, d) contiguous, the kernel available."""
+    rows = _rows(y) if _row_major(y) else None
+    return (rows is not None and d % 2 == 0 and heads * d <= y.shape[-1]
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+                    and t.numel() == rows[0] * d and t.shape[-1] == d for t in (cos, sin)) and available())
+
+
+def rope(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, d: int) -> torch.Tensor:
+    """LLaMA's rotary embedding, `x * cos + rotate_half(x) * sin`, in place on the first `heads`
+    heads of `d` columns of every row of `y` (the query and key columns of a fused q/k/v
+    product); `cos` and `sin` one row of d per row of y. Returns y (only where `rope_fits`)."""
+    return _rope(_state["rope"], y, cos, sin, heads, d, torch.get_num_threads())
+
+
+def _rope(fn, y, cos, sin, heads, d, threads) -> torch.Tensor:
+    rows, stride = _rows(y)
+    fn(y.data_ptr(), stride, heads, d, cos.data_ptr(), sin.data_ptr(), rows, threads)
+    return y
+
+
+def _rope_checks(fn, gen: torch.Generator) -> bool:
+    """`pmcllama_rope` against transformers' formula on head dims of 8, 20 and 64 (a half that is
+    not a multiple of 8 included), read from wider rows, with the columns past the heads untouched."""
+    for rows, heads, d, extra in ((3, 2, 8, 8), (4, 3, 20, 5), (5, 4, 64, 64)):
+        y = torch.randn(rows, heads * d + extra, generator=gen)
+        cos, sin = torch.randn(rows, d, generator=gen), torch.randn(rows, d, generator=gen)
+        x = y[:, :heads * d].view(rows, heads, d).clone()
+        half = d // 2
+        want = x * cos[:, None] + torch.cat([-x[..., half:], x[..., :half]], -1) * sin[:, None]
+        rest = y[:, heads * d:].clone()
+        _rope(fn, y, cos, sin, heads, d, threads=2)
+        if not (torch.allclose(y[:, :heads * d].view(rows, heads, d), want, rtol=1e-5, atol=1e-5)
+                and torch.equal(y[:, heads * d:], rest)):
             return False
     return True
 

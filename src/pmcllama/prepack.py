@@ -22,7 +22,9 @@ about 490 there); with oneDNN held to AVX2 (`ONEDNN_MAX_CPU_ISA=AVX2`) it still 
 too, without the plain copies (`gemv=False`: no few-row products there). Where `pmcllama.gemv`'s
 kernels build, the fused gated MLPs and LLaMA-style RMSNorms do their pointwise work on them
 (`gemv.silu_mul`, `gemv.rms_norm`: 1.03-1.08x less scoring time on a 2-core AMD EPYC with AVX2,
-`python bench/bench_pointwise.py`).
+`python bench/bench_pointwise.py`), and the LLaMA attention of scoring's flattened rows its
+rotary embedding, in place on the fused q/k/v product (`gemv.rope`: 1.03-1.06x less scoring time
+on a 2-core Intel Xeon with AVX-512, `python bench/bench_pointwise.py --kernels rope`).
 
 The swap is for inference only (the packed weights take no gradients and are not saved):
 `models.load_model(..., prepack=True)` applies it where a model is loaded only to generate
@@ -79,6 +81,10 @@ class _Fused:
         self.y: torch.Tensor | None = None
         self.taken: set[int] = set()
         self.count = len(linears)
+
+    def hold(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Keep `y`, this product of `x` computed by a caller, for the siblings' columns."""
+        self.x, self.y, self.taken = x, y, set()
 
     def columns(self, x: torch.Tensor, index: int, start: int, stop: int) -> torch.Tensor:
         if x is not self.x or index in self.taken:  # a new input (the reference held keeps `is` exact)
@@ -145,10 +151,41 @@ def _rms_forward(self, x: torch.Tensor) -> torch.Tensor:
     return type(self).forward(self, x)
 
 
+# attention classes whose forward is LLaMA's: q/k/v projections, rotary embedding of q and k by
+# the model's (cos, sin), the attention interface, o_proj (no q/k norms, no sliding window)
+ATTENTIONS = ("LlamaAttention",)
+
+
+def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                       cache=None, **kwargs):
+    """The model's attention for scoring's flattened rows (`training.varlen`'s tree attention, no
+    cache): the rotary embedding in place on the q and k columns of the fused q/k/v product
+    (`gemv.rope`) instead of PyTorch's ten passes over separate copies of q and k; anything
+    else, or what the kernel does not take, goes to the class's own forward."""
+    from pmcllama.training import varlen
+
+    d, fused = self.head_dim, self.q_proj.fused
+    heads, kv = self.q_proj.out_features // d, self.k_proj.out_features // d
+    if (cache is None and position_embeddings is not None and "pmcllama_tree" in kwargs
+            and self.config._attn_implementation == varlen.NAME):
+        cos, sin = position_embeddings
+        y = fused.product(hidden_states)
+        if kernel.rope_fits(y, cos, sin, heads + kv, d):
+            kernel.rope(y, cos, sin, heads + kv, d)
+            shape = (*hidden_states.shape[:-1], -1, d)
+            q, k, v = (y[..., a * d:b * d].view(shape).transpose(1, 2)
+                       for a, b in ((0, heads), (heads, heads + kv), (heads + kv, heads + 2 * kv)))
+            out, weights = varlen.attention(self, q, k, v, attention_mask, scaling=self.scaling,
+                                            dropout=self.attention_dropout if self.training else 0.0, **kwargs)
+            return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+        fused.hold(hidden_states, y)  # the class's forward takes q, k and v from it: no second product
+    return type(self).forward(self, hidden_states, position_embeddings, attention_mask, cache, **kwargs)
+
+
 def _fuse_pointwise(module: torch.nn.Module) -> None:
-    """Route a fused gated MLP (gate then up, one `_Fused`, SiLU) or a LLaMA-style RMSNorm
-    through `pmcllama.gemv`'s pointwise kernels (the instance's forward; the modules, their
-    weights and names stay)."""
+    """Route a fused gated MLP (gate then up, one `_Fused`, SiLU), a LLaMA-style RMSNorm or a
+    LLaMA attention with fused q/k/v through `pmcllama.gemv`'s pointwise kernels (the instance's
+    forward; the modules, their weights and names stay)."""
     gate, up = getattr(module, "gate_proj", None), getattr(module, "up_proj", None)
     if (isinstance(gate, FusedLinear) and isinstance(up, FusedLinear) and gate.fused is up.fused and gate.fused.count == 2
             and (gate.index, gate.start, up.start) == (0, 0, gate.out_features) and gate.out_features == up.out_features
@@ -156,6 +193,18 @@ def _fuse_pointwise(module: torch.nn.Module) -> None:
         module.forward = _gated_forward.__get__(module)
     elif type(module).__name__ in RMS_NORMS and isinstance(getattr(module, "variance_epsilon", None), float):
         module.forward = _rms_forward.__get__(module)
+    elif type(module).__name__ in ATTENTIONS and _fused_qkv(module):
+        module.forward = _attention_forward.__get__(module)
+
+
+def _fused_qkv(module: torch.nn.Module) -> bool:
+    """Whether q, k and v are one `_Fused` in that order, heads of `head_dim` side by side."""
+    q, k, v = (getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj"))
+    d = getattr(module, "head_dim", None)
+    return (all(isinstance(p, FusedLinear) for p in (q, k, v)) and q.fused is k.fused is v.fused
+            and q.fused.count == 3 and (q.start, k.start, v.start) == (0, q.out_features, q.out_features + k.out_features)
+            and isinstance(d, int) and all(p.out_features % d == 0 for p in (q, k, v))
+            and hasattr(module, "o_proj") and hasattr(module, "scaling"))
 
 
 def can_prepack(model: torch.nn.Module) -> bool:
@@ -192,8 +241,9 @@ def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = Tr
     then take twice the memory.
 
     Where those kernels are available, the fused gated MLPs and LLaMA-style RMSNorms run their
-    pointwise work on them too (`_fuse_pointwise`): one pass over memory instead of PyTorch's
-    several (on scoring's long rows, much of the time left outside the products and attention)."""
+    pointwise work on them too, and LLaMA attentions with fused q/k/v their rotary embedding when
+    scoring (`_fuse_pointwise`): one pass over memory instead of PyTorch's several (on scoring's
+    long rows, much of the time left outside the products and attention)."""
     if not can_prepack(model):
         return 0
     use_gemv = gemv and _gemv_fits(model) and kernel.available()
