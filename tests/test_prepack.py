@@ -89,3 +89,42 @@ def test_prepack_leaves_alone_what_it_cannot_speed_up_safely():
     assert prepack_linears(wrapped) == 0 and _linears(wrapped) == before
     meta = torch.nn.Sequential(torch.nn.Linear(4, 4, device="meta"))
     assert prepack_linears(meta) == 0
+
+
+
+_HEAP = """
+import ctypes, sys, torch
+from pmcllama import prepack
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+kept = prepack.keep_freed_memory() if sys.argv[1] == "keep" else None
+x = torch.ones(5 << 20)  # an activation of 20 MB
+mapped = libc.mallinfo2().hblkhd >= 20 << 20   # a mapping of its own, unmapped when freed
+del x
+print(kept, mapped, libc.mallinfo2().fordblks >= 20 << 20)  # its memory kept free in the heap
+"""
+
+
+def _heap(arm: str, **env) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    return subprocess.run([sys.executable, "-c", _HEAP, arm], capture_output=True, text=True, check=True,
+                          env={**clean, **env}).stdout.split()
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="glibc's malloc")
+def test_freed_activations_stay_in_the_heap_for_the_next_forward():
+    """Scoring's activations of up to 32 MB come from the heap and their memory stays there when
+    freed (no page faults when the next forward takes it again); by default glibc maps each
+    such block afresh and unmaps it when freed."""
+    assert _heap("default") == ["None", "True", "False"]
+    assert _heap("keep") == ["True", "False", "True"]
+    # the user's own malloc settings are left alone
+    assert _heap("keep", MALLOC_ARENA_MAX="2")[:2] == ["False", "True"]
+    assert _heap("keep", GLIBC_TUNABLES="glibc.malloc.trim_threshold=1000")[0] == "False"

@@ -210,11 +210,14 @@ def evaluate_items(
     `batch_size`: at most this many questions per forward (None: no limit);
     `share_prefix`: compute a token prefix common to every prompt once (padding-free path)."""
     from pmcllama.benchmarks import packed
+    from pmcllama.prepack import keep_freed_memory
     from pmcllama.progress import progress as progress_bar
     from pmcllama.training import varlen
 
     if precision not in ("fp32", "bf16"):
         raise UserError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    if next(model.parameters()).device.type == "cpu":
+        keep_freed_memory()  # activations allocated afresh each forward: no page faults for them
     max_length = max_length or context_length(model, tokenizer)
     requests = build_requests(tokenizer, items, max_length)
     was_training = model.training
