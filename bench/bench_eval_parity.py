@@ -30,7 +30,9 @@ character lm-eval's context, then reports per shape the agreement of the acc pre
 both accuracies, the largest loglik difference, and questions/s of each. Timed: pmcllama's
 `evaluate_items` call (tokenizing included) against lm-eval's `loglikelihood` call (its
 tokenizing and scoring, without its task building and metrics), the fastest of `--repeat`
-runs of each, the two tools taking turns run by run (ABBA), model loading excluded for both.
+runs of each, the two tools taking turns run by run (ABBA), model loading excluded for both. On
+CPU, pmcllama's heap setting (`prepack.keep_freed_memory`, process-wide) is made before either
+tool runs, so lm-eval's forwards are spared the same page faults.
 
 Ceiling: the forward input tokens pmcllama runs (one sequence per question for single-token
 choices; a prefix common to every prompt, such as MMLU's subject header, once) times 2 x
@@ -365,6 +367,7 @@ def main(argv=None) -> int:
     import torch
 
     from pmcllama.models import resolve
+    from pmcllama.prepack import keep_freed_memory
     from pmcllama.training.metrics import matmul_peak
 
     shapes = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -375,6 +378,9 @@ def main(argv=None) -> int:
         if not f.is_file():
             sys.exit(f"missing {f} (set PMCLLAMA_SHARED_DATA)")
     torch.set_num_threads(args.threads)
+    # pmcllama's scoring keeps freed memory in glibc's heap, process-wide: in force from the start,
+    # lm-eval's runs in this process have it as well as pmcllama's
+    kept_heap = args.device == "cpu" and keep_freed_memory()
     folder = resolve(args.model)
     with tempfile.TemporaryDirectory(prefix="pmcllama-parity-") as d:
         tmp = Path(d)
@@ -415,7 +421,7 @@ def main(argv=None) -> int:
         "questions": n, "agreement_acc": agree, "pmcllama_seconds": round(total_ours, 3),
         "lmeval_seconds": round(total_theirs, 3), "pmcllama_q_per_s": round(n / total_ours, 3),
         "lmeval_q_per_s": round(n / total_theirs, 3), "speed_ratio": round(total_theirs / total_ours, 2),
-        "load_average_1min": os.getloadavg()[0],
+        "load_average_1min": os.getloadavg()[0], "heap_keeps_freed_memory_for_both": kept_heap,
         "note": "seconds per shape: fastest of `repeat` runs; pmcllama: its evaluate_items call; lm-eval: "
                 "its loglikelihood call (tokenizing and scoring; task building and metrics left out); model "
                 "loading excluded for both; shares of peak count 2 x non-embedding parameters per forward "
