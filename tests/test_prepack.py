@@ -3,6 +3,8 @@ the same greedy text as the plain model, applied where a model is loaded only to
 and left out wherever it would not be safe."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -111,14 +113,13 @@ print(kept, mapped, libc.mallinfo2().fordblks >= 20 << 20)  # its memory kept fr
 def _heap(arm: str, **env) -> list[str]:
     import os
     import subprocess
-    import sys
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     return subprocess.run([sys.executable, "-c", _HEAP, arm], capture_output=True, text=True, check=True,
                           env={**clean, **env}).stdout.split()
 
 
-@pytest.mark.skipif(__import__("sys").platform != "linux", reason="glibc's malloc")
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
 def test_freed_activations_stay_in_the_heap_for_the_next_forward():
     """Scoring's activations of up to 32 MB come from the heap and their memory stays there when
     freed (no page faults when the next forward takes it again); by default glibc maps each

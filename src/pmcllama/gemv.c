@@ -15,6 +15,13 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+static inline float hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
 /* a . b over n floats, eight at a time (the compiler does not reorder a float sum itself) */
 static float dot(const float *a, const float *b, long n) {
     __m256 acc = _mm256_setzero_ps();
@@ -271,10 +278,7 @@ static float exp_shifted(float *s, long n) {
         for (int i = 0; i < 4; i++) m[i] = _mm256_loadu_ps(s + 8 * i);
         for (j = 32; j + 32 <= n; j += 32)
             for (int i = 0; i < 4; i++) m[i] = _mm256_max_ps(m[i], _mm256_loadu_ps(s + j + 8 * i));
-        __m256 a = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
-        __m128 b = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        b = _mm_max_ps(b, _mm_movehl_ps(b, b));
-        top = _mm_cvtss_f32(_mm_max_ss(b, _mm_movehdup_ps(b)));
+        top = hmax(_mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3])));
     }
     for (; j < n; j++) top = s[j] > top ? s[j] : top;
     __m256 t = _mm256_set1_ps(top), acc = _mm256_setzero_ps();

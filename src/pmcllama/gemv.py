@@ -310,12 +310,16 @@ def _tree_checks(fn, gen: torch.Generator) -> bool:
 def pointwise_fits(x: torch.Tensor) -> bool:
     """Whether `silu_mul` and `rms_norm` take `x`: fp32 on CPU, no gradient, its rows of one
     stride with their floats side by side, the kernel available."""
-    return _row_major(x) and available()
+    return _row_layout(x) is not None and available()
 
 
-def _row_major(x: torch.Tensor) -> bool:
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and not x.requires_grad and x.dim() >= 1
-            and x.shape[-1] > 0 and x.stride(-1) == 1 and _rows(x) is not None)
+def _row_layout(x: torch.Tensor) -> tuple[int, int] | None:
+    """`_rows(x)` for an fp32 CPU tensor without gradient whose last dimension is side by side,
+    else None."""
+    if (x.dtype == torch.float32 and x.device.type == "cpu" and not x.requires_grad and x.dim() >= 1
+            and x.shape[-1] > 0 and x.stride(-1) == 1):
+        return _rows(x)
+    return None
 
 
 def silu_mul(y: torch.Tensor) -> torch.Tensor:
@@ -376,7 +380,7 @@ def _pointwise_checks(kernels: dict, gen: torch.Generator) -> bool:
 def rope_fits(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, d: int) -> bool:
     """Whether `rope` takes these: `y` as `pointwise_fits` takes it, with at least `heads` heads of
     an even `d` in a row, `cos` and `sin` fp32 of (y's rows, d) contiguous, the kernel available."""
-    rows = _rows(y) if _row_major(y) else None
+    rows = _row_layout(y)
     return (rows is not None and d % 2 == 0 and heads * d <= y.shape[-1]
             and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
                     and t.numel() == rows[0] * d and t.shape[-1] == d for t in (cos, sin)) and available())
