@@ -215,3 +215,36 @@ def test_a_short_header_common_to_every_prompt_is_computed_once(tiny_model, monk
     assert seen == [skip]
     again = evaluate_items(model, tok, items, max_batch_tokens=60, share_prefix=False, progress=False)
     assert_close(shared, again)
+
+
+def test_the_output_layer_and_the_last_mlp_run_only_at_the_scored_positions(tiny_model):
+    """One-token choices share their prompt's last position (the output layer runs there once,
+    not once per choice), and the last layer's MLP runs only where the output layer reads; the
+    logliks are still each request's own full forward's."""
+    model, tok = tiny_model
+    items = [it for it in shaped_items() if it.id in ("a", "e")]  # " yes"/" no"/" maybe", " A".." D"
+    items.append(Item("g", "Which organ?\nAnswer:", [" heart valve", " heart", " renal failure"], 1))
+    rows: dict[str, list[int]] = {"head": [], "last": [], "first": []}
+    watched = (("head", model.lm_head), ("last", model.model.layers[-1].mlp), ("first", model.model.layers[0].mlp))
+    hooks = [m.register_forward_hook(lambda mod, args, out, key=key: rows[key].append(args[0].numel() // args[0].shape[-1]))
+             for key, m in watched]
+    try:
+        got = evaluate_items(model, tok, items, progress=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    requests = build_requests(tok, items, 2048)
+    # a question's prompt's last position, then one per token of each distinct choice tail
+    positions = sum(1 + sum(len(inp) - (len(reqs[0].inp) - len(reqs[0].cont) + 1) for inp in {r.inp for r in reqs})
+                    for reqs in requests)
+    assert positions < sum(len(r.cont) for reqs in requests for r in reqs)  # fewer than the tokens scored
+    assert sum(rows["head"]) == sum(rows["last"]) == positions
+    assert sum(rows["first"]) > 3 * positions  # every token of the forward
+    assert "forward" not in vars(model.model.layers[-1])  # the layer's own forward again
+    with torch.no_grad():
+        for rec, reqs in zip(got, requests, strict=True):
+            for ll, r in zip(rec["loglik"], reqs, strict=True):
+                logp = torch.log_softmax(model(torch.tensor([r.inp])).logits[0].float(), -1)
+                start = len(r.inp) - len(r.cont)
+                want = sum(logp[start + i, t].item() for i, t in enumerate(r.cont))
+                assert abs(ll - want) < 1e-4

@@ -160,9 +160,9 @@ def score_batch(model, questions: Sequence[Question], requests: Sequence[Sequenc
     ids = torch.tensor([flat.ids], dtype=torch.long, device=device)
     extra = {"position_ids": torch.tensor([flat.pos], dtype=torch.long, device=device),
              "pmcllama_tree": flat.tree, "pmcllama_prefix": prefix}
-    logits = _logits_at(model, ids, torch.zeros_like(idx), idx, precision, **extra)
+    logits, rows = _logits_at(model, ids, torch.zeros_like(idx), idx, precision, **extra)
     flat_reqs = [r for reqs in requests for r in reqs]
-    values = iter(continuation_sums(logits, flat_reqs))
+    values = iter(continuation_sums(logits, flat_reqs, rows))
     return [[next(values) for _ in reqs] for reqs in requests]
 
 

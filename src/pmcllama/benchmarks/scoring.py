@@ -25,12 +25,17 @@ one forward, without an attention mask (causal attention never lets a real token
 after it). Requests whose model input is identical share one row, so single-token choices
 (" A".." D") cost one sequence per question, like lm-eval's grouping by context. Only the
 hidden states at continuation positions go through the output layer, and log_softmax is
-computed in fp32 (`precision="bf16"` autocasts the transformer only).
+computed in fp32 (`precision="bf16"` autocasts the transformer only); choices of one token
+share their prompt's last position, which goes through it once. In a LLaMA-architecture model
+the last layer runs its attention over every token (the keys and values of the layers before
+need them all) but its MLP only at those positions (`_last_layer_at`): nothing after it
+reads the others.
 `acc` takes the argmax of summed logliks, `acc_norm` of loglik / len(choice text in
 characters, without the leading delimiter space), as lm-eval's `acc_norm`.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -128,13 +133,14 @@ def _autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def continuation_sums(logits, requests: Sequence[Request]) -> list[float]:
-    """Summed fp32 log-probs of each request's continuation from its logits rows (in order)."""
+def continuation_sums(logits, requests: Sequence[Request], rows) -> list[float]:
+    """Summed fp32 log-probs of each request's continuation from its logits: row `rows[i]` of
+    them for the i-th of the continuations' tokens, in order (`_logits_at`'s index)."""
     import torch
 
     targets = torch.tensor([t for r in requests for t in r.cont], device=logits.device)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    tok_lp = logp[torch.arange(len(targets), device=logits.device), targets]
+    tok_lp = logp[rows, targets]
     return [float(s.sum()) for s in torch.split(tok_lp.double(), [len(r.cont) for r in requests])]
 
 
@@ -156,11 +162,49 @@ def score_requests(model, requests: Sequence[Request], pad_id: int = 0, precisio
         row_idx += [row] * len(r.cont)
         pos_idx += range(start, start + len(r.cont))
     row_t, pos_t = torch.tensor(row_idx, device=device), torch.tensor(pos_idx, device=device)
-    return continuation_sums(_logits_at(model, ids.to(device), row_t, pos_t, precision), requests)
+    logits, at = _logits_at(model, ids.to(device), row_t, pos_t, precision)
+    return continuation_sums(logits, requests, at)
+
+
+# decoder layers whose forward is x + attn(norm(x)), then h + mlp(norm(h)), nothing else
+LAST_LAYERS = ("LlamaDecoderLayer",)
+
+
+@contextlib.contextmanager
+def _last_layer_at(decoder, where):
+    """Within: the decoder's last layer (a `LAST_LAYERS` one, its class's forward) runs its
+    residual stream and MLP only at the hidden states `where` (an index of them, e.g. (rows,
+    positions)), so the decoder's output is those states alone, in that order. Yields whether
+    it does; a call that passes more than the hidden states by position runs the whole layer."""
+    import torch
+
+    layers = getattr(decoder, "layers", None)
+    last = layers[-1] if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
+    if last is None or type(last).__name__ not in LAST_LAYERS or "forward" in vars(last):
+        yield False
+        return
+    pruned = []
+
+    def forward(hidden_states, *args, **kwargs):
+        if args:
+            return type(last).forward(last, hidden_states, *args, **kwargs)
+        attn, _ = last.self_attn(hidden_states=last.input_layernorm(hidden_states), **kwargs)
+        h = hidden_states[where] + attn[where]
+        pruned.append(True)
+        return h + last.mlp(last.post_attention_layernorm(h))
+
+    last.forward = forward
+    try:
+        yield pruned
+    finally:
+        del last.forward
 
 
 def _logits_at(model, ids, row_t, pos_t, precision: str, **extra):
-    """Logits (K, vocab) at the (row, position) pairs, the output layer run outside autocast.
+    """(logits, index): the logits (U, vocab) at the distinct (row, position) pairs of `row_t`,
+    `pos_t`, the output layer run outside autocast, and for each pair its row of them. Choices
+    of one token share their prompt's last position: the output layer and its log-softmax run
+    once there, not once per choice.
 
     Padded rows get no attention mask: they are right-padded and attention is causal, so a
     real token never sees a pad (pads only come after it), and the position ids 0..n-1 are
@@ -169,15 +213,17 @@ def _logits_at(model, ids, row_t, pos_t, precision: str, **extra):
     import torch
 
     decoder, head = _decoder_and_head(model)
+    pairs, index = torch.unique(row_t * ids.shape[1] + pos_t, return_inverse=True)
+    row_t, pos_t = pairs // ids.shape[1], pairs % ids.shape[1]
     with torch.inference_mode():
         if decoder is None:
             with _autocast(ids.device, precision):
-                return model(input_ids=ids, use_cache=False, **extra).logits[row_t, pos_t].float()
-        with _autocast(ids.device, precision):
+                return model(input_ids=ids, use_cache=False, **extra).logits[row_t, pos_t].float(), index
+        with _autocast(ids.device, precision), _last_layer_at(decoder, (row_t, pos_t)) as pruned:
             out = decoder(input_ids=ids, use_cache=False, **extra)
-        h = out[0][row_t, pos_t]
+        h = out[0] if pruned else out[0][row_t, pos_t]
         # a prepacked output layer (`pmcllama.prepack`) keeps no `weight`: it is fp32
-        return head(h.to(head.weight.dtype if hasattr(head, "weight") else torch.float32)).float()
+        return head(h.to(head.weight.dtype if hasattr(head, "weight") else torch.float32)).float(), index
 
 
 def predict(item: Item, logliks: list[float], truncated: bool) -> dict:
