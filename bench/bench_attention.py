@@ -11,7 +11,10 @@ in turn, `--rounds` times, fastest kept:
 - whole scoring of the shape's items with the kernel and without it (`tree_attention_fits`
   turned away): seconds, the ratio, identical predictions, the largest loglik difference.
 
-The CPU's name and extensions are in the result (bench/results/attention.json).
+On a CPU with AVX-512 the kernel runs its AVX-512 path (`gemv.wide_fits`); both measurements
+are then also made on its AVX2 path (the attention alone: `kernel_avx2_ms`; whole scoring:
+`scoring_avx2_avx512`, with "torch" the AVX2 path there). The CPU's name and extensions are in
+the result (bench/results/attention.json, or --out).
 
     python bench/bench_attention.py --items 40 --threads 2
 """
@@ -68,6 +71,8 @@ def fastest(fn, rounds: int) -> float:
 
 
 def attention_rows(captured: list[dict], rounds: int) -> list[dict]:
+    import torch
+
     from pmcllama import gemv
     from pmcllama.training import varlen
 
@@ -85,10 +90,19 @@ def attention_rows(captured: list[dict], rounds: int) -> list[dict]:
         t_kernel = fastest(lambda: gemv.tree_attention(q, k, v, tree, None, scale), rounds)
         pairs = sum((b - a) * (b - a + 1) // 2 + (b - a) * (ctx[1] - ctx[0] if ctx else 0) for a, b, ctx in tree)
         flops = 4 * q.shape[3] * q.shape[1] * pairs
-        rows.append({"tokens": q.shape[2], "segments": len(tree), "torch_ms": round(t_torch * 1e3, 3),
-                     "kernel_ms": round(t_kernel * 1e3, 3), "torch_gflops": round(flops / t_torch / 1e9, 1),
-                     "kernel_gflops": round(flops / t_kernel / 1e9, 1), "ratio": round(t_torch / t_kernel, 2),
-                     "max_abs_diff": float((got - want).abs().max())})
+        row = {"tokens": q.shape[2], "segments": len(tree), "torch_ms": round(t_torch * 1e3, 3),
+               "kernel_ms": round(t_kernel * 1e3, 3), "torch_gflops": round(flops / t_torch / 1e9, 1),
+               "kernel_gflops": round(flops / t_kernel / 1e9, 1), "ratio": round(t_torch / t_kernel, 2),
+               "max_abs_diff": float((got - want).abs().max()), "kernel_path": "avx2"}
+        if gemv.wide_fits(q):  # the kernel's AVX2 path beside its AVX-512 one
+            def narrow():
+                return gemv._tree(gemv._state["tree"], q, k, v, tree, None, scale, torch.get_num_threads(), False)
+            t_narrow = fastest(narrow, rounds)
+            row.update({"kernel_path": "avx512", "kernel_avx2_ms": round(t_narrow * 1e3, 3),
+                        "kernel_avx2_gflops": round(flops / t_narrow / 1e9, 1),
+                        "avx512_over_avx2": round(t_narrow / t_kernel, 2),
+                        "avx2_max_abs_diff": float((narrow() - want).abs().max())})
+        rows.append(row)
     return rows
 
 
@@ -150,9 +164,17 @@ def main() -> None:
         rows = attention_rows(capture(model, tok, items[shape], args.layer, args.batches), args.rounds)
         whole = scoring(model, tok, items[shape], args.rounds)
         result["shapes"][shape] = {"attention": rows, "scoring": whole}
+        if any(r["kernel_path"] == "avx512" for r in rows):  # whole scoring on the AVX2 path ("torch") and the AVX-512 one
+            paths = result["shapes"][shape]["scoring_avx2_avx512"] = scoring(model, tok, items[shape], args.rounds,
+                                                                              switch="wide_fits")
+            print(f"{shape}: scoring on the kernel's AVX2 path {min(paths['torch_seconds_runs']):.2f} s, AVX-512 "
+                  f"{min(paths['kernel_seconds_runs']):.2f} s ({paths['ratio']:.2f}x), {paths['identical_predictions']}/"
+                  f"{paths['items']} identical predictions", flush=True)
         print(f"{shape}: attention " + ", ".join(f"{r['tokens']} tokens/{r['segments']} segments {r['torch_ms']:.2f} -> "
                                                  f"{r['kernel_ms']:.2f} ms ({r['torch_gflops']:.0f} -> {r['kernel_gflops']:.0f}"
-                                                 f" GFLOP/s, {r['ratio']:.2f}x)" for r in rows))
+                                                 f" GFLOP/s, {r['ratio']:.2f}x" + (
+                                                     f"; AVX2 path {r['kernel_avx2_ms']:.2f} ms, {r['avx512_over_avx2']:.2f}x"
+                                                     if "kernel_avx2_ms" in r else "") + ")" for r in rows))
         print(f"{shape}: scoring {whole['items']} items {min(whole['torch_seconds_runs']):.2f} -> "
               f"{min(whole['kernel_seconds_runs']):.2f} s ({whole['ratio']:.2f}x), {whole['identical_predictions']}/"
               f"{whole['items']} identical predictions, max |dloglik| {whole['max_abs_loglik_diff']:.1e}", flush=True)

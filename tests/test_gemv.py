@@ -136,8 +136,25 @@ def _torch_tree_attention(query, key, value, tree, prefix, scale):
         gemv.tree_attention_fits = fits
 
 
-@pytest.mark.parametrize("heads,kv,d,n_prefix", [(9, 3, 64, 0), (4, 4, 16, 7), (6, 2, 72, 20), (2, 1, 128, 0)])
-def test_the_scoring_attention_kernel_equals_pytorchs(kernel, heads, kv, d, n_prefix):
+@pytest.fixture(params=["avx2", "avx512"])
+def attention_path(request, kernel, monkeypatch):
+    """Each test of the scoring attention on both of its paths: AVX2 (AVX-512 turned away), and
+    AVX-512 where this CPU has it (`gemv.wide_fits`; the test skips for head dims it does not take)."""
+    if request.param == "avx2":
+        monkeypatch.setattr(gemv, "wide_fits", lambda *a: False)
+    elif not gemv._state["wide"]():
+        pytest.skip("this CPU has no AVX-512F")
+    return request.param
+
+
+def _on_path(path: str, q: torch.Tensor) -> None:
+    if path == "avx512" and not gemv.wide_fits(q):
+        pytest.skip(f"the AVX-512 path does not take head dim {q.shape[3]}")
+
+
+@pytest.mark.parametrize("heads,kv,d,n_prefix", [(9, 3, 64, 0), (4, 4, 16, 7), (6, 2, 72, 20), (2, 1, 128, 0),
+                                                  (8, 2, 80, 5)])
+def test_the_scoring_attention_kernel_equals_pytorchs(attention_path, heads, kv, d, n_prefix):
     gen = torch.Generator().manual_seed(heads * 100 + d)
     # segments of 1 to 70 tokens, questions whose choices' tails see the question's prompt
     tree, at = [], 0
@@ -153,6 +170,7 @@ def test_the_scoring_attention_kernel_equals_pytorchs(kernel, heads, kv, d, n_pr
     k = torch.randn(tokens, kv, d, generator=gen).transpose(0, 1)[None]
     v = torch.randn(tokens, heads + 2 * kv, d, generator=gen)[:, heads + kv:].transpose(0, 1)[None]
     prefix = tuple(torch.randn(1, kv, n_prefix, d, generator=gen) for _ in "kv") if n_prefix else None
+    _on_path(attention_path, q)
     assert gemv.tree_attention_fits(q, k, v, prefix)
     got = gemv.tree_attention(q, k, v, tree, prefix, 0.37)
     want = _torch_tree_attention(q, k, v, tree, prefix, 0.37)
@@ -169,17 +187,32 @@ def test_the_scoring_attention_kernel_equals_pytorchs(kernel, heads, kv, d, n_pr
         torch.set_num_threads(threads)
 
 
-def test_the_scoring_attention_kernel_keeps_large_scores_finite(kernel):
+def test_the_scoring_attention_kernel_keeps_large_scores_finite(attention_path):
     """Scores in the hundreds: a softmax shifted by anything but the row's largest score (its
     running maxima, 32 at a time) overflows to inf or loses every weight to 0."""
     gen = torch.Generator().manual_seed(5)
     tree = [(0, 70, None), (70, 75, (0, 70)), (75, 112, None)]
     q = torch.randn(1, 4, 112, 16, generator=gen) * 40
     k, v = (torch.randn(1, 2, 112, 16, generator=gen) for _ in "kv")
+    _on_path(attention_path, q)
     got = gemv.tree_attention(q, k, v, tree, None, 0.5)
     exact = _torch_tree_attention(q.double(), k.double(), v.double(), tree, None, 0.5)
     assert torch.isfinite(got).all()
     assert (got - exact).abs().max() < 1e-4
+
+
+def test_the_scoring_attention_runs_on_avx512_where_the_cpu_has_it(kernel):
+    """Where PyTorch finds AVX-512 and the head dim is a multiple of 16, the other path runs: its
+    sums go in another order, so some bits differ from the AVX2 path's (both within the tests above)."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip(f"this CPU has no AVX-512 ({torch.backends.cpu.get_cpu_capability()})")
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, n, 90, 64, generator=gen) for n in (6, 2, 2))
+    tree = [(0, 90, None)]
+    assert gemv.wide_fits(q) and not gemv.wide_fits(q[..., :40])
+    wide = gemv.tree_attention(q, k, v, tree, None, 0.125)
+    narrow = gemv._tree(gemv._state["tree"], q, k, v, tree, None, 0.125, torch.get_num_threads(), False)
+    assert not torch.equal(wide, narrow) and torch.allclose(wide, narrow, atol=1e-5)
 
 
 @pytest.mark.parametrize("heads,d,extra", [(12, 64, 192), (3, 20, 7), (1, 8, 0)])

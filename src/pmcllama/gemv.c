@@ -385,20 +385,269 @@ static inline __attribute__((always_inline)) void attend_spans(const float *cons
     for (int h = 0; h < nq; h++) for (long e = 0; e < d; e++) out[h][e] *= inv[h];
 }
 
-/* Returns 0, or -1 when its scratch memory could not be had (out is then incomplete). */
-int pmcllama_tree_attention(const float *q, long qt, long qh, const float *k, long kt, long kh, const float *v, long vt,
-                            long vh, const float *pk, const float *pv, long pt, long ph, long np, const long *seg, long nseg,
-                            float *out, long heads, long kv_heads, long d, float scale, int threads) {
-    long group = heads / kv_heads, most = 1, pieces = 0;
+/* The pieces of work of a tree attention call, (segment, first row) per QROWS rows of each
+ * segment (NULL without memory); sets *count, *most (the most keys a row sees) and *ntok (the
+ * tokens of the row the segments and contexts reach). */
+static long *plan(const long *seg, long nseg, long np, long *count, long *most, long *ntok) {
+    long pieces = 0;
+    *most = 1, *ntok = 0;
     for (long i = 0; i < nseg; i++) {
         long n = np + seg[4 * i + 3] - seg[4 * i + 2] + seg[4 * i + 1] - seg[4 * i];
-        most = n > most ? n : most;
+        *most = n > *most ? n : *most;
+        *ntok = seg[4 * i + 1] > *ntok ? seg[4 * i + 1] : *ntok;
+        *ntok = seg[4 * i + 3] > *ntok ? seg[4 * i + 3] : *ntok;
         pieces += (seg[4 * i + 1] - seg[4 * i] + QROWS - 1) / QROWS;
     }
     long *work = malloc(sizeof(long) * 2 * (pieces ? pieces : 1));
+    if (work)
+        for (long i = 0, w = 0; i < nseg; i++)
+            for (long r = seg[4 * i]; r < seg[4 * i + 1]; r += QROWS, w++) { work[2 * w] = i; work[2 * w + 1] = r; }
+    *count = pieces;
+    return work;
+}
+
+/* where the queries are read and the outputs written */
+typedef struct { const float *q; long qt, qh; float *out; long heads, group, d; } rows_of;
+
+/* query vectors v0 .. v0 + nq of a piece (rows r0.. of the segment from row a, x kv head g's
+ * group of heads): their query, output, scores (scratch, `most` floats each) and own keys */
+static inline void vectors(const rows_of *x, long a, long r0, long g, long v0, int nq, float *scratch, long most,
+                           const float **qv, float **ov, float **s, long *own) {
+    for (int h = 0; h < nq; h++) {
+        long r = r0 + (v0 + h) / x->group, hq = g * x->group + (v0 + h) % x->group;
+        qv[h] = x->q + r * x->qt + hq * x->qh;
+        ov[h] = x->out + (r * x->heads + hq) * x->d;
+        s[h] = scratch + h * most;
+        own[h] = r - a + 1;
+    }
+}
+
+/* The same attention on AVX-512 (used where the CPU has it and the head dim is a multiple of 16):
+ * each kv head's keys are transposed first, once per call, so that the scores of QW query vectors
+ * against 64 keys are outer products in registers (a broadcast float of a query times the same
+ * column of 16 keys), with no sum across a vector; the values are weighed 64 columns of the QW
+ * outputs at a time. The split of the work and the order of each output's sums are fixed, as
+ * above: the thread count changes no bit. */
+#define WIDE __attribute__((target("avx512f,avx2,fma")))
+#define INLINE inline __attribute__((always_inline))
+#define QW 6  /* query vectors per pass over the keys */
+
+static WIDE INLINE __mmask16 lanes(long n) {  /* the first min(n, 16) lanes */
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+}
+
+static WIDE INLINE __m512 exp16(__m512 x) {  /* exp8's polynomial on 16 floats */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x), _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+/* s[0..n) <- exp(s - max s); returns their sum */
+static WIDE float exp_shifted16(float *s, long n) {
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;  /* two running maxima: each waits on itself */
+    long j = 0;
+    for (; j + 32 <= n; j += 32) {
+        m0 = _mm512_max_ps(m0, _mm512_loadu_ps(s + j));
+        m1 = _mm512_max_ps(m1, _mm512_loadu_ps(s + j + 16));
+    }
+    for (; j < n; j += 16) m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(m1, lanes(n - j), s + j));
+    __m512 t = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(m0, m1))), acc = _mm512_setzero_ps();
+    for (j = 0; j < n; j += 16) {
+        __mmask16 m = lanes(n - j);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), t));
+        _mm512_mask_storeu_ps(s + j, m, e);
+        acc = _mm512_mask_add_ps(acc, m, acc, e);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* s[h][off + j] = scale * q[h] . key j for nq query vectors and nb blocks of 16 keys, the
+ * last block's lanes `m` only; key j's column c at kt[c * ts + j] */
+static WIDE INLINE void key_blocks(const float *const *q, const float *kt, long ts, long d, __m512 scale,
+                                   float *const *s, long off, __mmask16 m, const int nq, const int nb) {
+    __m512 acc[QW][4];
+    for (int h = 0; h < nq; h++) for (int b = 0; b < nb; b++) acc[h][b] = _mm512_setzero_ps();
+    for (long c = 0; c < d; c++) {
+        __m512 k[4];
+        for (int b = 0; b < nb; b++) k[b] = _mm512_maskz_loadu_ps(b == nb - 1 ? m : 0xFFFF, kt + c * ts + 16 * b);
+        for (int h = 0; h < nq; h++) {
+            __m512 qc = _mm512_set1_ps(q[h][c]);
+            for (int b = 0; b < nb; b++) acc[h][b] = _mm512_fmadd_ps(qc, k[b], acc[h][b]);
+        }
+    }
+    for (int h = 0; h < nq; h++) for (int b = 0; b < nb; b++)
+        _mm512_mask_storeu_ps(s[h] + off + 16 * b, b == nb - 1 ? m : 0xFFFF, _mm512_mul_ps(acc[h][b], scale));
+}
+
+/* the scores of nq query vectors against the n keys at kt (transposed, row stride ts), 64 at a time */
+static WIDE INLINE void scores16(const float *const *q, const float *kt, long ts, long n, long d, float scale,
+                                 float *const *s, long off, const int nq) {
+    __m512 sc = _mm512_set1_ps(scale);
+    long j = 0;
+    for (; j + 64 <= n; j += 64) key_blocks(q, kt + j, ts, d, sc, s, off + j, 0xFFFF, nq, 4);
+    __mmask16 m = lanes((n - j) % 16 ? (n - j) % 16 : 16);
+    switch ((n - j + 15) / 16) {  /* the last 1 to 63 */
+        case 4: key_blocks(q, kt + j, ts, d, sc, s, off + j, m, nq, 4); break;
+        case 3: key_blocks(q, kt + j, ts, d, sc, s, off + j, m, nq, 3); break;
+        case 2: key_blocks(q, kt + j, ts, d, sc, s, off + j, m, nq, 2); break;
+        case 1: key_blocks(q, kt + j, ts, d, sc, s, off + j, m, nq, 1); break;
+    }
+}
+
+/* out[h][c0 + ..] += sum_j p[h][off + j] * value j's columns c0 .. c0 + 16 nc, in registers */
+static WIDE INLINE void value_cols(float *const *p, long off, const float *v, long vs, long n, float *const *out,
+                                   long c0, const int nq, const int nc) {
+    __m512 acc[QW][4];
+    for (int h = 0; h < nq; h++) for (int c = 0; c < nc; c++) acc[h][c] = _mm512_loadu_ps(out[h] + c0 + 16 * c);
+    for (long j = 0; j < n; j++) {
+        __m512 vv[4];
+        for (int c = 0; c < nc; c++) vv[c] = _mm512_loadu_ps(v + j * vs + c0 + 16 * c);
+        for (int h = 0; h < nq; h++) {
+            __m512 pj = _mm512_set1_ps(p[h][off + j]);
+            for (int c = 0; c < nc; c++) acc[h][c] = _mm512_fmadd_ps(pj, vv[c], acc[h][c]);
+        }
+    }
+    for (int h = 0; h < nq; h++) for (int c = 0; c < nc; c++) _mm512_storeu_ps(out[h] + c0 + 16 * c, acc[h][c]);
+}
+
+/* out[h] += sum_j p[h][off + j] * value j, for nq vectors and the n values at v (token stride vs),
+ * 64 columns at a time (d a multiple of 16) */
+static WIDE INLINE void weigh16(float *const *p, long off, const float *v, long vs, long n, long d,
+                                float *const *out, const int nq) {
+    for (long c0 = 0; c0 < d; c0 += 64) switch (d - c0 >= 64 ? 4 : (d - c0) / 16) {
+        case 4: value_cols(p, off, v, vs, n, out, c0, nq, 4); break;
+        case 3: value_cols(p, off, v, vs, n, out, c0, nq, 3); break;
+        case 2: value_cols(p, off, v, vs, n, out, c0, nq, 2); break;
+        default: value_cols(p, off, v, vs, n, out, c0, nq, 1);
+    }
+}
+
+/* a span as attend_spans16 reads it: its keys transposed (column c at kt[c * ts]) */
+typedef struct { const float *kt, *v; long ts, vs, n; } tspan;
+
+static WIDE INLINE void attend_spans16(const float *const *q, float *const *out, const long *own, const tspan *sp,
+                                      int nsp, float *const *s, long d, float scale, const int nq) {
+    long before = 0, last = 0;
+    for (int h = 0; h < nq; h++) last = own[h] > last ? own[h] : last;
+    for (int i = 0; i < nsp; i++) {
+        long n = i == nsp - 1 ? last : sp[i].n;
+        scores16(q, sp[i].kt, sp[i].ts, n, d, scale, s, before, nq);
+        before += n;
+    }
+    before -= last;
+    float inv[QW];
+    for (int h = 0; h < nq; h++) {
+        long n = before + own[h];
+        inv[h] = 1.0f / exp_shifted16(s[h], n);
+        for (long j = n; j < before + last; j++) s[h][j] = 0.0f;
+        for (long e = 0; e < d; e++) out[h][e] = 0.0f;
+    }
+    long at = 0;
+    for (int i = 0; i < nsp; i++) {
+        long n = i == nsp - 1 ? last : sp[i].n;
+        weigh16(s, at, sp[i].v, sp[i].vs, n, d, out, nq);
+        at += n;
+    }
+    for (int h = 0; h < nq; h++) {
+        __m512 f = _mm512_set1_ps(inv[h]);
+        for (long e = 0; e < d; e += 16) _mm512_storeu_ps(out[h] + e, _mm512_mul_ps(_mm512_loadu_ps(out[h] + e), f));
+    }
+}
+
+/* to[(g * d + c) * n + t] = from[t * ts + g * hs + c]: each kv head's n keys transposed */
+static WIDE void transpose_keys(const float *from, long ts, long hs, long n, long kv_heads, long d, float *to) {
+    #pragma omp for collapse(2) schedule(static)
+    for (long g = 0; g < kv_heads; g++) for (long t0 = 0; t0 < n; t0 += 16) {
+        long t1 = t0 + 16 < n ? t0 + 16 : n;
+        for (long c = 0; c < d; c++) for (long t = t0; t < t1; t++) to[(g * d + c) * n + t] = from[t * ts + g * hs + c];
+    }
+}
+
+static WIDE int tree_attention16(const float *q, long qt, long qh, const float *k, long kt, long kh, const float *v,
+                                 long vt, long vh, const float *pk, const float *pv, long pt, long ph, long np,
+                                 const long *seg, long nseg, float *out, long heads, long kv_heads, long d, float scale,
+                                 int threads) {
+    long pieces, most, ntok;
+    long *work = plan(seg, nseg, np, &pieces, &most, &ntok);
+    float *keys = malloc(sizeof(float) * kv_heads * d * (ntok + np));
+    if (!work || !keys) {
+        free(work);
+        free(keys);
+        return -1;
+    }
+    float *pkeys = keys + kv_heads * d * ntok;
+    rows_of x = {q, qt, qh, out, heads, heads / kv_heads, d};
+    int failed = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *scratch = malloc(sizeof(float) * QW * most);
+        if (!scratch) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        transpose_keys(k, kt, kh, ntok, kv_heads, d, keys);
+        if (np) transpose_keys(pk, pt, ph, np, kv_heads, d, pkeys);
+        #pragma omp for schedule(dynamic, 1) collapse(2)
+        for (long piece = 0; piece < pieces; piece++) for (long g = 0; g < kv_heads; g++) {
+            if (!scratch) continue;
+            long i = work[2 * piece], r0 = work[2 * piece + 1];
+            long a = seg[4 * i], b = seg[4 * i + 1], c0 = seg[4 * i + 2], c1 = seg[4 * i + 3];
+            const float *gk = keys + g * d * ntok;
+            tspan sp[3];
+            int nsp = 0;
+            if (np) sp[nsp++] = (tspan){pkeys + g * d * np, pv + g * ph, np, pt, np};
+            if (c1 > c0) sp[nsp++] = (tspan){gk + c0, v + c0 * vt + g * vh, ntok, vt, c1 - c0};
+            sp[nsp++] = (tspan){gk + a, v + a * vt + g * vh, ntok, vt, b - a};
+            long nv = (b - r0 < QROWS ? b - r0 : QROWS) * x.group;
+            for (long v0 = 0; v0 < nv; v0 += QW) {
+                int nq = nv - v0 < QW ? (int)(nv - v0) : QW;
+                const float *qv[QW];
+                float *ov[QW], *s[QW];
+                long own[QW];
+                vectors(&x, a, r0, g, v0, nq, scratch, most, qv, ov, s, own);
+                switch (nq) {
+                    case 6: attend_spans16(qv, ov, own, sp, nsp, s, d, scale, 6); break;
+                    case 5: attend_spans16(qv, ov, own, sp, nsp, s, d, scale, 5); break;
+                    case 4: attend_spans16(qv, ov, own, sp, nsp, s, d, scale, 4); break;
+                    case 3: attend_spans16(qv, ov, own, sp, nsp, s, d, scale, 3); break;
+                    case 2: attend_spans16(qv, ov, own, sp, nsp, s, d, scale, 2); break;
+                    default: attend_spans16(qv, ov, own, sp, nsp, s, d, scale, 1);
+                }
+            }
+        }
+        free(scratch);
+    }
+    free(work);
+    free(keys);
+    return failed ? -1 : 0;
+}
+
+/* Whether this CPU takes tree_attention16 (AVX-512F). */
+int pmcllama_wide(void) { return __builtin_cpu_supports("avx512f"); }
+
+/* Returns 0, or -1 when its scratch memory could not be had (out is then incomplete). With
+ * `wide`, where the CPU has AVX-512F and d is a multiple of 16, tree_attention16 computes it. */
+int pmcllama_tree_attention(const float *q, long qt, long qh, const float *k, long kt, long kh, const float *v, long vt,
+                            long vh, const float *pk, const float *pv, long pt, long ph, long np, const long *seg, long nseg,
+                            float *out, long heads, long kv_heads, long d, float scale, int threads, int wide) {
+    if (wide && d % 16 == 0 && __builtin_cpu_supports("avx512f"))
+        return tree_attention16(q, qt, qh, k, kt, kh, v, vt, vh, pk, pv, pt, ph, np, seg, nseg, out, heads, kv_heads, d,
+                                scale, threads);
+    long pieces, most, ntok;
+    long *work = plan(seg, nseg, np, &pieces, &most, &ntok);
     if (!work) return -1;
-    for (long i = 0, w = 0; i < nseg; i++)
-        for (long r = seg[4 * i]; r < seg[4 * i + 1]; r += QROWS, w++) { work[2 * w] = i; work[2 * w + 1] = r; }
+    rows_of x = {q, qt, qh, out, heads, heads / kv_heads, d};
     int failed = 0;
     #pragma omp parallel num_threads(threads)
     {
@@ -418,19 +667,13 @@ int pmcllama_tree_attention(const float *q, long qt, long qh, const float *k, lo
             if (c1 > c0) sp[nsp++] = (span){k + c0 * kt + g * kh, v + c0 * vt + g * vh, kt, vt, c1 - c0};
             sp[nsp++] = (span){k + a * kt + g * kh, v + a * vt + g * vh, kt, vt, b - a};
             /* the query vectors of rows r0.. (at most QROWS) x the group's heads, QV at a time */
-            long nv = (b - r0 < QROWS ? b - r0 : QROWS) * group;
+            long nv = (b - r0 < QROWS ? b - r0 : QROWS) * x.group;
             for (long v0 = 0; v0 < nv; v0 += QV) {
                 int nq = nv - v0 < QV ? (int)(nv - v0) : QV;
                 const float *qv[QV];
                 float *ov[QV], *s[QV];
                 long own[QV];
-                for (int h = 0; h < nq; h++) {
-                    long r = r0 + (v0 + h) / group, hq = g * group + (v0 + h) % group;
-                    qv[h] = q + r * qt + hq * qh;
-                    ov[h] = out + (r * heads + hq) * d;
-                    s[h] = scratch + h * most;
-                    own[h] = r - a + 1;
-                }
+                vectors(&x, a, r0, g, v0, nq, scratch, most, qv, ov, s, own);
                 if (nq == 3) attend_spans(qv, ov, own, sp, nsp, s, d, scale, 3);
                 else if (nq == 2) attend_spans(qv, ov, own, sp, nsp, s, d, scale, 2);
                 else attend_spans(qv, ov, own, sp, nsp, s, d, scale, 1);

@@ -22,7 +22,10 @@ few-shot prefix before all) in fp32, read from q, k and v where they lie. PyTorc
 segments into a padded batch for its flash kernel, whose small blocks ran at 11-60 GFLOP/s on the
 scoring rows of SmolLM2-135M (2-core AMD EPYC with AVX-512, `python bench/bench_attention.py`);
 this kernel ran them at 79-175 GFLOP/s (2.8-9.6x less time), and whole scoring took 1.20-1.26x
-less time with it, with the same predictions (same script).
+less time with it, with the same predictions (same script). Where the CPU has AVX-512F it runs
+an AVX-512 path (`wide_fits`: keys transposed once per call, scores as outer products), on a
+2-core Intel Xeon 134-177 GFLOP/s against the AVX2 path's 99-112 on PubMedQA- and MedQA-length
+rows (1.3-1.6x), about the same on MedMCQA's and MMLU's short ones; whole scoring 1.00-1.04x.
 `silu_mul` and `rms_norm` are the pointwise work between a forward's products (the gated MLP's
 silu(gate) * up over the fused gate/up product, LLaMA's RMSNorm), one pass over memory each
 where PyTorch makes two to five; `pmcllama.prepack` routes the prepacked models' MLPs and norms
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -128,21 +132,22 @@ def _load():
         raise RuntimeError("the kernel loaded a second libgomp beside PyTorch's")
     kernels = {"fn": lib.pmcllama_gemv, "gemm": lib.pmcllama_gemm, "step": lib.pmcllama_step,
                "tree": lib.pmcllama_tree_attention, "silu_mul": lib.pmcllama_silu_mul, "rms_norm": lib.pmcllama_rms_norm,
-               "rope": lib.pmcllama_rope}
+               "rope": lib.pmcllama_rope, "wide": lib.pmcllama_wide}
     kernels["fn"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
     kernels["gemm"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
     kernels["step"].argtypes = ([ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_long] * 2
                                 + [ctypes.c_void_p] * 2 + [ctypes.c_long] * 5 + [ctypes.c_float, ctypes.c_int])
     kernels["tree"].argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long] * 3 + [ctypes.c_void_p] * 2
                                 + [ctypes.c_long] * 3 + [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
-                                + [ctypes.c_long] * 3 + [ctypes.c_float, ctypes.c_int])
+                                + [ctypes.c_long] * 3 + [ctypes.c_float, ctypes.c_int, ctypes.c_int])
     kernels["silu_mul"].argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p] + [ctypes.c_long] * 2 + [ctypes.c_int]
     kernels["rms_norm"].argtypes = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
                                     + [ctypes.c_long] * 2 + [ctypes.c_int])
     kernels["rope"].argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_long, ctypes.c_int]
     for fn in kernels.values():
         fn.restype = None
-    kernels["step"].restype = kernels["tree"].restype = ctypes.c_int
+    kernels["step"].restype = kernels["tree"].restype = kernels["wide"].restype = ctypes.c_int
+    kernels["wide"].argtypes = []
     # self-check, on sizes that are not multiples of the kernels' tiles (8 or 3 rows of the weight,
     # 4 rows of x, 8 columns)
     gen = torch.Generator().manual_seed(0)
@@ -252,6 +257,15 @@ def tree_attention_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
             and query.shape[3] % 8 == 0 and query.shape[1] % key.shape[1] == 0 and available())
 
 
+def wide_fits(query: torch.Tensor) -> bool:
+    """Whether `tree_attention` runs its AVX-512 path for `query`: a head dim that is a multiple
+    of 16 on a CPU with AVX-512F (the keys transposed once per call, so that scores are outer
+    products with no sum across a vector; 1.3-1.6x less attention time than the AVX2 path on
+    PubMedQA- and MedQA-length rows, about the same on MedMCQA's short ones, 2-core Intel Xeon,
+    `python bench/bench_attention.py`)."""
+    return available() and bool(_state["wide"]()) and query.shape[3] % 16 == 0
+
+
 def tree_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tree, prefix=None,
                    scale: float | None = None) -> torch.Tensor:
     """Causal attention of the segments of one flattened row, as `training.varlen`'s tree
@@ -259,11 +273,12 @@ def tree_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     `tree` its segments `(start, end, context)` (context an earlier `(start, end)` of the row
     seen in full first, or None), `prefix` None or (keys, values), (1, kv heads, P, d) each,
     seen by every segment before anything else. Returns (tokens, heads, d). Only where
-    `tree_attention_fits`; rows outside every segment are left unset."""
-    return _tree(_state["tree"], query, key, value, tree, prefix, scale, torch.get_num_threads())
+    `tree_attention_fits`; rows outside every segment are left unset. On AVX-512 where
+    `wide_fits`, else on AVX2."""
+    return _tree(_state["tree"], query, key, value, tree, prefix, scale, torch.get_num_threads(), wide_fits(query))
 
 
-def _tree(fn, query, key, value, tree, prefix, scale, threads) -> torch.Tensor:
+def _tree(fn, query, key, value, tree, prefix, scale, threads, wide: bool) -> torch.Tensor:
     heads, tokens, d = query.shape[1:]
     q, k, v = (t if t.stride(3) == 1 else t.contiguous() for t in (query, key, value))
     pk, pv = (t.contiguous() for t in prefix) if prefix is not None else (None, None)  # one stride pair for both
@@ -272,28 +287,31 @@ def _tree(fn, query, key, value, tree, prefix, scale, threads) -> torch.Tensor:
     p_args = (pk.data_ptr(), pv.data_ptr(), pk.stride(2), pk.stride(1), pk.shape[2]) if pk is not None else (None, None, 0, 0, 0)
     if fn(q.data_ptr(), q.stride(2), q.stride(1), k.data_ptr(), k.stride(2), k.stride(1), v.data_ptr(), v.stride(2),
           v.stride(1), *p_args, seg.data_ptr(), len(tree), out.data_ptr(), heads, k.shape[1], d,
-          d ** -0.5 if scale is None else scale, threads):
+          d ** -0.5 if scale is None else scale, threads, int(wide)):
         raise MemoryError(f"gemv.tree_attention: no memory for the scratch space of {tokens} tokens")
     return out
 
 
 def _tree_checks(fn, gen: torch.Generator) -> bool:
-    """`pmcllama_tree_attention` against PyTorch's attention segment by segment, on small cases:
-    grouped heads, head dims of 8, 24 and 40 (the kernel's column blocks are 32), segments of 1 to
-    9 tokens and one of 40 (the running maxima of the softmax take 32 scores at a time), a
-    context seen by two segments, a prefix, keys and values of different strides."""
+    """`pmcllama_tree_attention` against PyTorch's attention segment by segment, on small cases,
+    on both paths (AVX2, and AVX-512 where the CPU has it): grouped heads, head dims of 8, 24 and
+    40 (the AVX2 path's column blocks are 32) and 80 (the AVX-512 path's are 64, its key blocks
+    16 and 64), segments of 1 to 9 tokens and one of 70 (the running maxima of the softmax take 32
+    scores at a time), a context seen by two segments, a prefix, keys and values of different
+    strides."""
     F = torch.nn.functional
-    tree = [(0, 9, None), (9, 14, (0, 6)), (14, 15, (0, 6)), (15, 16, None), (16, 23, None), (23, 63, None),
-            (63, 66, (23, 63))]
-    for heads, kv, d, n_prefix in ((4, 2, 24, 0), (3, 1, 40, 5), (2, 2, 8, 3)):
+    tree = [(0, 9, None), (9, 14, (0, 6)), (14, 15, (0, 6)), (15, 16, None), (16, 23, None), (23, 93, None),
+            (93, 96, (23, 93))]
+    for (heads, kv, d, n_prefix), wide in itertools.product(((4, 2, 24, 0), (3, 1, 40, 5), (2, 2, 8, 3), (6, 2, 80, 4)),
+                                                            (False, True)):
         # as the model's attention gets them: views of the fused projection (q and k rotated in
         # place, `prepack`), or q and k rotated by PyTorch (own tensors) and v such a view
-        fused = torch.randn(66, heads + 2 * kv, d, generator=gen)
+        fused = torch.randn(96, heads + 2 * kv, d, generator=gen)
         q, k, v = (fused[:, a:b].transpose(0, 1)[None] for a, b in ((0, heads), (heads, heads + kv), (heads + kv, None)))
         if n_prefix:
-            q, k = (torch.randn(66, n, d, generator=gen).transpose(0, 1)[None] for n in (heads, kv))
+            q, k = (torch.randn(96, n, d, generator=gen).transpose(0, 1)[None] for n in (heads, kv))
         prefix = tuple(torch.randn(1, kv, n_prefix, d, generator=gen) for _ in "kv") if n_prefix else None
-        got = _tree(fn, q, k, v, tree, prefix, 0.3, threads=2)
+        got = _tree(fn, q, k, v, tree, prefix, 0.3, 2, wide)
         for a, b, ctx in tree:
             parts = [prefix] if prefix else []
             parts += [(k[:, :, ctx[0]:ctx[1]], v[:, :, ctx[0]:ctx[1]])] if ctx else []
