@@ -314,6 +314,34 @@ def test_scoring_runs_its_attention_on_the_kernel(kernel, tiny_model, monkeypatc
         assert max(abs(x - y) for x, y in zip(a["loglik"], b["loglik"])) < 1e-4
 
 
+def test_scoring_adds_the_residual_stream_inside_the_products(kernel, tiny_model, monkeypatch):
+    """A prepacked LLaMA's decoder layers add their residual stream in o_proj's and down_proj's
+    products when scoring (`prepack._decoder_forward`), except the last, whose MLP runs at the
+    scored positions only (`scoring._last_layer_at`, which hands the layer its forward back):
+    the same logliks and predictions as the plain model."""
+    from pmcllama import models, prepack
+    from pmcllama.benchmarks.base import Item
+    from pmcllama.benchmarks.scoring import evaluate_items
+    from pmcllama.evaluate import load_for
+
+    plain, tok = tiny_model
+    fast, _ = load_for(models.resolve("tiny-llama"), "loglik", "fp32")
+    layers = fast.model.layers
+    assert all(vars(layer)["forward"].__func__ is prepack._decoder_forward for layer in layers)
+    calls = []
+    real = prepack.PackedLinear.plus
+    monkeypatch.setattr(prepack.PackedLinear, "plus", lambda self, x, other: calls.append(x.shape) or real(self, x, other))
+    items = [Item(str(i), f"Question {i}: which organ makes insulin?" + " and" * i + "\nAnswer:",
+                  [" the pancreas", " liver", " the spleen of the body"], i % 3) for i in range(5)]
+    got = evaluate_items(fast, tok, items, progress=False)
+    assert calls and len(calls) % (2 * (len(layers) - 1)) == 0
+    assert vars(layers[-1])["forward"].__func__ is prepack._decoder_forward
+    want = evaluate_items(plain, tok, items, progress=False)
+    for a, b in zip(got, want, strict=True):
+        assert a["pred"] == b["pred"]
+        assert max(abs(x - y) for x, y in zip(a["loglik"], b["loglik"])) < 1e-4
+
+
 @pytest.mark.parametrize("lead,n", [((1,), 13), ((2, 5), 40), ((1, 9), 576), ((3,), 8)])
 def test_the_pointwise_kernels_equal_pytorchs(kernel, lead, n):
     F = torch.nn.functional

@@ -24,7 +24,10 @@ kernels build, the fused gated MLPs and LLaMA-style RMSNorms do their pointwise 
 (`gemv.silu_mul`, `gemv.rms_norm`: 1.03-1.08x less scoring time on a 2-core AMD EPYC with AVX2,
 `python bench/bench_pointwise.py`), and the LLaMA attention of scoring's flattened rows its
 rotary embedding, in place on the fused q/k/v product (`gemv.rope`: 1.03-1.06x less scoring time
-on a 2-core Intel Xeon with AVX-512, `python bench/bench_pointwise.py --kernels rope`).
+on a 2-core Intel Xeon with AVX-512, `python bench/bench_pointwise.py --kernels rope`); their
+decoder layers then add the residual stream inside o_proj's and down_proj's products (oneDNN's
+binary post-op, `PackedLinear.plus`) instead of in two passes of their own (1.01-1.03x less
+scoring time on MedQA/MedMCQA items on that Xeon, a throwaway A/B in one process).
 
 The swap is for inference only (the packed weights take no gradients and are not saved):
 `models.load_model(..., prepack=True)` applies it where a model is loaded only to generate
@@ -64,6 +67,11 @@ class PackedLinear(torch.nn.Module):
         if self.plain is not None and x.numel() <= kernel.MAX_ROWS * self.in_features:
             return kernel.row_product(self.plain, x, self.bias).view(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def plus(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """forward(x) + other, the addition in oneDNN's product (its binary post-op) instead of
+        a pass of its own over both: a decoder layer's residual stream over scoring's rows."""
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias, "add")
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -139,11 +147,16 @@ RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 SILUS = ("SiLU", "SiLUActivation")
 
 
-def _gated_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """A gated MLP whose gate and up projections are fused: silu(gate) * up in one pass over
+def _gated(mlp, x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of a gated MLP whose gate and up projections are fused, in one pass over
     their product (`gemv.silu_mul`) instead of PyTorch's two over a strided half of it."""
-    y, n = self.gate_proj.fused.product(x), self.gate_proj.out_features
-    return self.down_proj(kernel.silu_mul(y) if kernel.pointwise_fits(y) else self.act_fn(y[..., :n]) * y[..., n:])
+    y, n = mlp.gate_proj.fused.product(x), mlp.gate_proj.out_features
+    return kernel.silu_mul(y) if kernel.pointwise_fits(y) else mlp.act_fn(y[..., :n]) * y[..., n:]
+
+
+def _gated_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A gated MLP whose gate and up projections are fused (`_gated`), then its down projection."""
+    return self.down_proj(_gated(self, x))
 
 
 def _rms_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,12 +171,13 @@ def _rms_forward(self, x: torch.Tensor) -> torch.Tensor:
 ATTENTIONS = ("LlamaAttention",)
 
 
-def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
-                       cache=None, **kwargs):
-    """The model's attention for scoring's flattened rows (`training.varlen`'s tree attention, no
-    cache): the rotary embedding in place on the q and k columns of the fused q/k/v product
-    (`gemv.rope`) instead of PyTorch's ten passes over separate copies of q and k; anything
-    else, or what the kernel does not take, goes to the class's own forward."""
+def _attend(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, cache=None,
+            **kwargs):
+    """The attention of scoring's flattened rows (`training.varlen`'s tree attention, no cache)
+    before o_proj, (..., heads x d) and the weights, with the rotary embedding in place on the q
+    and k columns of the fused q/k/v product (`gemv.rope`) instead of PyTorch's ten passes over
+    separate copies of q and k; None for anything else, or what the kernel does not take (the
+    product, when made, is then held for the class's forward: it is not made twice)."""
     from pmcllama.training import varlen
 
     d, fused = self.head_dim, self.q_proj.fused
@@ -179,9 +193,40 @@ def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings=No
                        for a, b in ((0, heads), (heads, heads + kv), (heads + kv, heads + 2 * kv)))
             out, weights = varlen.attention(self, q, k, v, attention_mask, scaling=self.scaling,
                                             dropout=self.attention_dropout if self.training else 0.0, **kwargs)
-            return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
-        fused.hold(hidden_states, y)  # the class's forward takes q, k and v from it: no second product
+            return out.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
+        fused.hold(hidden_states, y)
+    return None
+
+
+def _attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                       cache=None, **kwargs):
+    """The model's attention, scoring's flattened rows through `_attend`, anything else (or what
+    it does not take) through the class's own forward."""
+    got = _attend(self, hidden_states, position_embeddings, attention_mask, cache, **kwargs)
+    if got is not None:
+        return self.o_proj(got[0]), got[1]
     return type(self).forward(self, hidden_states, position_embeddings, attention_mask, cache, **kwargs)
+
+
+# decoder layers whose forward is x + attn(norm(x)), then h + mlp(norm(h)), nothing else
+DECODER_LAYERS = ("LlamaDecoderLayer",)
+
+
+def _decoder_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """A decoder layer over scoring's flattened rows with both residual additions in the
+    products before them (o_proj's and down_proj's, `PackedLinear.plus`) instead of two passes
+    over the residual stream; anything else, or an attention `_attend` does not take, goes to
+    the class's own forward."""
+    attn, mlp = self.self_attn, self.mlp
+    if not args and "pmcllama_tree" in kwargs:
+        normed = self.input_layernorm(hidden_states)
+        got = _attend(attn, normed, **kwargs)
+        if got is None:  # the class's attention, on the product `_attend` held
+            h = hidden_states + type(attn).forward(attn, normed, **kwargs)[0]
+        else:
+            h = attn.o_proj.plus(got[0], hidden_states)
+        return mlp.down_proj.plus(_gated(mlp, self.post_attention_layernorm(h)), h)
+    return type(self).forward(self, hidden_states, *args, **kwargs)
 
 
 def _fuse_pointwise(module: torch.nn.Module) -> None:
@@ -197,6 +242,19 @@ def _fuse_pointwise(module: torch.nn.Module) -> None:
         module.forward = _rms_forward.__get__(module)
     elif type(module).__name__ in ATTENTIONS and _fused_qkv(module):
         module.forward = _attention_forward.__get__(module)
+
+
+def _fuse_residuals(module: torch.nn.Module) -> None:
+    """Route a LLaMA decoder layer whose attention and MLP `_fuse_pointwise` routed, o_proj and
+    down_proj prepacked, through `_decoder_forward` (the instance's forward)."""
+    attn, mlp = getattr(module, "self_attn", None), getattr(module, "mlp", None)
+
+    def routed(m, fn) -> bool:
+        return getattr(vars(m).get("forward") if m is not None else None, "__func__", None) is fn
+
+    if (type(module).__name__ in DECODER_LAYERS and routed(attn, _attention_forward) and routed(mlp, _gated_forward)
+            and type(getattr(attn, "o_proj", None)) is PackedLinear and type(getattr(mlp, "down_proj", None)) is PackedLinear):
+        module.forward = _decoder_forward.__get__(module)
 
 
 def _fused_qkv(module: torch.nn.Module) -> bool:
@@ -245,7 +303,8 @@ def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = Tr
     Where those kernels are available, the fused gated MLPs and LLaMA-style RMSNorms run their
     pointwise work on them too, and LLaMA attentions with fused q/k/v their rotary embedding when
     scoring (`_fuse_pointwise`): one pass over memory instead of PyTorch's several (on scoring's
-    long rows, much of the time left outside the products and attention)."""
+    long rows, much of the time left outside the products and attention); LLaMA decoder layers
+    so routed add their residual stream inside the products when scoring (`_fuse_residuals`)."""
     if not can_prepack(model):
         return 0
     use_gemv = gemv and _gemv_fits(model) and kernel.available()
@@ -260,6 +319,8 @@ def prepack_linears(model: torch.nn.Module, batch_hint: int = 8, fuse: bool = Tr
         if kernel.available():
             for module in model.modules():
                 _fuse_pointwise(module)
+            for module in model.modules():  # after their attention and MLP
+                _fuse_residuals(module)
         # the weights left (embeddings, norms, the plain weights kept for the kernel) are views of
         # the memory-mapped safetensors file, which keeps every page the packing read mapped: copy
         # them out so the mapping goes (SmolLM2-135M: 1.43 -> 1.03 GB resident after packing)

@@ -91,15 +91,15 @@ def build_requests(tokenizer, items: Sequence[Item], max_length: int) -> list[li
     prefix = special_prefix(tokenizer)
     fallback = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [0]
     pairs = [[split_whitespace(it.prompt, c) for c in it.choices] for it in items]
-    ctx_texts = [p[0] for ps in pairs for p in ps]
+    ctx_texts = list(dict.fromkeys(p[0] for ps in pairs for p in ps))  # a prompt once for all its choices
     whole_texts = [c + k for ps in pairs for c, k in ps]
     enc = tokenizer(ctx_texts + whole_texts, add_special_tokens=False, verbose=False)["input_ids"]
-    ctx_enc, whole_enc = enc[: len(ctx_texts)], enc[len(ctx_texts):]
+    ctx_enc, whole_enc = dict(zip(ctx_texts, enc[: len(ctx_texts)])), enc[len(ctx_texts):]
     out, k = [], 0
     for it, ps in zip(items, pairs):
         reqs = []
-        for _ in ps:
-            ctx = prefix + list(ctx_enc[k])
+        for context, _ in ps:
+            ctx = prefix + list(ctx_enc[context])
             cont = list(whole_enc[k])[len(ctx) - len(prefix):]
             k += 1
             if not cont:
@@ -172,22 +172,25 @@ LAST_LAYERS = ("LlamaDecoderLayer",)
 
 @contextlib.contextmanager
 def _last_layer_at(decoder, where):
-    """Within: the decoder's last layer (a `LAST_LAYERS` one, its class's forward) runs its
-    residual stream and MLP only at the hidden states `where` (an index of them, e.g. (rows,
-    positions)), so the decoder's output is those states alone, in that order. Yields whether
-    it does; a call that passes more than the hidden states by position runs the whole layer."""
+    """Within: the decoder's last layer (a `LAST_LAYERS` one) runs its residual stream and MLP
+    only at the hidden states `where` (an index of them, e.g. (rows, positions)), so the
+    decoder's output is those states alone, in that order; its attention and MLP modules run as
+    they are (`pmcllama.prepack`'s routes included), the layer's own forward is back after.
+    Yields whether it did; a call that passes more than the hidden states by position runs the
+    whole layer."""
     import torch
 
     layers = getattr(decoder, "layers", None)
     last = layers[-1] if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
-    if last is None or type(last).__name__ not in LAST_LAYERS or "forward" in vars(last):
+    if last is None or type(last).__name__ not in LAST_LAYERS:
         yield False
         return
+    own = vars(last).get("forward")  # an instance's forward (`pmcllama.prepack`), or None
     pruned = []
 
     def forward(hidden_states, *args, **kwargs):
         if args:
-            return type(last).forward(last, hidden_states, *args, **kwargs)
+            return (own or type(last).forward.__get__(last))(hidden_states, *args, **kwargs)
         attn, _ = last.self_attn(hidden_states=last.input_layernorm(hidden_states), **kwargs)
         h = hidden_states[where] + attn[where]
         pruned.append(True)
@@ -197,7 +200,10 @@ def _last_layer_at(decoder, where):
     try:
         yield pruned
     finally:
-        del last.forward
+        if own is None:
+            del last.forward
+        else:
+            last.forward = own
 
 
 def _logits_at(model, ids, row_t, pos_t, precision: str, **extra):
