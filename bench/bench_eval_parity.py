@@ -36,7 +36,8 @@ tool runs, so lm-eval's forwards are spared the same page faults.
 
 Ceiling: the forward input tokens pmcllama runs (one sequence per question for single-token
 choices; a prefix common to every prompt, such as MMLU's subject header, once) times 2 x
-non-embedding parameters, plus causal attention (QK and AV over the tokens each one sees),
+non-embedding parameters, less the last layer's MLP at the tokens whose output no answer reads
+(pmcllama skips it; lm-eval computes it), plus causal attention (QK and AV over the tokens each one sees),
 against the matmul peaks measured in the same run: PyTorch's matmul at the
 model's own shapes (its q/k/v/o and MLP projections on `--max-batch-tokens` rows), 1024^3
 square matmuls, and (CPU, fp32) oneDNN's prepacked products at the fused shapes pmcllama runs
@@ -245,10 +246,11 @@ def pmcllama_runner(folder: Path, items: dict, args):
 
 def work(model, tok, items) -> dict:
     """What pmcllama runs: forward input tokens (a prefix common to every prompt once, each
-    question's shared context once), 2 x non-embedding parameters FLOPs per token, and causal
-    attention FLOPs."""
+    question's shared context once), 2 x non-embedding parameters FLOPs per token, less the
+    last layer's MLP at the tokens no answer reads (`scoring._last_layer_at`: it runs at each
+    question's distinct scored positions only), and causal attention FLOPs."""
     from pmcllama.benchmarks.packed import layout, shared_prefix
-    from pmcllama.benchmarks.scoring import build_requests, context_length
+    from pmcllama.benchmarks.scoring import LAST_LAYERS, build_requests, context_length
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -266,8 +268,15 @@ def work(model, tok, items) -> dict:
     pairs = skip * (skip + 1) / 2 + sum(
         len(q.context) * (skip + (len(q.context) + 1) / 2)
         + sum(len(t) * (skip + len(q.context)) + len(t) * (len(t) + 1) / 2 for t in q.tails) for q in qs)
+    # a question's prompt's last position, then one per token of each distinct choice tail
+    scored = sum(1 + sum(len(inp) - (len(reqs[0].inp) - len(reqs[0].cont) + 1) for inp in {r.inp for r in reqs})
+                 for reqs in requests)
+    last = ref.get_decoder().layers[-1]
+    mlp = sum(p.numel() for p in last.mlp.parameters()) if type(last).__name__ in LAST_LAYERS else 0
+    skipped = 2.0 * mlp * (tokens - skip - scored)
     return {"forward_tokens": tokens, "shared_prefix_tokens": skip, "non_embedding_parameters": body,
-            "body_flops": 2.0 * body * tokens, "attention_flops": 4.0 * width * cfg.num_hidden_layers * pairs}
+            "scored_positions": scored, "skipped_last_mlp_flops": skipped, "body_flops": 2.0 * body * tokens - skipped,
+            "attention_flops": 4.0 * width * cfg.num_hidden_layers * pairs}
 
 
 def model_shape_peak(model_cfg, device, precision: str, rows: int, seconds: float = 2.0,
