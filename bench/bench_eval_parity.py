@@ -250,7 +250,8 @@ def work(model, tok, items) -> dict:
     last layer's MLP at the tokens no answer reads (`scoring._last_layer_at`: it runs at each
     question's distinct scored positions only), and causal attention FLOPs."""
     from pmcllama.benchmarks.packed import layout, shared_prefix
-    from pmcllama.benchmarks.scoring import LAST_LAYERS, build_requests, context_length
+    from pmcllama.benchmarks.scoring import build_requests, context_length
+    from pmcllama.prepack import DECODER_LAYERS
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -272,7 +273,7 @@ def work(model, tok, items) -> dict:
     scored = sum(1 + sum(len(inp) - (len(reqs[0].inp) - len(reqs[0].cont) + 1) for inp in {r.inp for r in reqs})
                  for reqs in requests)
     last = ref.get_decoder().layers[-1]
-    mlp = sum(p.numel() for p in last.mlp.parameters()) if type(last).__name__ in LAST_LAYERS else 0
+    mlp = sum(p.numel() for p in last.mlp.parameters()) if type(last).__name__ in DECODER_LAYERS else 0
     skipped = 2.0 * mlp * (tokens - skip - scored)
     return {"forward_tokens": tokens, "shared_prefix_tokens": skip, "non_embedding_parameters": body,
             "scored_positions": scored, "skipped_last_mlp_flops": skipped, "body_flops": 2.0 * body * tokens - skipped,

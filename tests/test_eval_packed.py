@@ -248,3 +248,23 @@ def test_the_output_layer_and_the_last_mlp_run_only_at_the_scored_positions(tiny
                 start = len(r.inp) - len(r.cont)
                 want = sum(logp[start + i, t].item() for i, t in enumerate(r.cont))
                 assert abs(ll - want) < 1e-4
+
+
+def test_a_last_layer_with_a_forward_of_its_own_is_run_whole(tiny_model, monkeypatch):
+    """A forward someone else set on the last layer (another library's hook) is called, not
+    bypassed: that layer then runs whole, and the scores are the same."""
+    model, tok = tiny_model
+    items = [it for it in shaped_items() if it.id in ("a", "e")]
+    want = evaluate_items(model, tok, items, progress=False)
+    last, calls = model.model.layers[-1], []
+    real = last.forward
+
+    def hooked(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(last, "forward", hooked)
+    got = evaluate_items(model, tok, items, progress=False)
+    assert calls and all(len(shape) == 3 for shape in calls)  # the whole (1, tokens, hidden) row
+    assert_close(got, want)
+    assert vars(last)["forward"] is hooked

@@ -142,7 +142,7 @@ def attention_path(request, kernel, monkeypatch):
     AVX-512 where this CPU has it (`gemv.wide_fits`; the test skips for head dims it does not take)."""
     if request.param == "avx2":
         monkeypatch.setattr(gemv, "wide_fits", lambda *a: False)
-    elif not gemv._state["wide"]():
+    elif not gemv._state["avx512"]:
         pytest.skip("this CPU has no AVX-512F")
     return request.param
 

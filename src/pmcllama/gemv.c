@@ -580,7 +580,7 @@ static WIDE int tree_attention16(const float *q, long qt, long qh, const float *
                                  int threads) {
     long pieces, most, ntok;
     long *work = plan(seg, nseg, np, &pieces, &most, &ntok);
-    float *keys = malloc(sizeof(float) * kv_heads * d * (ntok + np));
+    float *keys = malloc(sizeof(float) * (kv_heads * d * (ntok + np) + 1));  /* + 1: never malloc(0) */
     if (!work || !keys) {
         free(work);
         free(keys);

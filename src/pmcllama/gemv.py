@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import itertools
 import os
 import platform
 import shutil
@@ -132,7 +131,7 @@ def _load():
         raise RuntimeError("the kernel loaded a second libgomp beside PyTorch's")
     kernels = {"fn": lib.pmcllama_gemv, "gemm": lib.pmcllama_gemm, "step": lib.pmcllama_step,
                "tree": lib.pmcllama_tree_attention, "silu_mul": lib.pmcllama_silu_mul, "rms_norm": lib.pmcllama_rms_norm,
-               "rope": lib.pmcllama_rope, "wide": lib.pmcllama_wide}
+               "rope": lib.pmcllama_rope}
     kernels["fn"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
     kernels["gemm"].argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
     kernels["step"].argtypes = ([ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_long] * 2
@@ -146,8 +145,9 @@ def _load():
     kernels["rope"].argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_long, ctypes.c_int]
     for fn in kernels.values():
         fn.restype = None
-    kernels["step"].restype = kernels["tree"].restype = kernels["wide"].restype = ctypes.c_int
-    kernels["wide"].argtypes = []
+    kernels["step"].restype = kernels["tree"].restype = ctypes.c_int
+    lib.pmcllama_wide.restype, lib.pmcllama_wide.argtypes = ctypes.c_int, []
+    kernels["avx512"] = bool(lib.pmcllama_wide())  # tree attention's AVX-512 path runs here
     # self-check, on sizes that are not multiples of the kernels' tiles (8 or 3 rows of the weight,
     # 4 rows of x, 8 columns)
     gen = torch.Generator().manual_seed(0)
@@ -262,8 +262,9 @@ def wide_fits(query: torch.Tensor) -> bool:
     of 16 on a CPU with AVX-512F (the keys transposed once per call, so that scores are outer
     products with no sum across a vector; 1.3-1.6x less attention time than the AVX2 path on
     PubMedQA- and MedQA-length rows, about the same on MedMCQA's short ones, 2-core Intel Xeon,
-    `python bench/bench_attention.py`)."""
-    return available() and bool(_state["wide"]()) and query.shape[3] % 16 == 0
+    `python bench/bench_attention.py`; not measured on AMD's AVX-512, whose Zen 4 runs it on
+    256-bit halves)."""
+    return available() and _state["avx512"] and query.shape[3] % 16 == 0
 
 
 def tree_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tree, prefix=None,
@@ -294,16 +295,17 @@ def _tree(fn, query, key, value, tree, prefix, scale, threads, wide: bool) -> to
 
 def _tree_checks(fn, gen: torch.Generator) -> bool:
     """`pmcllama_tree_attention` against PyTorch's attention segment by segment, on small cases,
-    on both paths (AVX2, and AVX-512 where the CPU has it): grouped heads, head dims of 8, 24 and
-    40 (the AVX2 path's column blocks are 32) and 80 (the AVX-512 path's are 64, its key blocks
-    16 and 64), segments of 1 to 9 tokens and one of 70 (the running maxima of the softmax take 32
-    scores at a time), a context seen by two segments, a prefix, keys and values of different
-    strides."""
+    on both paths (AVX2, and AVX-512 where the CPU has it): grouped heads, head dims of 8, 24,
+    40 and 80 (the AVX2 path's column blocks are 32), and 32, 48 and 80 on the AVX-512 path (its
+    column blocks 64 and the last 16 to 48, its key blocks 16 and 64), segments of 1 to 9 tokens
+    and one of 70 (the running maxima of the softmax take 32 scores at a time), a context seen
+    by two segments, a prefix, keys and values of different strides."""
     F = torch.nn.functional
     tree = [(0, 9, None), (9, 14, (0, 6)), (14, 15, (0, 6)), (15, 16, None), (16, 23, None), (23, 93, None),
             (93, 96, (23, 93))]
-    for (heads, kv, d, n_prefix), wide in itertools.product(((4, 2, 24, 0), (3, 1, 40, 5), (2, 2, 8, 3), (6, 2, 80, 4)),
-                                                            (False, True)):
+    for heads, kv, d, n_prefix, wide in ((4, 2, 24, 0, False), (3, 1, 40, 5, False), (2, 2, 8, 3, False),
+                                         (6, 2, 80, 4, False), (6, 2, 80, 4, True), (4, 2, 48, 0, True),
+                                         (2, 1, 32, 3, True)):
         # as the model's attention gets them: views of the fused projection (q and k rotated in
         # place, `prepack`), or q and k rotated by PyTorch (own tensors) and v such a view
         fused = torch.randn(96, heads + 2 * kv, d, generator=gen)

@@ -166,26 +166,26 @@ def score_requests(model, requests: Sequence[Request], pad_id: int = 0, precisio
     return continuation_sums(logits, requests, at)
 
 
-# decoder layers whose forward is x + attn(norm(x)), then h + mlp(norm(h)), nothing else
-LAST_LAYERS = ("LlamaDecoderLayer",)
-
-
 @contextlib.contextmanager
 def _last_layer_at(decoder, where):
-    """Within: the decoder's last layer (a `LAST_LAYERS` one) runs its residual stream and MLP
-    only at the hidden states `where` (an index of them, e.g. (rows, positions)), so the
-    decoder's output is those states alone, in that order; its attention and MLP modules run as
-    they are (`pmcllama.prepack`'s routes included), the layer's own forward is back after.
-    Yields whether it did; a call that passes more than the hidden states by position runs the
-    whole layer."""
+    """Within: the last layer of a LLaMA decoder (`prepack.DECODER_LAYERS`) runs its residual
+    stream and MLP only at the hidden states `where` (an index of them, e.g. (rows,
+    positions)), so the decoder's output is those states alone, in that order; its attention
+    and MLP modules run as they are (`pmcllama.prepack`'s routes included), and the layer's own
+    forward is back after. Yields a list, not empty once it did; a layer with any other
+    instance forward (a hook of another library) is left alone, and a call that passes more
+    than the hidden states by position runs the whole layer."""
     import torch
+
+    from pmcllama.prepack import DECODER_LAYERS, _decoder_forward
 
     layers = getattr(decoder, "layers", None)
     last = layers[-1] if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
-    if last is None or type(last).__name__ not in LAST_LAYERS:
-        yield False
+    own = vars(last).get("forward") if last is not None else None  # prepack's, or None
+    if (type(decoder).__name__ != "LlamaModel" or type(last).__name__ not in DECODER_LAYERS
+            or (own is not None and getattr(own, "__func__", None) is not _decoder_forward)):
+        yield []
         return
-    own = vars(last).get("forward")  # an instance's forward (`pmcllama.prepack`), or None
     pruned = []
 
     def forward(hidden_states, *args, **kwargs):
