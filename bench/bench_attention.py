@@ -129,6 +129,13 @@ def scoring(model, tok, items, rounds: int, switch: str = "tree_attention_fits")
             "max_abs_loglik_diff": max(abs(x - y) for a, b in pairs for x, y in zip(a["loglik"], b["loglik"]))}
 
 
+def scoring_line(shape: str, whole: dict, what: str = "scoring", digits: int = 2) -> str:
+    """One line for `scoring`'s result: seconds of each arm ("torch" first), the ratio, agreement."""
+    return (f"{shape}: {what} {whole['items']} items {min(whole['torch_seconds_runs']):.2f} -> "
+            f"{min(whole['kernel_seconds_runs']):.2f} s ({whole['ratio']:.{digits}f}x), {whole['identical_predictions']}/"
+            f"{whole['items']} identical predictions, max |dloglik| {whole['max_abs_loglik_diff']:.1e}")
+
+
 def setup(args):
     """(model, tokenizer, items per shape, the result's header) for `args.threads`,
     `args.shapes` and `args.items`: SmolLM2-135M as `pmcllama evaluate` scores in fp32."""
@@ -167,17 +174,13 @@ def main() -> None:
         if any(r["kernel_path"] == "avx512" for r in rows):  # whole scoring on the AVX2 path ("torch") and the AVX-512 one
             paths = result["shapes"][shape]["scoring_avx2_avx512"] = scoring(model, tok, items[shape], args.rounds,
                                                                               switch="wide_fits")
-            print(f"{shape}: scoring on the kernel's AVX2 path {min(paths['torch_seconds_runs']):.2f} s, AVX-512 "
-                  f"{min(paths['kernel_seconds_runs']):.2f} s ({paths['ratio']:.2f}x), {paths['identical_predictions']}/"
-                  f"{paths['items']} identical predictions", flush=True)
+            print(scoring_line(shape, paths, "scoring on the kernel's AVX2 -> AVX-512 path"), flush=True)
         print(f"{shape}: attention " + ", ".join(f"{r['tokens']} tokens/{r['segments']} segments {r['torch_ms']:.2f} -> "
                                                  f"{r['kernel_ms']:.2f} ms ({r['torch_gflops']:.0f} -> {r['kernel_gflops']:.0f}"
                                                  f" GFLOP/s, {r['ratio']:.2f}x" + (
                                                      f"; AVX2 path {r['kernel_avx2_ms']:.2f} ms, {r['avx512_over_avx2']:.2f}x"
                                                      if "kernel_avx2_ms" in r else "") + ")" for r in rows))
-        print(f"{shape}: scoring {whole['items']} items {min(whole['torch_seconds_runs']):.2f} -> "
-              f"{min(whole['kernel_seconds_runs']):.2f} s ({whole['ratio']:.2f}x), {whole['identical_predictions']}/"
-              f"{whole['items']} identical predictions, max |dloglik| {whole['max_abs_loglik_diff']:.1e}", flush=True)
+        print(scoring_line(shape, whole), flush=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"{result['cpu']} ({result['cpu_capability']}), {args.threads} threads; wrote {args.out}")
 

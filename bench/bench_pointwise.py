@@ -41,9 +41,7 @@ def main() -> None:
     for shape in args.shapes:
         whole = bench_attention.scoring(model, tok, items[shape], args.rounds, switch=SWITCHES[args.kernels])
         result["shapes"][shape] = whole
-        print(f"{shape}: scoring {whole['items']} items {min(whole['torch_seconds_runs']):.2f} -> "
-              f"{min(whole['kernel_seconds_runs']):.2f} s ({whole['ratio']:.3f}x), {whole['identical_predictions']}/"
-              f"{whole['items']} identical predictions, max |dloglik| {whole['max_abs_loglik_diff']:.1e}", flush=True)
+        print(bench_attention.scoring_line(shape, whole, digits=3), flush=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"{result['cpu']} ({result['cpu_capability']}), {args.threads} threads; wrote {args.out}")
 
